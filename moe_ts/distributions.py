@@ -1,0 +1,315 @@
+"""Output head: a four-component mixture per step of the next patch (DESIGN §3, "Output head").
+
+Layout follows uni2ts's `MixtureOutput([StudentTOutput, NormalFixedScaleOutput,
+NegativeBinomialOutput, LogNormalOutput])` and its `DistrParamProj`, so released
+Moirai(-MoE) weights map onto `MixtureHead` one tensor at a time:
+
+    uni2ts  param_proj.proj.<name>.weight [1, dim*P, d]  ->  ours proj.<name>.weight [dim*P, d]
+    uni2ts  param_proj.proj.<name>.bias   [1, dim*P]     ->  ours proj.<name>.bias   [dim*P]
+
+with <name> in `weights_logits`, `components.0.{df,loc,scale}`, `components.1.loc`,
+`components.2.{total_count,logits}`, `components.3.{loc,scale}` (`uni2ts_key_map`).
+Each linear's outputs are parameter-major ("(dim out) -> out dim"): output j*P + p is
+parameter entry j (the mixture component for `weights_logits`) at step p of the patch.
+
+Domain maps (as uni2ts): weights = softmax(weights_logits); Student-t df = 2 + softplus,
+loc = identity, scale = softplus clamped at the dtype's eps; normal loc = identity with a
+fixed scale 1e-3; negative binomial total_count = softplus (clamped at the dtype's smallest
+normal number, where uni2ts would give 0 and a NaN log-prob), logits = identity;
+log-normal loc = identity, scale = softplus clamped at eps. Parameters are computed in
+float32 when the hidden states are float16/bfloat16 (autocast).
+
+Values live on the normalised scale ((x - loc) / scale of the series), so they can be
+negative and non-integer. Support handling matches uni2ts's `Mixture.log_prob`, which tests
+each component's `support` on the normalised value:
+  * negative binomial: support y >= 0 over the reals. For non-integer y the log-pmf is the
+    continuous extension through lgamma,
+        lgamma(r + y) - lgamma(y + 1) - lgamma(r) + r*logsigmoid(-l) + y*logsigmoid(l),
+    which is not normalised over the reals (uni2ts trains with exactly this). For y < 0 the
+    component's log-prob is -inf: it gets zero weight inside the logsumexp.
+  * log-normal: support y > 0; for y <= 0 its log-prob is -inf (zero weight).
+  * Student-t and normal cover all reals, so the mixture log-prob is finite for every
+    finite y (the Student-t term uses 2*log|u| once (u^2/df) would overflow float32).
+Out-of-support positions evaluate the component at a dummy in-support value (uni2ts uses a
+sample) and then select -inf, so no NaN reaches the gradients.
+
+Sampling (no reparameterisation): the negative binomial is drawn as Poisson(Gamma(r, rate =
+exp(-l))), as uni2ts. The Gamma draw's log and the log-normal's exponent are capped at
+log(SAMPLE_CAP) = log(1e15) (torch.poisson overflows int64 above ~9e18); `mean` applies the
+same cap to exp(log r + l) and exp(loc + scale^2/2). On the normalised scale 1e15 is far
+beyond any real forecast, so the cap only guards against inf/NaN at absurd parameters.
+
+De-normalisation: `ScaledMixture(mixture, loc, scale)` is y = loc + scale * x (uni2ts's
+AffineTransformed); its `sample`/`mean` are on the original scale and its `log_prob`
+includes the -log(scale) Jacobian.
+
+Shape legend: `...` leading batch dims (e.g. B, N), P patch size, K = 4 components,
+S sample shape.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+COMPONENTS: tuple[str, ...] = ("student_t", "normal", "negative_binomial", "log_normal")
+NUM_COMPONENTS = len(COMPONENTS)
+NORMAL_FIXED_SCALE = 1e-3
+SAMPLE_CAP = 1e15
+_LOG_SAMPLE_CAP = math.log(SAMPLE_CAP)
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_HALF_LOG_PI = 0.5 * math.log(math.pi)
+# Parameter names per component, in uni2ts's order (its `args_dim` dicts).
+COMPONENT_PARAMS: tuple[tuple[str, ...], ...] = (
+    ("df", "loc", "scale"),
+    ("loc",),
+    ("total_count", "logits"),
+    ("loc", "scale"),
+)
+
+
+@dataclass
+class MixtureParams:
+    """Mixture parameters, each [..., P] except `weights_logits` [..., P, K]."""
+
+    weights_logits: Tensor
+    t_df: Tensor
+    t_loc: Tensor
+    t_scale: Tensor
+    normal_loc: Tensor
+    nb_total_count: Tensor
+    nb_logits: Tensor
+    ln_loc: Tensor
+    ln_scale: Tensor
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "MixtureParams":
+        """Apply `fn` to every tensor (for `weights_logits` it sees the extra trailing K dim)."""
+        return MixtureParams(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    @property
+    def shape(self) -> torch.Size:
+        """Batch shape [..., P] of the mixture."""
+        return self.t_loc.shape
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def _log1p_square(a: Tensor) -> Tensor:
+    """log(1 + a^2) without overflow for huge |a| (and without NaN gradients)."""
+    big = a.abs() > 1e18
+    a_big = torch.where(big, a.abs(), torch.ones_like(a))
+    a_small = torch.where(big, torch.zeros_like(a), a)
+    return torch.where(big, 2.0 * torch.log(a_big), torch.log1p(a_small * a_small))
+
+
+def student_t_log_prob(y: Tensor, df: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """Student-t log-density (all reals)."""
+    a = (y - loc) / (scale * torch.sqrt(df))
+    norm = torch.log(scale) + 0.5 * torch.log(df) + _HALF_LOG_PI + torch.lgamma(0.5 * df) - torch.lgamma(0.5 * (df + 1.0))
+    return -0.5 * (df + 1.0) * _log1p_square(a) - norm
+
+
+def normal_log_prob(y: Tensor, loc: Tensor, scale: float | Tensor = NORMAL_FIXED_SCALE) -> Tensor:
+    """Normal log-density (all reals)."""
+    scale_t = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+    z = (y - loc) / scale_t
+    return -0.5 * z * z - torch.log(scale_t) - _HALF_LOG_2PI
+
+
+def negative_binomial_log_prob(y: Tensor, total_count: Tensor, logits: Tensor) -> Tensor:
+    """Negative binomial log-pmf, continuous in y via lgamma; -inf for y < 0."""
+    inside = y >= 0
+    y_safe = torch.where(inside, y, torch.zeros_like(y))
+    lp = (
+        total_count * F.logsigmoid(-logits)
+        + y_safe * F.logsigmoid(logits)
+        + torch.lgamma(total_count + y_safe)
+        - torch.lgamma(y_safe + 1.0)
+        - torch.lgamma(total_count)
+    )
+    return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+
+def log_normal_log_prob(y: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """Log-normal log-density; -inf for y <= 0."""
+    inside = y > 0
+    log_y = torch.log(torch.where(inside, y, torch.ones_like(y)))
+    z = (log_y - loc) / scale
+    lp = -0.5 * z * z - torch.log(scale) - _HALF_LOG_2PI - log_y
+    return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+
+def _capped_exp(x: Tensor) -> Tensor:
+    return torch.exp(x.clamp(max=_LOG_SAMPLE_CAP))
+
+
+def negative_binomial_sample(total_count: Tensor, logits: Tensor, sample_shape: torch.Size) -> Tensor:
+    """Poisson(Gamma(total_count, rate=exp(-logits))) draws, shape sample_shape + batch."""
+    shape = torch.Size(sample_shape) + total_count.shape
+    gamma = torch._standard_gamma(total_count.expand(shape).contiguous())
+    log_rate = torch.log(gamma.clamp_min(torch.finfo(gamma.dtype).tiny)) + logits
+    return torch.poisson(_capped_exp(log_rate))
+
+
+def student_t_sample(df: Tensor, loc: Tensor, scale: Tensor, sample_shape: torch.Size) -> Tensor:
+    """loc + scale * N(0,1) / sqrt(Chi2(df) / df), shape sample_shape + batch."""
+    shape = torch.Size(sample_shape) + loc.shape
+    chi2 = 2.0 * torch._standard_gamma((0.5 * df).expand(shape).contiguous())
+    chi2 = chi2.clamp_min(torch.finfo(chi2.dtype).tiny)
+    z = torch.randn(shape, dtype=loc.dtype, device=loc.device)
+    return loc + scale * z * torch.rsqrt(chi2 / df)
+
+
+# ----------------------------------------------------------------------------- mixture
+
+
+class Mixture:
+    """Four-component mixture on the normalised scale, batch shape [..., P] (plain torch)."""
+
+    def __init__(self, params: MixtureParams) -> None:
+        self.params = params
+        self.log_weights = torch.log_softmax(params.weights_logits, dim=-1)  # [..., P, K]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.params.shape
+
+    def component_log_probs(self, y: Tensor) -> Tensor:
+        """[..., P, K] log-prob of y under each component (-inf outside its support)."""
+        p = self.params
+        y = y.to(p.t_loc.dtype)
+        return torch.stack(
+            [
+                student_t_log_prob(y, p.t_df, p.t_loc, p.t_scale),
+                normal_log_prob(y, p.normal_loc),
+                negative_binomial_log_prob(y, p.nb_total_count, p.nb_logits),
+                log_normal_log_prob(y, p.ln_loc, p.ln_scale),
+            ],
+            dim=-1,
+        )
+
+    def log_prob(self, y: Tensor) -> Tensor:
+        """[..., P] logsumexp over components of log weight + component log-prob."""
+        return torch.logsumexp(self.log_weights + self.component_log_probs(y), dim=-1)
+
+    def component_means(self) -> Tensor:
+        """[..., P, K] component means (NB and log-normal exponentials capped at SAMPLE_CAP)."""
+        p = self.params
+        return torch.stack(
+            [
+                p.t_loc,  # df > 2 always
+                p.normal_loc,
+                _capped_exp(torch.log(p.nb_total_count) + p.nb_logits),
+                _capped_exp(p.ln_loc + 0.5 * p.ln_scale * p.ln_scale),
+            ],
+            dim=-1,
+        )
+
+    @property
+    def mean(self) -> Tensor:
+        """[..., P] mixture mean."""
+        return (self.log_weights.exp() * self.component_means()).sum(dim=-1)
+
+    @torch.no_grad()
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """Draws of shape sample_shape + [..., P] (not differentiable)."""
+        p = self.params
+        sample_shape = torch.Size(sample_shape)
+        shape = sample_shape + p.shape
+        eps = torch.randn(shape, dtype=p.t_loc.dtype, device=p.t_loc.device)
+        draws = torch.stack(
+            [
+                student_t_sample(p.t_df, p.t_loc, p.t_scale, sample_shape),
+                p.normal_loc + NORMAL_FIXED_SCALE * eps,
+                negative_binomial_sample(p.nb_total_count, p.nb_logits, sample_shape),
+                _capped_exp(p.ln_loc + p.ln_scale * torch.randn_like(eps)),
+            ],
+            dim=-1,
+        )  # [S..., ..., P, K]
+        gumbel = -torch.log(-torch.log(torch.rand(shape + (NUM_COMPONENTS,), dtype=eps.dtype, device=eps.device).clamp_min(1e-20)))
+        choice = torch.argmax(self.log_weights + gumbel, dim=-1, keepdim=True)
+        return torch.gather(draws, -1, choice).squeeze(-1)
+
+
+class ScaledMixture:
+    """y = loc + scale * x for x ~ `base` (de-normalisation, uni2ts's AffineTransformed)."""
+
+    def __init__(self, base: Mixture, loc: Tensor | float, scale: Tensor | float) -> None:
+        self.base = base
+        self.loc = loc
+        self.scale = scale
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc + self.scale * self.base.mean
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        return self.loc + self.scale * self.base.sample(sample_shape)
+
+    def log_prob(self, y: Tensor) -> Tensor:
+        scale = torch.as_tensor(self.scale, dtype=y.dtype, device=y.device)
+        return self.base.log_prob((y - self.loc) / scale) - torch.log(scale)
+
+
+# ----------------------------------------------------------------------------- head
+
+
+class MixtureHead(nn.Module):
+    """Hidden state [..., d_model] -> mixture parameters for the P steps of the next patch."""
+
+    def __init__(self, d_model: int, patch_size: int) -> None:
+        super().__init__()
+        if d_model < 1 or patch_size < 1:
+            raise ValueError(f"MixtureHead needs d_model >= 1 and patch_size >= 1, got {d_model}, {patch_size}")
+        self.d_model = d_model
+        self.patch_size = patch_size
+        self.proj = nn.ModuleDict(
+            {
+                "weights_logits": nn.Linear(d_model, NUM_COMPONENTS * patch_size),
+                "components": nn.ModuleList(
+                    nn.ModuleDict({name: nn.Linear(d_model, patch_size) for name in names}) for names in COMPONENT_PARAMS
+                ),
+            }
+        )
+
+    def forward(self, h: Tensor) -> MixtureParams:
+        if h.shape[-1] != self.d_model:
+            raise ValueError(f"MixtureHead: hidden size {h.shape[-1]} != d_model {self.d_model}")
+        P = self.patch_size
+
+        def raw(layer: nn.Module) -> Tensor:
+            out = layer(h)
+            return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+        w = raw(self.proj["weights_logits"])  # [..., K*P], component-major
+        w = w.unflatten(-1, (NUM_COMPONENTS, P)).transpose(-1, -2)  # [..., P, K]
+        t, n, nb, ln = self.proj["components"]
+        t_scale = raw(t["scale"])
+        ln_scale = raw(ln["scale"])
+        nb_count = raw(nb["total_count"])
+        return MixtureParams(
+            weights_logits=w,
+            t_df=2.0 + F.softplus(raw(t["df"])),
+            t_loc=raw(t["loc"]),
+            t_scale=F.softplus(t_scale).clamp_min(torch.finfo(t_scale.dtype).eps),
+            normal_loc=raw(n["loc"]),
+            nb_total_count=F.softplus(nb_count).clamp_min(torch.finfo(nb_count.dtype).tiny),
+            nb_logits=raw(nb["logits"]),
+            ln_loc=raw(ln["loc"]),
+            ln_scale=F.softplus(ln_scale).clamp_min(torch.finfo(ln_scale.dtype).eps),
+        )
+
+    def distribution(self, h: Tensor) -> Mixture:
+        """Shortcut: Mixture(self(h))."""
+        return Mixture(self(h))
+
+
+def uni2ts_key_map(prefix: str = "param_proj.proj.") -> dict[str, str]:
+    """uni2ts state-dict key -> MixtureHead key (uni2ts tensors carry a leading patch-size dim to index)."""
+    names = ["weights_logits"] + [f"components.{i}.{n}" for i, ns in enumerate(COMPONENT_PARAMS) for n in ns]
+    return {f"{prefix}{name}.{kind}": f"proj.{name}.{kind}" for name in names for kind in ("weight", "bias")}

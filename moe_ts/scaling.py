@@ -1,0 +1,91 @@
+"""Patching, packed-sequence bookkeeping and masked normalisation (DESIGN §3).
+
+Shape legend: B batch, N patches, P patch size, M packed samples per row (+1 for padding id 0).
+A packed row holds several series ("samples"), each a contiguous run of whole patches with
+sample id 1, 2, ...; id 0 marks padding patches.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def patchify(target_bl: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
+    """[B, N·P] values with NaN for missing → (values [B, N, P] with missing zeroed, observed mask [B, N, P])."""
+    b, length = target_bl.shape
+    if length % patch_size:
+        raise ValueError(f"target length {length} is not a multiple of the patch size {patch_size}")
+    patches = target_bl.reshape(b, length // patch_size, patch_size)
+    observed = ~torch.isnan(patches)
+    return torch.where(observed, patches, torch.zeros_like(patches)), observed
+
+
+@dataclass
+class PackedLayout:
+    """Where each sample sits in a packed row."""
+
+    sample_id: Tensor  # [B, N] long, 0 = padding
+    position: Tensor  # [B, N] long, patch index within its sample (0 for padding)
+    length: Tensor  # [B, N] long, number of patches of the patch's sample (0 for padding)
+
+    @classmethod
+    def from_sample_id(cls, sample_id_bn: Tensor) -> "PackedLayout":
+        sid = sample_id_bn.long()
+        b, n = sid.shape
+        num_ids = int(sid.max().item()) + 1 if sid.numel() else 1
+        idx = torch.arange(n, device=sid.device).expand(b, n)
+        start = torch.full((b, num_ids), n, dtype=torch.long, device=sid.device)
+        start = start.scatter_reduce(1, sid, idx, reduce="amin")
+        counts = torch.zeros((b, num_ids), dtype=torch.long, device=sid.device).scatter_add_(1, sid, torch.ones_like(sid))
+        valid = sid > 0
+        position = torch.where(valid, idx - start.gather(1, sid), torch.zeros_like(sid))
+        length = torch.where(valid, counts.gather(1, sid), torch.zeros_like(sid))
+        return cls(sid, position, length)
+
+    def attention_mask(self) -> Tensor:
+        """[B, N, N] True where query i may attend key j: same sample, j ≤ i; padding attends only to itself."""
+        n = self.sample_id.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=self.sample_id.device).tril()
+        same = self.sample_id[:, :, None] == self.sample_id[:, None, :]
+        real = (self.sample_id > 0)[:, None, :]
+        eye = torch.eye(n, dtype=torch.bool, device=self.sample_id.device)
+        return (same & causal & real) | eye
+
+    def stats_patches(self, stats_ratio: float) -> Tensor:
+        """[B, N] True on the leading ⌈r·n⌉ patches of each sample: they give the statistics and get no loss."""
+        lead = torch.ceil(self.length.double() * stats_ratio).long().clamp(min=1)
+        return (self.sample_id > 0) & (self.position < lead)
+
+
+def masked_stats(
+    values_bnp: Tensor, observed_bnp: Tensor, use_bn: Tensor, sample_id_bn: Tensor, min_scale: float
+) -> tuple[Tensor, Tensor]:
+    """Per-sample mean and scale over observed values of the patches where `use_bn` is True.
+
+    Float64, Bessel-corrected variance, scale = sqrt(var + min_scale) as uni2ts; a constant or
+    all-missing sample gets a finite scale (never NaN/inf). Returns (loc [B, N, 1], scale [B, N, 1])
+    broadcast back to every patch of the sample.
+    """
+    b, n, _ = values_bnp.shape
+    sid = sample_id_bn.long()
+    num_ids = int(sid.max().item()) + 1 if sid.numel() else 1
+    weight = (observed_bnp & use_bn[..., None]).double()
+    x = values_bnp.double() * weight
+
+    def per_sample(v_bn: Tensor) -> Tensor:
+        return torch.zeros(b, num_ids, dtype=torch.float64, device=v_bn.device).scatter_add_(1, sid, v_bn)
+
+    count = per_sample(weight.sum(-1))
+    loc = per_sample(x.sum(-1)) / count.clamp(min=1.0)
+    loc_bn = loc.gather(1, sid)
+    sq = ((values_bnp.double() - loc_bn[..., None]) ** 2 * weight).sum(-1)
+    var = per_sample(sq) / (count - 1.0).clamp(min=1.0)
+    scale_bn = torch.sqrt(var + min_scale).gather(1, sid)
+    return loc_bn[..., None].to(values_bnp.dtype), scale_bn[..., None].to(values_bnp.dtype)
+
+
+def num_patches(length: int, patch_size: int) -> int:
+    return math.ceil(length / patch_size)
