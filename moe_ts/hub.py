@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,30 @@ def load_state_strict(model: torch.nn.Module, weights_path: Path | str, map_loca
 
 class HubIOMixin:
     """Overrides ModelHubMixin's framework hooks; put it before ModelHubMixin in the bases."""
+
+    def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None, **kwargs: Any):  # type: ignore[override]
+        """Write config.json, model.safetensors and README.md into a temp folder, then swap it in.
+
+        A crash mid-write leaves the previous folder (if any) untouched.
+        """
+        target = Path(save_directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+        try:
+            super().save_pretrained(tmp, **kwargs)  # type: ignore[misc]
+            if target.exists():
+                backup = target.parent / f".old-{target.name}-{os.getpid()}"
+                os.replace(target, backup)
+                os.replace(tmp, target)
+                shutil.rmtree(backup)
+            else:
+                os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        if push_to_hub:
+            return self.push_to_hub(repo_id=repo_id or target.name, **kwargs)  # type: ignore[attr-defined]
+        return None
 
     def _save_pretrained(self, save_directory: Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]

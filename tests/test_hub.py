@@ -1,0 +1,82 @@
+"""Checkpoint folders: strict, clear failures for missing, truncated or mismatched files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from moe_ts.config import ModelConfig, MoEConfig
+from moe_ts.hub import CheckpointError
+from moe_ts.model import MoiraiMoEModel
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    cfg = ModelConfig(patch_size=8, max_seq_len=8, d_model=16, num_layers=1, num_heads=2,
+                      moe=MoEConfig(num_experts=3, top_k=1, d_ff=8))
+    MoiraiMoEModel.from_model_config(cfg).save_pretrained(tmp_path / "ck")
+    return tmp_path / "ck"
+
+
+def test_missing_weights_file(ckpt):
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors: missing weights file"):
+        MoiraiMoEModel.from_pretrained(ckpt)
+
+
+def test_truncated_weights_file(ckpt):
+    path = ckpt / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt safetensors"):
+        MoiraiMoEModel.from_pretrained(ckpt)
+
+
+def test_missing_folder_and_config(tmp_path, ckpt):
+    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+        MoiraiMoEModel.from_pretrained(tmp_path / "nope")
+    (ckpt / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json: missing"):
+        MoiraiMoEModel.from_pretrained(ckpt)
+
+
+def test_config_that_does_not_match_weights(ckpt):
+    config = json.loads((ckpt / "config.json").read_text())
+    config["moe"]["num_experts"] = 4
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"weights do not match config.json: .*shape mismatch"):
+        MoiraiMoEModel.from_pretrained(ckpt)
+    config["moe"]["num_experts"] = 3
+    config["num_layers"] = 2
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"missing \d+ \(e.g. layers.1"):
+        MoiraiMoEModel.from_pretrained(ckpt)
+
+
+def test_config_with_unknown_key_or_bad_json(ckpt):
+    config = json.loads((ckpt / "config.json").read_text())
+    config["moe"]["n_exprts"] = 3
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match=r"config.moe.n_exprts"):
+        MoiraiMoEModel.from_pretrained(ckpt)
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        MoiraiMoEModel.from_pretrained(ckpt)
+
+
+def test_weights_written_atomically(ckpt, monkeypatch):
+    """A crash while writing leaves the previous weights intact and no temp file behind."""
+    before = (ckpt / "model.safetensors").read_bytes()
+    model = MoiraiMoEModel.from_pretrained(ckpt)
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr("moe_ts.hub.save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_pretrained(ckpt)
+    assert (ckpt / "model.safetensors").read_bytes() == before
+    assert (ckpt / "config.json").is_file()
+    assert not [p for p in ckpt.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    MoiraiMoEModel.from_pretrained(ckpt)
+    assert torch.isfinite(next(model.parameters())).all()
