@@ -99,19 +99,18 @@ class MixtureParams:
 # ----------------------------------------------------------------------------- components
 
 
-def _log1p_square(a: Tensor) -> Tensor:
-    """log(1 + a^2) without overflow for huge |a| (and without NaN gradients)."""
-    big = a.abs() > 1e18
-    a_big = torch.where(big, a.abs(), torch.ones_like(a))
-    a_small = torch.where(big, torch.zeros_like(a), a)
-    return torch.where(big, 2.0 * torch.log(a_big), torch.log1p(a_small * a_small))
+_LOG_BIG = math.log(1e18)  # |u| above this: log(1 + u^2) == 2*log|u| in float32, and u^2 could overflow
 
 
 def student_t_log_prob(y: Tensor, df: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    """Student-t log-density (all reals)."""
-    a = (y - loc) / (scale * torch.sqrt(df))
+    """Student-t log-density (all reals), finite for every finite y."""
+    d = y - loc
+    log_abs_u = torch.log(d.abs().clamp_min(torch.finfo(d.dtype).tiny)) - torch.log(scale) - 0.5 * torch.log(df)
+    big = log_abs_u > _LOG_BIG
+    u_small = torch.where(big, torch.zeros_like(d), d) / (scale * torch.sqrt(df))
+    log1p_u2 = torch.where(big, 2.0 * log_abs_u, torch.log1p(u_small * u_small))
     norm = torch.log(scale) + 0.5 * torch.log(df) + _HALF_LOG_PI + torch.lgamma(0.5 * df) - torch.lgamma(0.5 * (df + 1.0))
-    return -0.5 * (df + 1.0) * _log1p_square(a) - norm
+    return -0.5 * (df + 1.0) * log1p_u2 - norm
 
 
 def normal_log_prob(y: Tensor, loc: Tensor, scale: float | Tensor = NORMAL_FIXED_SCALE) -> Tensor:
@@ -125,13 +124,16 @@ def negative_binomial_log_prob(y: Tensor, total_count: Tensor, logits: Tensor) -
     """Negative binomial log-pmf, continuous in y via lgamma; -inf for y < 0."""
     inside = y >= 0
     y_safe = torch.where(inside, y, torch.zeros_like(y))
-    lp = (
-        total_count * F.logsigmoid(-logits)
-        + y_safe * F.logsigmoid(logits)
-        + torch.lgamma(total_count + y_safe)
-        - torch.lgamma(y_safe + 1.0)
-        - torch.lgamma(total_count)
+    # lgamma(r + y) - lgamma(y + 1): its Stirling limit (r - 1)*log(y) once y is huge (lgamma overflows near 1e36).
+    huge = y_safe > 1e30
+    y_mod = torch.where(huge, torch.zeros_like(y_safe), y_safe)
+    y_huge = torch.where(huge, y_safe, torch.ones_like(y_safe))
+    lgamma_ratio = torch.where(
+        huge,
+        (total_count - 1.0) * torch.log(y_huge),
+        torch.lgamma(total_count + y_mod) - torch.lgamma(y_mod + 1.0),
     )
+    lp = total_count * F.logsigmoid(-logits) + y_safe * F.logsigmoid(logits) + lgamma_ratio - torch.lgamma(total_count)
     return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
 
