@@ -29,7 +29,9 @@ each component's `support` on the normalised value:
     component's log-prob is -inf: it gets zero weight inside the logsumexp.
   * log-normal: support y > 0; for y <= 0 its log-prob is -inf (zero weight).
   * Student-t and normal cover all reals, so the mixture log-prob is finite for every
-    finite y (the Student-t term uses 2*log|u| once (u^2/df) would overflow float32).
+    finite y: the Student-t term uses log(1 + u^2) = 2*log|u| once |u| > 1e18 (u^2 would
+    overflow float32), and the NB term uses lgamma(r + y) - lgamma(y + 1) = (r - 1)*log(y)
+    for y > 1e30 (lgamma overflows near 1e36).
 Out-of-support positions evaluate the component at a dummy in-support value (uni2ts uses a
 sample) and then select -inf, so no NaN reaches the gradients.
 
