@@ -150,7 +150,9 @@ _add("nn5_weekly", "NN5 Weekly", M, "W", 8, ("nn5/nn5.rda",), "nn5", weekly=True
 _add("car_parts", "Car Parts", M, "MS", 12, ("expsmooth/carparts.rda",), "rda_mts", object="carparts")
 _add("hospital", "Hospital", M, "MS", 12, ("expsmooth/hospital.rda",), "rda_mts", object="hospital")
 _add("us_births", "US Births", M, "D", 30, ("mosaicdata/Births.rda",), "us_births")
-_add("sunspot", "Sunspot", M, "D", 30, ("sunspot/SN_d_tot_V2.0.csv",), "sunspot", first="1818-01-08", last="2020-05-31")
+_add("sunspot", "Sunspot", M, "D", 30, ("sunspot/SN_d_tot_V2.0.csv",), "sunspot", first="1818-01-08", length=73931,
+     notes="Monash: 73931 days from 1818-01-08 (its first observed day); Monash's stated end 2020-05-31 would give "
+           "73924 days, so the end date and the length disagree; we keep the start and the length (end 2020-06-07)")
 
 # --- Monash sets read from the archive's .tsf files (not vendored: users put them under monash_tsf/).
 _add("cif_2016", "CIF 2016", M, "MS", 12, _tsf("cif_2016_dataset"), "tsf",
