@@ -90,10 +90,14 @@ def smape(y: np.ndarray, point: np.ndarray) -> float:
     obs = _observed(y)
     if not obs.any():
         return float("nan")
-    num = np.abs(y - point)[obs]
-    den = (np.abs(y) + np.abs(point))[obs]
-    ratio = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-    return float(2.0 * ratio.mean())
+    return float(2.0 * _smape_terms(y, point)[obs].mean())
+
+
+def _smape_terms(y: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """|y - f| / (|y| + |f|) per point, 0 where both are 0."""
+    num = np.abs(y - point)
+    den = np.abs(y) + np.abs(point)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
 def _per_instance_mean(values_nh: np.ndarray, obs_nh: np.ndarray) -> np.ndarray:
@@ -129,12 +133,16 @@ def msis(y: np.ndarray, lower: np.ndarray, upper: np.ndarray, scale: np.ndarray,
     _check_shapes(y, upper, "MSIS upper")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"MSIS alpha must be in (0, 1), got {alpha}")
-    score = (
+    return _scaled_mean(_per_instance_mean(_interval_score(y, lower, upper, alpha), _observed(y)), scale)
+
+
+def _interval_score(y: np.ndarray, lower: np.ndarray, upper: np.ndarray, alpha: float) -> np.ndarray:
+    """Pointwise interval score: width + 2/alpha * distance outside the interval."""
+    return (
         (upper - lower)
         + (2.0 / alpha) * (lower - y) * (y < lower)
         + (2.0 / alpha) * (y - upper) * (y > upper)
     )
-    return _scaled_mean(_per_instance_mean(score, _observed(y)), scale)
 
 
 def quantile_loss_sums(y: np.ndarray, q_nqh: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
@@ -206,3 +214,83 @@ def geometric_mean(values: list[float]) -> float:
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"geometric mean needs positive finite values, got {arr.tolist()}")
     return float(np.exp(np.log(arr).mean()))
+
+
+METRIC_NAMES: tuple[str, ...] = ("MAE", "MSE", "MASE", "sMAPE", "CRPS", "MSIS", "CRPS_samples")
+
+
+class MetricAccumulator:
+    """Dataset-level metrics accumulated over chunks of instances (equal to the one-shot functions).
+
+    update() takes the truth y [n, H], the forecast's median and mean [n, H], its quantiles
+    q_nqh [n, Q, H] at `levels`, the per-instance seasonal scale [n] (None when MASE/MSIS are not
+    wanted) and samples [n, S, H] or None. Point metrics follow GluonTS: MAE, MASE and sMAPE on the
+    median, MSE on the mean. CRPS_samples is reported only when every chunk had samples.
+    """
+
+    def __init__(self, levels: tuple[float, ...], with_scaled: bool = True, alpha: float = MSIS_ALPHA) -> None:
+        self.levels = tuple(levels)
+        self.with_scaled = with_scaled
+        self.alpha = alpha
+        self.count = 0
+        self.instances = 0
+        self.abs_err = 0.0
+        self.sq_err = 0.0
+        self.smape_terms = 0.0
+        self.abs_y = 0.0
+        self.ql = np.zeros(len(CRPS_QUANTILES))
+        self.crps_samples = 0.0
+        self.all_have_samples = True
+        self.mase_i: list[np.ndarray] = []
+        self.msis_i: list[np.ndarray] = []
+        self.scales: list[np.ndarray] = []
+
+    def update(
+        self,
+        y: np.ndarray,
+        median: np.ndarray,
+        mean: np.ndarray,
+        q_nqh: np.ndarray,
+        scale: np.ndarray | None = None,
+        samples_nsh: np.ndarray | None = None,
+    ) -> None:
+        y, median, mean = (np.asarray(a, np.float64) for a in (y, median, mean))
+        _check_shapes(y, median, "median")
+        _check_shapes(y, mean, "mean")
+        obs = _observed(y)
+        self.instances += len(y)
+        self.count += int(obs.sum())
+        self.abs_err += float(np.abs(y - median)[obs].sum())
+        self.sq_err += float(np.square(y - mean)[obs].sum())
+        self.smape_terms += float(_smape_terms(y, median)[obs].sum())
+        self.abs_y += abs_target_sum(y)
+        self.ql += quantile_loss_sums(y, select_levels(q_nqh, self.levels, CRPS_QUANTILES), CRPS_QUANTILES)
+        if samples_nsh is None:
+            self.all_have_samples = False
+        elif self.all_have_samples:
+            self.crps_samples += float(np.nansum(crps_samples_pointwise(y, samples_nsh)))
+        if self.with_scaled:
+            if scale is None:
+                raise ValueError("MASE/MSIS need a per-instance seasonal scale")
+            bounds = select_levels(q_nqh, self.levels, (self.alpha / 2, 1.0 - self.alpha / 2))
+            self.mase_i.append(_per_instance_mean(np.abs(y - median), obs))
+            score = _interval_score(y, bounds[:, 0].astype(np.float64), bounds[:, 1].astype(np.float64), self.alpha)
+            self.msis_i.append(_per_instance_mean(score, obs))
+            self.scales.append(np.asarray(scale, np.float64))
+
+    def result(self) -> dict[str, MetricValue]:
+        """The metrics accumulated so far (NaN where undefined)."""
+        nan = float("nan")
+        out = {
+            "MAE": MetricValue(self.abs_err / self.count if self.count else nan),
+            "MSE": MetricValue(self.sq_err / self.count if self.count else nan),
+            "sMAPE": MetricValue(2.0 * self.smape_terms / self.count if self.count else nan),
+            "CRPS": MetricValue(float((self.ql / self.abs_y).mean()) if self.abs_y > 0 else nan),
+        }
+        if self.all_have_samples and self.instances:
+            out["CRPS_samples"] = MetricValue(self.crps_samples / self.abs_y if self.abs_y > 0 else nan)
+        if self.with_scaled and self.scales:
+            scale = np.concatenate(self.scales)
+            out["MASE"] = _scaled_mean(np.concatenate(self.mase_i), scale)
+            out["MSIS"] = _scaled_mean(np.concatenate(self.msis_i), scale)
+        return out

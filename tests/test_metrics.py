@@ -123,3 +123,28 @@ def test_geometric_mean():
     assert M.geometric_mean([2.0, 8.0, 0.5]) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="positive"):
         M.geometric_mean([1.0, 0.0])
+
+
+def test_accumulator_over_chunks_equals_one_shot_functions():
+    rng = np.random.default_rng(0)
+    n, h, s = 7, 5, 6
+    y = rng.normal(10, 3, (n, h))
+    y[1, 2] = NAN
+    samples = rng.normal(10, 3, (n, s, h))
+    levels = (0.025,) + M.CRPS_QUANTILES + (0.975,)
+    q = np.quantile(samples, levels, axis=1).transpose(1, 0, 2)
+    median, mean = np.median(samples, axis=1), samples.mean(axis=1)
+    scale = rng.uniform(0.5, 2.0, n)
+    scale[3] = 0.0
+    acc = M.MetricAccumulator(levels)
+    for lo, hi in ((0, 3), (3, 7)):
+        acc.update(y[lo:hi], median[lo:hi], mean[lo:hi], q[lo:hi], scale[lo:hi], samples[lo:hi])
+    res = acc.result()
+    assert res["MAE"].value == pytest.approx(M.mae(y, median))
+    assert res["MSE"].value == pytest.approx(M.mse(y, mean))
+    assert res["sMAPE"].value == pytest.approx(M.smape(y, median))
+    assert res["CRPS"].value == pytest.approx(M.weighted_quantile_loss(y, q[:, 1:-1], M.CRPS_QUANTILES))
+    assert res["CRPS_samples"].value == pytest.approx(M.crps_from_samples(y, samples))
+    assert res["MASE"].value == pytest.approx(M.mase(y, median, scale).value)
+    assert res["MASE"].excluded == 1
+    assert res["MSIS"].value == pytest.approx(M.msis(y, q[:, 0], q[:, -1], scale).value)

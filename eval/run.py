@@ -1,0 +1,151 @@
+"""Zero-shot evaluation CLI (DESIGN §7).
+
+    python -m eval.run --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR \
+        [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0] \
+        [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N]
+    python -m eval.run --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
+
+`--checkpoint naive` or `seasonal_naive` evaluates a baseline by name (a sanity run). Writes
+results.csv, aggregate.csv, results.md and plots/<suite>/<dataset>_h<H>.png under --out, and prints
+the markdown. Missing datasets are reported as "missing: put FILE under DIR"; any subsampling
+(--max-series, --max-windows, --lsf-stride > 1) is written beside every number it affects.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from eval.baselines import Naive, SeasonalNaive
+from eval.plots import plot_suite
+from eval.protocols import TaskOptions, tsf_task
+from eval.report import write_reports
+from eval.runner import Forecaster, RunConfig, SuiteResult, run_suite, run_task_suite
+
+SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "all")
+ALL_SUITES = ("monash", "zeroshot", "lsf")
+
+
+def load_forecaster(checkpoint: str) -> tuple[Forecaster, str, dict[str, Any]]:
+    """(forecaster, display name, extra forecast kwargs) for a baseline name or a checkpoint folder."""
+    if checkpoint == "naive":
+        return Naive(), "naive", {}
+    if checkpoint == "seasonal_naive":
+        return SeasonalNaive(), "seasonal_naive", {}
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: not a folder (nor 'naive' / 'seasonal_naive')")
+    from moe_ts.model import MoiraiMoEModel
+
+    model = MoiraiMoEModel.from_pretrained(path)
+    # Monash / GIFT-Eval series can be shorter than one patch: the model left-pads them with missing values.
+    return model, path.resolve().name, {"allow_short_context": True}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="model folder (from_pretrained), or 'naive' / 'seasonal_naive'")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--suite", choices=SUITE_CHOICES, help="registered suite ('all' = monash, zeroshot, lsf)")
+    what.add_argument("--tsf", type=Path, help="evaluate one Monash-format .tsf file (last window, its own @horizon)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--datasets", help="comma-separated registry names (default: the whole suite)")
+    p.add_argument("--data-dir", help="data folder (default: $MOE_TS_DATA_DIR, else <repo>/data)")
+    p.add_argument("--horizon", type=_positive, help="--tsf only: horizon when the file has no @horizon (overrides it)")
+    p.add_argument("--seasonality", type=_positive, help="--tsf only: season length (default: Monash's for the frequency)")
+    p.add_argument("--num-samples", type=_positive, default=100)
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--context-length", type=_positive, help="override every dataset's registered context length")
+    p.add_argument("--max-series", type=_positive, help="keep the first N series (channels for LSF) of each dataset")
+    p.add_argument("--max-windows", type=_positive, help="keep at most N windows per series (LSF: evenly thinned)")
+    p.add_argument("--lsf-stride", type=_positive, default=1, help="LSF window stride (1 = the published protocol)")
+    p.add_argument("--chunk-size", type=_positive, default=1024, help="instances per forecast() call")
+    p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
+    return p
+
+
+def _suite_datasets(suite: str, requested: list[str] | None) -> list[str]:
+    from eval.registry import get_spec, list_suite
+
+    names = list_suite(suite)
+    if requested is None:
+        return names
+    wanted = [get_spec(n).name for n in requested]
+    return [n for n in wanted if n in names]
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(suite, datasets) pairs to run; every requested dataset must belong to one of the suites."""
+    from eval.registry import get_spec
+
+    suites = ALL_SUITES if args.suite == "all" else (args.suite,)
+    requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    if requested:
+        for name in requested:
+            spec = get_spec(name)
+            if not any(s in spec.suites for s in suites):
+                raise ValueError(f"--datasets {name}: belongs to suite(s) {', '.join(spec.suites)}, not {args.suite}")
+    plan = [(s, _suite_datasets(s, requested)) for s in suites]
+    return [(s, ds) for s, ds in plan if ds]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        model, model_name, model_kwargs = load_forecaster(args.checkpoint)
+        if args.tsf is not None:
+            task = tsf_task(args.tsf, args.horizon, args.context_length or 1000, args.seasonality,
+                            max_series=args.max_series, max_windows=args.max_windows)
+            plan = []
+        else:
+            if args.horizon or args.seasonality:
+                raise ValueError("--horizon and --seasonality apply to --tsf only (registered sets use their protocol)")
+            plan = _plan(args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        parser.error(str(err.args[0] if isinstance(err, KeyError) and err.args else err))
+
+    cfg = RunConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                    chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=model_kwargs)
+    options = TaskOptions(context_length=args.context_length, lsf_stride=args.lsf_stride,
+                          max_series=args.max_series, max_windows=args.max_windows)
+    results: list[SuiteResult] = []
+    if args.tsf is not None:
+        results.append(run_task_suite("tsf", [task], model, cfg))
+    for suite, datasets in plan:
+        results.append(run_suite(suite, datasets, model, args.data_dir, options, cfg))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.plot_series > 0:
+        for r in results:
+            plot_suite(r, args.out, model_name)
+    argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    header = [
+        f"- command: `python -m eval.run {argv_text}`",
+        f"- checkpoint: `{args.checkpoint}`; samples {args.num_samples}, seed {args.seed}, batch {args.batch_size}",
+        f"- protocol options: context length {args.context_length or 'per dataset'}, LSF stride {args.lsf_stride}, "
+        f"max series {args.max_series or 'all'}, max windows {args.max_windows or 'all'}",
+        f"- written {datetime.datetime.now().isoformat(timespec='seconds')}, {time.perf_counter() - t0:.1f} s",
+        "- point metrics use the median (MSE the mean); CRPS = mean weighted quantile loss over 0.1..0.9; "
+        "rel. = model / Seasonal Naive; all metrics of all roles are in results.csv",
+    ]
+    text = write_reports(results, args.out, model_name, header)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Zero-shot runner (DESIGN §7): evaluate a forecaster and the Naive / Seasonal Naive baselines on the same
+test instances of each dataset, streaming instances in chunks and accumulating dataset-level metrics.
+
+Any object with the model's `forecast(contexts, prediction_length, num_samples=, quantile_levels=, seed=,
+batch_size=) -> ForecastOutput` method is a forecaster (duck typing, `Forecaster`). A forecaster that
+also has `for_seasonality(m)` (Seasonal Naive) is re-bound to each dataset's seasonality.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from eval.baselines import Naive, SeasonalNaive
+from eval.metrics import CRPS_QUANTILES, MSIS_ALPHA, MetricAccumulator, MetricValue, select_levels
+from eval.protocols import Task, TaskOptions, build_tasks
+from moe_ts.forecast_output import ForecastOutput
+
+# Quantile levels requested from every forecaster: CRPS's 0.1..0.9 plus the MSIS 95% interval bounds.
+EVAL_QUANTILES: tuple[float, ...] = (MSIS_ALPHA / 2,) + CRPS_QUANTILES + (1.0 - MSIS_ALPHA / 2,)
+PLOT_QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
+# Roles in every result: the evaluated model and the two reference baselines.
+MODEL, SNAIVE, NAIVE = "model", "seasonal_naive", "naive"
+ROLES = (MODEL, SNAIVE, NAIVE)
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """The forecasting interface shared by the model and the baselines."""
+
+    def forecast(self, contexts: list[np.ndarray], prediction_length: int, **kwargs: Any) -> ForecastOutput: ...
+
+
+@runtime_checkable
+class SeasonalForecaster(Protocol):
+    """A forecaster that must be told the dataset's seasonality."""
+
+    def for_seasonality(self, season_length: int) -> Forecaster: ...
+
+
+@dataclass
+class RunConfig:
+    """Sampling and batching options shared by every task."""
+
+    num_samples: int = 100
+    batch_size: int = 64
+    seed: int = 0
+    chunk_size: int = 1024  # instances handed to forecast() at once (bounds memory)
+    plot_series: int = 3  # forecasts kept per task for the plots
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra forecast() arguments for the model only
+
+
+@dataclass
+class PlotExample:
+    """One forecast kept for plotting."""
+
+    item_id: str
+    context: np.ndarray
+    truth: np.ndarray
+    quantiles: np.ndarray  # [3, H] at PLOT_QUANTILES (0.1, 0.5, 0.9)
+
+
+@dataclass
+class TaskResult:
+    """Metrics of every role on one task, with how the task's instances were chosen."""
+
+    suite: str
+    dataset: str
+    display_name: str
+    horizon: int
+    context_length: int
+    num_series: int
+    num_instances: int
+    sampling: str
+    full_protocol: bool
+    metrics: dict[str, dict[str, MetricValue]]  # role -> metric -> value
+    seconds: dict[str, float]
+    examples: list[PlotExample] = field(default_factory=list)
+
+
+@dataclass
+class MissingDataset:
+    """A dataset whose files are absent: reported, never silently skipped."""
+
+    suite: str
+    dataset: str
+    message: str
+
+
+@dataclass
+class SuiteResult:
+    """Everything one suite produced."""
+
+    suite: str
+    tasks: list[TaskResult] = field(default_factory=list)
+    missing: list[MissingDataset] = field(default_factory=list)
+
+
+def _bind(forecaster: Forecaster, seasonality: int) -> Forecaster:
+    return forecaster.for_seasonality(seasonality) if isinstance(forecaster, SeasonalForecaster) else forecaster
+
+
+def _check_output(out: ForecastOutput, n: int, horizon: int, role: str, task: Task) -> None:
+    where = f"{task.dataset} (h={horizon}), {role}"
+    if out.mean.shape != (n, horizon):
+        raise ValueError(f"{where}: forecast mean has shape {out.mean.shape}, expected {(n, horizon)}")
+    if out.quantiles.shape[0] != n or out.quantiles.shape[2] != horizon:
+        raise ValueError(f"{where}: forecast quantiles have shape {out.quantiles.shape}, expected ({n}, Q, {horizon})")
+    if not np.all(np.isfinite(out.quantiles)) or not np.all(np.isfinite(out.mean)):
+        raise ValueError(f"{where}: forecast contains NaN or inf")
+
+
+def _example_indices(task: Task, k: int) -> list[int]:
+    """Up to k instances from distinct series (the last window of each), for plots."""
+    seen: dict[int, int] = {}
+    for i, s in enumerate(task.series_index):
+        seen[int(s)] = i
+    return sorted(seen.values())[:k]
+
+
+def evaluate_task(task: Task, forecasters: dict[str, Forecaster], cfg: RunConfig,
+                  log: Callable[[str], None] | None = None) -> TaskResult:
+    """Run each role's forecaster over every instance of `task` and accumulate its metrics."""
+    metrics: dict[str, dict[str, MetricValue]] = {}
+    seconds: dict[str, float] = {}
+    keep = set(_example_indices(task, cfg.plot_series))
+    examples: list[PlotExample] = []
+    n = len(task)
+    if n == 0:
+        raise ValueError(f"{task.dataset} (h={task.horizon}): no test instance left ({task.sampling.describe()})")
+    for role, forecaster in forecasters.items():
+        bound = _bind(forecaster, task.seasonality)
+        extra = cfg.model_kwargs if role == MODEL else {}
+        acc = MetricAccumulator(EVAL_QUANTILES, with_scaled=task.with_scaled)
+        t0 = time.perf_counter()
+        for c, lo in enumerate(range(0, n, cfg.chunk_size)):
+            idx = np.arange(lo, min(n, lo + cfg.chunk_size))
+            contexts = task.contexts(idx)
+            truth = task.truth(idx)
+            out = bound.forecast(
+                contexts, task.horizon, num_samples=cfg.num_samples, quantile_levels=EVAL_QUANTILES,
+                seed=cfg.seed + c, batch_size=cfg.batch_size, **extra,
+            )
+            _check_output(out, len(idx), task.horizon, role, task)
+            scales = task.scales(idx) if task.with_scaled else None
+            q_eval = select_levels(out.quantiles, tuple(out.quantile_levels), EVAL_QUANTILES)
+            acc.update(truth, out.median, out.mean, q_eval, scales, out.samples)
+            if role == MODEL:
+                q = select_levels(out.quantiles, tuple(out.quantile_levels), PLOT_QUANTILES)
+                for j, i in enumerate(idx):
+                    if int(i) in keep:
+                        examples.append(PlotExample(task.instance_id(int(i)), contexts[j], truth[j], q[j]))
+        seconds[role] = time.perf_counter() - t0
+        metrics[role] = acc.result()
+        if log:
+            main = ", ".join(f"{k}={v.value:.4g}" for k, v in metrics[role].items() if k in ("MAE", "MSE", "CRPS", "MASE"))
+            log(f"  {task.dataset} h={task.horizon} {role}: {main} ({seconds[role]:.1f}s, {n} instances)")
+    return TaskResult(
+        suite=task.suite, dataset=task.dataset, display_name=task.display_name, horizon=task.horizon,
+        context_length=task.context_length, num_series=task.sampling.series_used, num_instances=n,
+        sampling=task.sampling.describe(), full_protocol=task.sampling.is_full, metrics=metrics,
+        seconds=seconds, examples=examples,
+    )
+
+
+def reference_forecasters(model: Forecaster) -> dict[str, Forecaster]:
+    """The evaluated model plus the two baselines, by role."""
+    return {MODEL: model, SNAIVE: SeasonalNaive(), NAIVE: Naive()}
+
+
+def _default_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_suite(
+    suite: str,
+    datasets: list[str],
+    model: Forecaster,
+    data_dir: str | os.PathLike[str] | None = None,
+    options: TaskOptions | None = None,
+    cfg: RunConfig | None = None,
+    log: Callable[[str], None] | None = _default_log,
+) -> SuiteResult:
+    """Evaluate `model` (and the baselines) on `datasets` under `suite`'s protocol; absent files -> `missing`."""
+    from eval.registry import DatasetMissingError
+
+    options = options or TaskOptions()
+    cfg = cfg or RunConfig()
+    result = SuiteResult(suite)
+    forecasters = reference_forecasters(model)
+    for name in datasets:
+        try:
+            tasks = build_tasks(name, suite, data_dir, options)
+        except DatasetMissingError as err:
+            msg = str(err)
+            result.missing.append(MissingDataset(suite, name, msg[msg.find("missing:"):] if "missing:" in msg else msg))
+            if log:
+                log(f"[{suite}] {name}: {msg}")
+            continue
+        if log:
+            log(f"[{suite}] {name}: {len(tasks)} task(s), {tasks[0].sampling.describe()}")
+        for task in tasks:
+            result.tasks.append(evaluate_task(task, forecasters, cfg, log))
+    return result
+
+
+def run_task_suite(name: str, tasks: list[Task], model: Forecaster, cfg: RunConfig | None = None,
+                   log: Callable[[str], None] | None = _default_log) -> SuiteResult:
+    """Evaluate prebuilt tasks (e.g. a user's .tsf file) as a one-off suite named `name`."""
+    cfg = cfg or RunConfig()
+    result = SuiteResult(name)
+    forecasters = reference_forecasters(model)
+    for task in tasks:
+        result.tasks.append(evaluate_task(task, forecasters, cfg, log))
+    return result
