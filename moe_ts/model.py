@@ -21,6 +21,7 @@ from moe_ts.distributions import MixtureHead
 from moe_ts.forecast_output import ForecastOutput
 from moe_ts.forecasting import forecast
 from moe_ts.hub import HubIOMixin
+from moe_ts.model_card import MODEL_CARD_TEMPLATE, architecture_summary
 from moe_ts.moe import MoELayer, MoEStats
 from moe_ts.scaling import PackedLayout, masked_stats, patchify
 
@@ -85,6 +86,7 @@ class MoiraiMoEModel(
     tags=["time-series", "forecasting", "mixture-of-experts"],
     repo_url="https://github.com/moe-ts/moe-ts",
     coders={ModelConfig: (_encode_config, _decode_config)},
+    model_card_template=MODEL_CARD_TEMPLATE,
 ):
     """Decoder-only sparse-MoE forecaster: `forward` gives the pretraining loss, `forecast` sample paths."""
 
@@ -161,6 +163,11 @@ class MoiraiMoEModel(
         moe = self.config.moe
         expert_params = sum(p.numel() for layer in self.layers for p in layer.moe.experts.parameters())
         return total - expert_params + expert_params * moe.top_k // moe.num_experts
+
+    def generate_model_card(self, *args: Any, **kwargs: Any):
+        """The card template filled with this model's sizes (and `eval_table` when given)."""
+        kwargs.setdefault("architecture", architecture_summary(self))
+        return super().generate_model_card(*args, **kwargs)
 
     def forecast(self, contexts: object, prediction_length: int, **kwargs: Any) -> ForecastOutput:
         """Probabilistic forecast; see `moe_ts.forecasting.forecast` for the arguments."""

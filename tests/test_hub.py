@@ -80,3 +80,18 @@ def test_weights_written_atomically(ckpt, monkeypatch):
     assert not [p for p in ckpt.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
     MoiraiMoEModel.from_pretrained(ckpt)
     assert torch.isfinite(next(model.parameters())).all()
+
+
+def test_export_puts_the_eval_table_in_the_model_card(ckpt, tmp_path):
+    from moe_ts.cli import main
+
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "results.md").write_text("| dataset | MAE rel. |\n|---|---|\n| M4 Hourly | 0.8123 |\n")
+    assert main(["export", "--checkpoint", str(ckpt), "--eval", str(eval_dir), "--out", str(tmp_path / "release")]) == 0
+    card = (tmp_path / "release" / "README.md").read_text()
+    assert "| M4 Hourly | 0.8123 |" in card and "library_name: moe-ts" in card
+    assert "experts, top-1" in card
+    MoiraiMoEModel.from_pretrained(tmp_path / "release")
+    with pytest.raises(FileNotFoundError, match="no evaluation results"):
+        main(["export", "--checkpoint", str(ckpt), "--eval", str(tmp_path / "none"), "--out", str(tmp_path / "r2")])
