@@ -150,11 +150,11 @@ def quantile_loss_sums(y: np.ndarray, q_nqh: np.ndarray, levels: tuple[float, ..
     y, q_nqh = np.asarray(y, np.float64), np.asarray(q_nqh, np.float64)
     if q_nqh.ndim != 3 or q_nqh.shape[1] != len(levels) or q_nqh.shape[::2] != y.shape:
         raise ValueError(f"quantile forecasts shape {q_nqh.shape} does not match truth {y.shape} and {len(levels)} levels")
-    obs = _observed(y)[:, None, :]
-    yq = y[:, None, :]
     lv = np.asarray(levels, np.float64)[None, :, None]
-    loss = np.abs((q_nqh - yq) * ((yq <= q_nqh).astype(np.float64) - lv))
-    return 2.0 * np.where(obs, loss, 0.0).sum(axis=(0, 2))
+    d = q_nqh - y[:, None, :]  # NaN where y is missing
+    # |(f - y)(1{y <= f} - q)| = (1 - q)(f - y) when f >= y, else q(y - f)
+    loss = np.maximum((1.0 - lv) * d, -lv * d)
+    return 2.0 * np.nansum(loss, axis=(0, 2))
 
 
 def abs_target_sum(y: np.ndarray) -> float:
@@ -179,7 +179,10 @@ def select_levels(q_nqh: np.ndarray, levels: tuple[float, ...], wanted: tuple[fl
         if not hits:
             raise ValueError(f"quantile level {w} is not among the forecast's levels {tuple(levels)}")
         idx.append(hits[0])
-    return np.asarray(q_nqh)[:, idx, :]
+    q_nqh = np.asarray(q_nqh)
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        return q_nqh[:, idx[0] : idx[0] + len(idx), :]  # a view, no copy
+    return q_nqh[:, idx, :]
 
 
 def crps_samples_pointwise(y: np.ndarray, samples_nsh: np.ndarray) -> np.ndarray:

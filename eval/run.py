@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, model_name, model_kwargs = load_forecaster(args.checkpoint)
         if args.tsf is not None:
+            if args.datasets or args.data_dir:
+                raise ValueError("--datasets and --data-dir apply to --suite only")
             task = tsf_task(args.tsf, args.horizon, args.context_length or 1000, args.seasonality,
                             max_series=args.max_series, max_windows=args.max_windows)
             plan = []
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"- command: `python -m eval.run {argv_text}`",
         f"- checkpoint: `{args.checkpoint}`; samples {args.num_samples}, seed {args.seed}, batch {args.batch_size}",
-        f"- protocol options: context length {args.context_length or 'per dataset'}, LSF stride {args.lsf_stride}, "
+        f"- protocol options: context length {args.context_length or ('1000' if args.tsf else 'per dataset')}, "
+        f"LSF stride {args.lsf_stride}, "
         f"max series {args.max_series or 'all'}, max windows {args.max_windows or 'all'}",
         f"- written {datetime.datetime.now().isoformat(timespec='seconds')}, {time.perf_counter() - t0:.1f} s",
         "- point metrics use the median (MSE the mean); CRPS = mean weighted quantile loss over 0.1..0.9; "

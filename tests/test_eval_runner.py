@@ -206,3 +206,29 @@ def test_runner_rejects_malformed_forecasts():
 
     with pytest.raises(ValueError, match=r"toy \(h=6\), model: forecast mean has shape"):
         evaluate_task(_toy_task(), {MODEL: Bad()}, RunConfig())
+
+
+def test_fresh_tiny_model_through_the_cli(tmp_path, data_dir):
+    torch = pytest.importorskip("torch")
+    from moe_ts.config import load_model_config
+    from moe_ts.model import MoiraiMoEModel
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny"
+    MoiraiMoEModel.from_model_config(load_model_config(REPO / "configs" / "tiny.yaml")).save_pretrained(ckpt)
+    out = tmp_path / "out"
+    main(["--checkpoint", str(ckpt), "--suite", "monash", "--datasets", "hospital", "--data-dir", str(data_dir),
+          "--max-series", "4", "--num-samples", "8", "--out", str(out)])
+    rows = [r for r in _read_csv(out / "results.csv") if r["status"] == "ok"]
+    model_rows = {r["metric"]: float(r["value"]) for r in rows if r["role"] == MODEL}
+    assert set(model_rows) == {"MAE", "MSE", "MASE", "sMAPE", "CRPS", "MSIS", "CRPS_samples"}
+    assert all(math.isfinite(v) and v > 0 for v in model_rows.values())
+    assert {r["model"] for r in rows if r["role"] == MODEL} == {"tiny"}
+    rel = _aggregate(out / "aggregate.csv", "monash", "MAE", MODEL)
+    assert math.isfinite(rel) and rel != 1.0
+    assert (out / "plots" / "monash" / "hospital_h12.png").exists()
+    # M1 yearly holds contexts shorter than one patch: the model pads them instead of failing
+    # (series 6, 7 and 8 of the first ten have fewer than 16 context points)
+    main(["--checkpoint", str(ckpt), "--tsf", str(M1_TSF), "--num-samples", "4", "--out", str(tmp_path / "o2"),
+          "--plot-series", "0", "--max-series", "10"])
+    assert any(r["role"] == MODEL for r in _read_csv(tmp_path / "o2" / "results.csv"))
