@@ -1,0 +1,240 @@
+"""Prove that no evaluation test window appears in a corpus.
+
+For every available evaluation dataset (every registry entry whose files are present) and every series, the test
+span (eval.registry.test_span) is cut into sliding windows of length w = min(span length, WINDOW) (stride 1).
+A window counts as *leaked* when the same float32 values appear contiguously inside one corpus target, except
+inside the pre-test history of the very same series (same dataset and source item, ending before the test span
+starts): a series that repeats itself exactly (e.g. M4 H295) shows those values in its own evaluation context
+anyway. Windows holding a NaN or fewer than MIN_DISTINCT distinct values (runs of zeros, intermittent 0/1/2
+counts) are skipped: they carry too little identity and match unrelated series by chance; prepare's cut still
+excludes them by construction. Matching is a 64-bit polynomial hash over the float32 bit patterns (-0.0 folded into 0.0),
+and every hash hit is confirmed by comparing the values, so a reported leak is a real copy.
+
+`python -m data_prep.leak_check CORPUS_DIR [--data-dir DIR] [--datasets a,b] [--window 16]` exits 1 and names the
+offending dataset / series when any test window is found, 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data_prep.corpus import load_corpus
+
+WINDOW = 16
+MIN_DISTINCT = 6
+_P = np.uint64(0x100000001B3)  # FNV-64 prime as the polynomial base
+_CHUNK_POINTS = 4_000_000  # corpus values hashed per pass
+
+
+@dataclass
+class Leak:
+    """One evaluation test window found in a corpus row."""
+
+    eval_dataset: str
+    eval_item_id: str
+    window_offset: int  # position of the window in the evaluation series
+    corpus_dataset: str
+    corpus_item_id: str
+    corpus_offset: int  # position of the copy inside the corpus target
+    corpus_row: int
+
+
+@dataclass
+class LeakReport:
+    """What was checked and what was found."""
+
+    datasets: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # dataset → reason (e.g. missing files)
+    windows: int = 0
+    corpus_rows: int = 0
+    corpus_points: int = 0
+    leaks: list[Leak] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.leaks
+
+    def summary(self) -> str:
+        head = (f"checked {self.windows} test windows of {len(self.datasets)} evaluation datasets against "
+                f"{self.corpus_rows} corpus series ({self.corpus_points} points)")
+        if self.ok:
+            return f"no leak: {head}"
+        by_pair: dict[tuple[str, str], list[Leak]] = defaultdict(list)
+        for leak in self.leaks:
+            by_pair[(leak.eval_dataset, leak.corpus_dataset)].append(leak)
+        lines = [f"LEAK: {len(self.leaks)} test windows found in the corpus; {head}"]
+        for (eval_ds, corpus_ds), leaks in sorted(by_pair.items()):
+            first = leaks[0]
+            lines.append(
+                f"  {eval_ds}: {len(leaks)} windows in corpus dataset {corpus_ds!r}, e.g. series {first.eval_item_id!r} "
+                f"test window at {first.window_offset} = corpus item {first.corpus_item_id!r} at {first.corpus_offset}"
+            )
+        return "\n".join(lines)
+
+
+def _canonical_bits(values: np.ndarray) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float32) + np.float32(0.0)  # folds -0.0 into +0.0
+    return x.view(np.uint32).astype(np.uint64)
+
+
+def _window_hashes(bits: np.ndarray, w: int) -> np.ndarray:
+    """Polynomial hash of every length-w window of `bits` (uint64 arithmetic wraps modulo 2**64)."""
+    n = len(bits) - w + 1
+    if n <= 0:
+        return np.empty(0, dtype=np.uint64)
+    h = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(w):
+            h = h * _P + bits[k : k + n]
+    return h
+
+
+@dataclass
+class _EvalWindows:
+    w: int
+    hashes: np.ndarray  # sorted
+    order: np.ndarray  # index into refs for each sorted hash
+    refs: list[tuple[str, str, int, int, np.ndarray]]  # (dataset, item_id, window offset, test start, values)
+
+
+def _distinct_counts(views: np.ndarray) -> np.ndarray:
+    ordered = np.sort(views, axis=1)
+    return 1 + (np.diff(ordered, axis=1) != 0).sum(axis=1)
+
+
+def collect_test_windows(
+    data_dir: str | os.PathLike[str] | None = None, names: list[str] | None = None, window: int = WINDOW,
+    report: LeakReport | None = None, min_distinct: int = MIN_DISTINCT,
+) -> dict[int, _EvalWindows]:
+    """Hash the test windows of every available evaluation dataset (or of `names`), grouped by window length."""
+    from eval.registry import all_specs, available, get_spec, load_series, test_span
+
+    specs = [get_spec(n) for n in names] if names else all_specs()
+    refs_by_w: dict[int, list[tuple[str, str, int, int, np.ndarray]]] = defaultdict(list)
+    hashes_by_w: dict[int, list[np.ndarray]] = defaultdict(list)
+    for spec in specs:
+        if not available(spec, data_dir):
+            if report is not None:
+                report.skipped[spec.name] = "files missing"
+            continue
+        if report is not None:
+            report.datasets.append(spec.name)
+        for s in load_series(spec, data_dir):
+            start, end = test_span(spec, len(s))
+            span = s.target[start:end]
+            w = min(len(span), window)
+            if w == 0:
+                continue
+            bits = _canonical_bits(span)
+            h = _window_hashes(bits, w)
+            views = np.lib.stride_tricks.sliding_window_view(span, w)
+            keep = ~np.isnan(views).any(axis=1)
+            keep &= _distinct_counts(views) >= min(min_distinct, w)
+            for off in np.flatnonzero(keep):
+                refs_by_w[w].append((spec.name, s.item_id, start + int(off), start, views[off].copy()))
+            hashes_by_w[w].append(h[keep])
+    out = {}
+    for w, refs in refs_by_w.items():
+        hashes = np.concatenate(hashes_by_w[w])
+        order = np.argsort(hashes, kind="stable")
+        out[w] = _EvalWindows(w, hashes[order], order, refs)
+        if report is not None:
+            report.windows += len(refs)
+    return out
+
+
+def _scan_chunk(values: np.ndarray, offsets: np.ndarray, row_base: int, meta: list[tuple[str, str, str, int]],
+                windows: dict[int, _EvalWindows], report: LeakReport, max_leaks: int | None) -> None:
+    """Hash every window of the concatenated targets `values` (rows delimited by `offsets`) and record confirmed hits."""
+    bits = _canonical_bits(values)
+    for w, ev in windows.items():
+        h = _window_hashes(bits, w)
+        if not len(h):
+            continue
+        pos = np.searchsorted(ev.hashes, h)
+        pos = np.minimum(pos, len(ev.hashes) - 1)
+        hit = np.flatnonzero(ev.hashes[pos] == h)
+        if not len(hit):
+            continue
+        row_start = np.searchsorted(offsets, hit, side="right") - 1
+        row_end_of_window = np.searchsorted(offsets, hit + w - 1, side="right") - 1
+        for p, r, r2 in zip(hit, row_start, row_end_of_window):
+            if r != r2:
+                continue  # window straddles two corpus rows
+            window_values = values[p : p + w]
+            j = pos[p]
+            while j < len(ev.hashes) and ev.hashes[j] == h[p]:
+                ds, item, off, test_start, ref = ev.refs[ev.order[j]]
+                j += 1
+                if not np.array_equal(ref, window_values):
+                    continue
+                corpus_ds, corpus_item, source_item, span_start = meta[r]
+                in_row = int(p - offsets[r])
+                if corpus_ds == ds and source_item == item and span_start + in_row + w <= test_start:
+                    continue  # the series' own history, which its evaluation context shows anyway
+                report.leaks.append(Leak(ds, item, off, corpus_ds, corpus_item, in_row, row_base + int(r)))
+                if max_leaks is not None and len(report.leaks) >= max_leaks:
+                    return
+
+
+def check_corpus(
+    corpus_path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, names: list[str] | None = None,
+    window: int = WINDOW, max_leaks: int | None = None, min_distinct: int = MIN_DISTINCT,
+) -> LeakReport:
+    """Search the corpus for every available evaluation test window; returns a LeakReport (report.ok when clean)."""
+    report = LeakReport()
+    windows = collect_test_windows(data_dir, names, window, report, min_distinct)
+    corpus = load_corpus(corpus_path)
+    table = corpus.data.table if hasattr(corpus.data, "table") else corpus.data
+    targets = table.column("target")
+    datasets_col = table.column("dataset").to_pylist()
+    items_col = table.column("item_id").to_pylist()
+    sources_col = table.column("source_item_id").to_pylist()
+    span_col = table.column("span_start").to_pylist()
+    report.corpus_rows = len(items_col)
+    row = 0
+    for chunk in targets.chunks:
+        offsets_all = chunk.offsets.to_numpy()
+        offsets_all = offsets_all - offsets_all[0]
+        flat = chunk.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        n_rows = len(chunk)
+        report.corpus_points += len(flat)
+        # split big chunks into row groups of about _CHUNK_POINTS values
+        r0 = 0
+        while r0 < n_rows:
+            r1 = int(np.searchsorted(offsets_all, offsets_all[r0] + _CHUNK_POINTS, side="right")) - 1
+            r1 = min(max(r1, r0 + 1), n_rows)
+            lo, hi = offsets_all[r0], offsets_all[r1]
+            sl = slice(row + r0, row + r1)
+            meta = list(zip(datasets_col[sl], items_col[sl], sources_col[sl], span_col[sl]))
+            _scan_chunk(flat[lo:hi], offsets_all[r0 : r1 + 1] - lo, row + r0, meta, windows, report, max_leaks)
+            if max_leaks is not None and len(report.leaks) >= max_leaks:
+                return report
+            r0 = r1
+        row += n_rows
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: check a corpus; print the summary; exit status 1 when a test window is found."""
+    parser = argparse.ArgumentParser(prog="python -m data_prep.leak_check", description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", help="corpus directory written by data_prep.prepare")
+    parser.add_argument("--data-dir", default=None, help="benchmark data directory (default: $MOE_TS_DATA_DIR or the repo's data/)")
+    parser.add_argument("--datasets", default=None, help="comma-separated registry names (default: every available one)")
+    parser.add_argument("--window", type=int, default=WINDOW, help=f"window length (default {WINDOW})")
+    args = parser.parse_args(argv)
+    if args.window < 2:
+        parser.error("--window must be at least 2")
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()] if args.datasets else None
+    report = check_corpus(args.corpus, args.data_dir, names, args.window)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

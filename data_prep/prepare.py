@@ -1,0 +1,231 @@
+"""Build the pretraining corpus: real datasets available offline (evaluation test spans cut away by default) plus
+seeded synthetic series, written as one Arrow dataset with a manifest.
+
+python -m data_prep.prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
+    [--kernelsynth-count N] [--kernelsynth-length L] [--seed S] [--exclude-eval | --include-eval]
+    [--max-series-per-dataset N]
+
+With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
+test span (eval.registry.test_span), and zero-shot-suite datasets are left out entirely. --include-eval keeps
+everything (for experiments, and to show the leak check catches it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from data_prep.corpus import CorpusEntry, cut_series, write_corpus
+from data_prep.paths import resolve_data_dir
+from data_prep.synthetic import generate_kernelsynth, generate_synthetic
+
+MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
+
+
+@dataclass
+class SourceStats:
+    """What one source contributed."""
+
+    name: str
+    series: int = 0
+    points: int = 0
+    dropped_short: int = 0
+    note: str = ""
+    spans: list[tuple[str, int, int, int]] = field(default_factory=list)  # (item_id, span_start, span_end, source length)
+
+
+def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_series: int | None,
+                  stats: list[SourceStats]) -> Iterator[CorpusEntry]:
+    from eval.registry import available, get_spec, load_series, test_span
+
+    for name in names:
+        spec = get_spec(name)
+        st = SourceStats(spec.name)
+        stats.append(st)
+        if not available(spec, data_dir):
+            st.note = "missing files: skipped"
+            continue
+        if exclude_eval and "zeroshot" in spec.suites:
+            st.note = "zero-shot evaluation set: left out"
+            continue
+        for s in load_series(spec, data_dir, max_series=max_series):
+            end = test_span(spec, len(s))[0] if exclude_eval else len(s)
+            if end < MIN_LENGTH:
+                st.dropped_short += 1
+                continue
+            entry = cut_series(s, 0, end)
+            st.series += 1
+            st.points += end
+            st.spans.append((s.item_id, 0, end, len(s)))
+            yield entry
+        st.note = "test spans cut away" if exclude_eval else "full series (evaluation data INCLUDED)"
+
+
+def _synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, seed: int, stats: list[SourceStats]) -> Iterator[CorpusEntry]:
+    for name, series in (("synthetic", lambda: generate_synthetic(synthetic, seed=seed)),
+                         ("kernelsynth", lambda: generate_kernelsynth(kernelsynth, seed=seed, length=ks_length))):
+        st = SourceStats(name, note=f"seed {seed}")
+        stats.append(st)
+        for s in series():
+            st.series += 1
+            st.points += len(s)
+            yield CorpusEntry(s, s.item_id, 0, len(s))
+
+
+def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[dict]:
+    """Run the leak check on the written corpus and cut every corpus row just before the first copy of an
+    evaluation test window it holds (real data has cross-series duplicates, e.g. M1 MNM44 holds MNM46's test
+    values). Rewrites the corpus in place; returns what was cut. Raises if a second check still finds a leak."""
+    import datasets
+
+    from data_prep.corpus import load_corpus
+    from data_prep.leak_check import check_corpus
+    from data_prep.series import Series
+
+    report = check_corpus(out, data_dir)
+    if report.ok:
+        return []
+    first: dict[int, tuple[int, str]] = {}
+    for leak in report.leaks:
+        if leak.corpus_row not in first or leak.corpus_offset < first[leak.corpus_row][0]:
+            first[leak.corpus_row] = (leak.corpus_offset, f"{leak.eval_dataset}/{leak.eval_item_id}")
+    corpus = load_corpus(out)
+    cuts: list[dict] = []
+    by_name = {st.name: st for st in stats}
+    fixed: list[CorpusEntry] = []
+    for i in sorted(first):
+        row = corpus[i]
+        offset, what = first[i]
+        series = Series(item_id=row["item_id"], target=row["target"], freq=row["freq"], start=row["start"],
+                        dataset=row["dataset"], group_id=row["group_id"] or None)
+        cuts.append({"dataset": row["dataset"], "item_id": row["item_id"], "kept": offset, "of": len(series),
+                     "reason": f"holds a copy of the test window of {what}"})
+        st = by_name.get(row["dataset"])
+        if st is not None:
+            st.points -= len(series) - offset
+            st.spans = [(it, a, a + offset if it == row["source_item_id"] else b, n) for it, a, b, n in st.spans]
+        if offset < MIN_LENGTH:
+            if st is not None:
+                st.series -= 1
+                st.dropped_short += 1
+            continue
+        piece = cut_series(series, 0, offset).series
+        fixed.append(CorpusEntry(piece, row["source_item_id"], row["span_start"], row["span_start"] + offset))
+    keep = [i for i in range(len(corpus)) if i not in first]
+    tmp = out.with_name(out.name + ".decontaminated")
+    patch = out.with_name(out.name + ".patch")
+    write_corpus(fixed, patch)
+    merged = datasets.concatenate_datasets([corpus.select(keep), load_corpus(patch)])
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        merged.save_to_disk(str(tmp))
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    del corpus, merged
+    import shutil
+
+    shutil.rmtree(out)
+    shutil.rmtree(patch)
+    tmp.rename(out)
+    again = check_corpus(out, data_dir)
+    if not again.ok:
+        raise RuntimeError(f"corpus {out} still leaks after decontamination:\n{again.summary()}")
+    return cuts
+
+
+def default_datasets(data_dir: Path) -> list[str]:
+    """Every registered dataset whose files are present."""
+    from eval.registry import all_specs, available
+
+    return [s.name for s in all_specs() if available(s, data_dir)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="corpus directory to write (replaced if it exists)")
+    parser.add_argument("--data-dir", default=None, help="benchmark data directory (default: $MOE_TS_DATA_DIR or the repo's data/)")
+    parser.add_argument("--datasets", default=None, help="comma-separated registry names (default: every dataset whose files are present)")
+    parser.add_argument("--synthetic-count", type=int, default=1000, help="seasonal/trend/noise/intermittent series (default 1000)")
+    parser.add_argument("--kernelsynth-count", type=int, default=1000, help="KernelSynth GP series (default 1000)")
+    parser.add_argument("--kernelsynth-length", type=int, default=1024, help="length of each KernelSynth series (default 1024)")
+    parser.add_argument("--seed", type=int, default=0)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--exclude-eval", dest="exclude_eval", action="store_true", default=True,
+                       help="cut evaluation test spans, drop zero-shot sets (default)")
+    group.add_argument("--include-eval", dest="exclude_eval", action="store_false",
+                       help="keep evaluation test spans and zero-shot sets (leaks: for experiments only)")
+    parser.add_argument("--max-series-per-dataset", type=int, default=None, help="keep the first N series of each real dataset")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the corpus, print a summary table, write CORPUS_DIR/manifest.json. Returns 0."""
+    args = build_parser().parse_args(argv)
+    for flag in ("synthetic_count", "kernelsynth_count"):
+        if getattr(args, flag) < 0:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be >= 0")
+    data_dir = resolve_data_dir(args.data_dir)
+    if not data_dir.is_dir():
+        raise SystemExit(f"data directory {data_dir} does not exist")
+    if args.datasets:
+        from eval.registry import get_spec
+
+        names = [get_spec(n.strip()).name for n in args.datasets.split(",") if n.strip()]
+    else:
+        names = default_datasets(data_dir)
+    out = Path(args.out)
+    t0 = time.time()
+    stats: list[SourceStats] = []
+
+    def entries() -> Iterator[CorpusEntry]:
+        yield from _real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
+        yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length, args.seed, stats)
+
+    rows = write_corpus(entries(), out)
+    cuts: list[dict] = []
+    if args.exclude_eval:
+        cuts = decontaminate(out, data_dir, stats)
+        rows -= sum(1 for c in cuts if c["kept"] < MIN_LENGTH)
+    elapsed = time.time() - t0
+    print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
+    for st in stats:
+        extra = f" ({st.dropped_short} too short after the cut)" if st.dropped_short else ""
+        print(f"{st.name:22s} {st.series:8d} {st.points:12d}  {st.note}{extra}")
+    total_points = sum(st.points for st in stats)
+    print(f"{'total':22s} {rows:8d} {total_points:12d}  written to {out} in {elapsed:.1f}s")
+    if cuts:
+        print(f"decontaminated {len(cuts)} series holding copies of other series' test windows "
+              f"(e.g. {cuts[0]['dataset']}/{cuts[0]['item_id']}: {cuts[0]['reason']}); the leak check now passes")
+    elif args.exclude_eval:
+        print("leak check: no evaluation test window in the corpus")
+    manifest = {
+        "corpus": str(out),
+        "data_dir": str(data_dir),
+        "exclude_eval": args.exclude_eval,
+        "seed": args.seed,
+        "synthetic_count": args.synthetic_count,
+        "kernelsynth_count": args.kernelsynth_count,
+        "kernelsynth_length": args.kernelsynth_length,
+        "max_series_per_dataset": args.max_series_per_dataset,
+        "rows": rows,
+        "points": total_points,
+        "decontaminated": cuts,
+        "sources": [
+            {"name": st.name, "series": st.series, "points": st.points, "dropped_short": st.dropped_short, "note": st.note,
+             "spans": [{"item_id": i, "span_start": a, "span_end": b, "source_length": n} for i, a, b, n in st.spans]}
+            for st in stats
+        ],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

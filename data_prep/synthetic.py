@@ -1,0 +1,216 @@
+"""Seeded synthetic series: KernelSynth-style Gaussian-process samples (Chronos, Ansari et al. 2024) and simple
+seasonal / trend / noise / intermittent generators.
+
+Every series i of a call is drawn from its own generator seeded by (seed, kind, i), so the same seed gives the same
+series, and the first k series do not depend on how many are asked for.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from data_prep.series import Series
+
+# --- KernelSynth -------------------------------------------------------------------------------------------------
+# Periods (in time steps) of the periodic kernels: daily/weekly/yearly cycles of common frequencies, as in Chronos'
+# kernel bank (ExpSineSquared periodicities 24, 48, 96, 168, 336, 672, 7, 14, 30, 60, 365, 730, 4, 26, 52, 6, 12).
+PERIODS = (4, 6, 7, 12, 14, 24, 26, 30, 48, 52, 60, 96, 168, 336, 365, 672, 730)
+_MAX_GRID = 256  # the GP is sampled on at most this many points, then linearly interpolated to the full length
+_KERNEL_TYPES = ("periodic", "rbf", "linear", "rational_quadratic", "white", "constant")
+
+
+def _lag_index(grid: int) -> np.ndarray:
+    i = np.arange(grid)
+    return np.abs(i[:, None] - i[None, :])
+
+
+def _kernel(kind: str, rng: np.random.Generator, x: np.ndarray, length: int, lags: np.ndarray) -> np.ndarray | None:
+    """One kernel matrix on the uniform grid x ∈ [0, 1] (None when a drawn periodic kernel would be
+    under-resolved). Stationary kernels are evaluated once per lag and gathered through `lags` = |i - j|."""
+    grid = len(x)
+    d = x - x[0]  # distance for each lag on the uniform grid
+    if kind == "periodic":
+        period = rng.choice(PERIODS)
+        if period * grid / length < 4:  # fewer than 4 grid points per cycle: cannot be represented
+            return None
+        p = period / length
+        ls = rng.choice([0.5, 1.0, 2.0])
+        return np.exp(-2.0 * np.sin(np.pi * d / p) ** 2 / ls**2)[lags]
+    if kind == "rbf":
+        ls = rng.choice([0.05, 0.1, 0.3, 1.0])
+        return np.exp(-0.5 * d**2 / ls**2)[lags]
+    if kind == "linear":
+        sigma0 = rng.choice([0.0, 1.0, 10.0])
+        return sigma0**2 + x[:, None] * x[None, :]
+    if kind == "rational_quadratic":
+        alpha = rng.choice([0.1, 1.0, 10.0])
+        ls = rng.choice([0.1, 0.3, 1.0])
+        return ((1.0 + d**2 / (2.0 * alpha * ls**2)) ** (-alpha))[lags]
+    if kind == "white":
+        return np.eye(grid) * rng.choice([0.01, 0.1])
+    if kind == "constant":
+        return np.full((grid, grid), rng.choice([0.1, 1.0]))
+    raise ValueError(f"unknown kernel type {kind!r}")
+
+
+def random_kernel(rng: np.random.Generator, x: np.ndarray, length: int, max_kernels: int = 5) -> tuple[np.ndarray, str]:
+    """Compose 1..max_kernels kernels from the bank with random + / × ; returns (matrix, description)."""
+    n = int(rng.integers(1, max_kernels + 1))
+    lags = _lag_index(len(x))
+    parts: list[tuple[np.ndarray, str]] = []
+    while len(parts) < n:
+        kind = _KERNEL_TYPES[int(rng.integers(len(_KERNEL_TYPES)))]
+        k = _kernel(kind, rng, x, length, lags)
+        if k is not None:
+            parts.append((k, kind))
+    matrix, desc = parts[0]
+    for k, kind in parts[1:]:
+        if rng.random() < 0.5:
+            matrix, desc = matrix + k, f"({desc} + {kind})"
+        else:
+            matrix, desc = matrix * k, f"({desc} * {kind})"
+    return matrix, desc
+
+
+def sample_gp(cov: np.ndarray, rng: np.random.Generator, max_tries: int = 6) -> np.ndarray:
+    """One zero-mean draw with covariance `cov`: Cholesky with growing jitter (1e-6 × mean diagonal, ×10 per try),
+    falling back to an eigen-decomposition with clipped eigenvalues if Cholesky never succeeds."""
+    n = len(cov)
+    cov = 0.5 * (cov + cov.T)
+    scale = float(np.mean(np.diag(cov))) or 1.0
+    z = rng.standard_normal(n)
+    jitter = 1e-6 * scale
+    for _ in range(max_tries):
+        try:
+            chol = np.linalg.cholesky(cov + jitter * np.eye(n))
+            return chol @ z
+        except np.linalg.LinAlgError:
+            jitter *= 10.0
+    vals, vecs = np.linalg.eigh(cov)
+    return vecs @ (np.sqrt(np.clip(vals, 0.0, None)) * z)
+
+
+def _rng(seed: int, stream: int, i: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, i]))
+
+
+def kernelsynth_series(seed: int, i: int, length: int = 1024, max_kernels: int = 5) -> Series:
+    """The i-th KernelSynth series for `seed`."""
+    rng = _rng(seed, 1, i)
+    grid = min(length, _MAX_GRID)
+    x = np.linspace(0.0, 1.0, grid)
+    cov, desc = random_kernel(rng, x, length, max_kernels)
+    values = sample_gp(cov, rng)
+    if grid < length:
+        values = np.interp(np.linspace(0.0, 1.0, length), x, values)
+    return Series(item_id=f"kernelsynth/{seed}/{i}", target=values, freq="h", start=None, dataset="kernelsynth",
+                  attributes={"kernel": desc})
+
+
+def generate_kernelsynth(count: int, seed: int = 0, length: int = 1024, max_kernels: int = 5) -> list[Series]:
+    """`count` KernelSynth series of `length` points (dataset 'kernelsynth')."""
+    if length < 2:
+        raise ValueError(f"kernelsynth length must be at least 2, got {length}")
+    return [kernelsynth_series(seed, i, length, max_kernels) for i in range(count)]
+
+
+# --- simple generators ---------------------------------------------------------------------------------------------
+_FREQ_PERIODS = {"h": (24, 168), "D": (7, 365), "W": (52,), "MS": (12,), "QS": (4,), "30min": (48, 336)}
+
+
+def _seasonal(rng: np.random.Generator, t: np.ndarray, freq: str) -> np.ndarray:
+    out = np.zeros_like(t)
+    for period in _FREQ_PERIODS[freq]:
+        if period >= len(t):
+            continue
+        for harmonic in range(1, int(rng.integers(1, 4)) + 1):
+            out += rng.normal(0, 1.0 / harmonic) * np.sin(2 * np.pi * harmonic * t / period + rng.uniform(0, 2 * np.pi))
+    return out
+
+
+def _trend(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
+    n = len(t)
+    kind = rng.integers(4)
+    if kind == 0:  # linear
+        return rng.normal(0, 3) * t / n
+    if kind == 1:  # quadratic
+        return rng.normal(0, 3) * (t / n) ** 2 + rng.normal(0, 1) * t / n
+    if kind == 2:  # exponential growth / decay
+        return np.expm1(rng.normal(0, 1.5) * t / n)
+    knots = np.sort(rng.choice(np.arange(1, n), size=min(3, n - 1), replace=False))  # piecewise linear
+    slopes = rng.normal(0, 3, size=len(knots) + 1) / n
+    return np.cumsum(slopes[np.searchsorted(knots, t, side="right")])
+
+
+def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    kind = rng.integers(3)
+    eps = rng.standard_normal(n)
+    if kind == 0:
+        return eps
+    if kind == 1:  # AR(1)
+        phi = rng.uniform(-0.9, 0.95)
+        out = np.empty(n)
+        out[0] = eps[0]
+        for k in range(1, n):
+            out[k] = phi * out[k - 1] + eps[k]
+        return out
+    return np.cumsum(eps) / np.sqrt(n) * 5.0  # random walk, scaled to stay comparable
+
+
+def _intermittent(rng: np.random.Generator, n: int) -> np.ndarray:
+    p = rng.uniform(0.05, 0.5)
+    occurs = rng.random(n) < p
+    sizes = rng.poisson(rng.uniform(1.0, 20.0), size=n) + 1
+    return np.where(occurs, sizes, 0).astype(np.float64)
+
+
+def _series(kind: str, rng: np.random.Generator, length: int) -> tuple[np.ndarray, str]:
+    freq = list(_FREQ_PERIODS)[int(rng.integers(len(_FREQ_PERIODS)))]
+    t = np.arange(length, dtype=np.float64)
+    if kind == "intermittent":
+        return _intermittent(rng, length), freq
+    level, scale = rng.normal(0, 10), rng.lognormal(0, 1)
+    noise_sd = rng.uniform(0.05, 0.5)
+    if kind == "seasonal":
+        core = _seasonal(rng, t, freq) + 0.3 * _trend(rng, t)
+    elif kind == "trend":
+        core = _trend(rng, t)
+    elif kind == "noise":
+        core, noise_sd = _noise(rng, length), 0.0
+    elif kind == "mixed":
+        core = _seasonal(rng, t, freq) + _trend(rng, t) + 0.3 * _noise(rng, length)
+    else:
+        raise ValueError(f"unknown synthetic kind {kind!r}")
+    return level + scale * (core + noise_sd * rng.standard_normal(length)), freq
+
+
+SYNTHETIC_KINDS = ("seasonal", "trend", "noise", "intermittent", "mixed")
+
+
+def synthetic_series(seed: int, i: int, kind: str, length: int) -> Series:
+    """The i-th series of generator `kind` for `seed`."""
+    rng = _rng(seed, 2 + SYNTHETIC_KINDS.index(kind), i)
+    values, freq = _series(kind, rng, length)
+    return Series(item_id=f"synthetic/{kind}/{seed}/{i}", target=values, freq=freq, start=pd.Timestamp("2000-01-01"),
+                  dataset="synthetic", attributes={"kind": kind})
+
+
+def generate_synthetic(
+    count: int, seed: int = 0, min_length: int = 64, max_length: int = 1024, kinds: tuple[str, ...] = SYNTHETIC_KINDS
+) -> list[Series]:
+    """`count` series cycling through `kinds`, lengths drawn in [min_length, max_length] (dataset 'synthetic')."""
+    if not 2 <= min_length <= max_length:
+        raise ValueError(f"need 2 <= min_length <= max_length, got {min_length}, {max_length}")
+    for kind in kinds:
+        if kind not in SYNTHETIC_KINDS:
+            raise ValueError(f"unknown synthetic kind {kind!r}; known: {', '.join(SYNTHETIC_KINDS)}")
+    out = []
+    for i in range(count):
+        length = int(_rng(seed, 99, i).integers(min_length, max_length + 1))
+        out.append(synthetic_series(seed, i, kinds[i % len(kinds)], length))
+    return out
+
+
+GENERATORS: dict[str, Callable[..., list[Series]]] = {"kernelsynth": generate_kernelsynth, "synthetic": generate_synthetic}
