@@ -1,0 +1,172 @@
+"""Atomic checkpoints and the final Hugging Face folder (DESIGN §5).
+
+Layout of a run directory:
+    RUN/checkpoints/step-N/ds/...              DeepSpeed engine state (weights, optimizer, LR schedule)
+    RUN/checkpoints/step-N/trainer_rankR.pt    step, sampler state, python/numpy/torch RNG states of rank R
+    RUN/checkpoints/latest                     name of the newest complete checkpoint ("step-N")
+    RUN/final/                                 model.save_pretrained output (what from_pretrained loads)
+
+A checkpoint is written into `tmp-step-N` and renamed to `step-N` only when every rank has finished,
+so a `step-N` directory is complete by construction; leftovers of a crash (`tmp-*`, `trash-*`) are
+never loaded and are removed by the next run. DeepSpeed stores no absolute paths (its own `latest`
+file holds the tag), so the renamed directory loads as is.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pretrain.engine import DistInfo, barrier
+
+DS_TAG = "ds"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be resumed here."""
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (step, dir), oldest first; tmp-/trash- leftovers are not listed."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _STEP_RE.match(child.name)
+        if m and child.is_dir():
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint directory, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Delete `tmp-*` / `trash-*` directories a crashed run left behind; returns their names."""
+    root = checkpoint_root(run_dir)
+    removed = []
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and (child.name.startswith("tmp-") or child.name.startswith("trash-")):
+                shutil.rmtree(child)
+                removed.append(child.name)
+    return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so readers see the old or the new content, never a mix."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename out of the way first, so a crash mid-delete leaves only a `trash-*` leftover."""
+    trash = path.with_name("trash-" + path.name)
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(path, trash)
+    shutil.rmtree(trash)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy (global) and torch RNG states of this process."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(engine: Any, run_dir: Path, step: int, sampler_state: dict[str, Any], dist: DistInfo,
+                    keep: int) -> Path:
+    """Write checkpoint `step` atomically on every rank, point `latest` at it, prune to `keep` (collective)."""
+    root = checkpoint_root(run_dir)
+    tmp, final = root / f"tmp-step-{step}", root / f"step-{step}"
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    barrier()
+    engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step})
+    trainer_state = {"step": step, "world_size": dist.world_size, "sampler": sampler_state, "rng": rng_state()}
+    with open(tmp / f"trainer_rank{dist.rank}.pt", "wb") as f:
+        torch.save(trainer_state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    barrier()
+    if dist.is_main:
+        if final.exists():  # the same step saved again (e.g. a resumed run stopped at once)
+            _remove_dir(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        write_atomic(root / "latest", final.name.encode())
+        for _, old in list_checkpoints(run_dir)[:-keep]:
+            _remove_dir(old)
+    barrier()
+    return final
+
+
+def load_checkpoint(engine: Any, ckpt: Path, dist: DistInfo) -> dict[str, Any]:
+    """Restore engine state and this rank's RNG states from `ckpt`; returns the trainer state (step, sampler)."""
+    state_file = ckpt / f"trainer_rank{dist.rank}.pt"
+    if not state_file.is_file():
+        raise CheckpointError(f"{ckpt}: no {state_file.name} (saved by a job of another world size?)")
+    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    if state["world_size"] != dist.world_size:
+        raise CheckpointError(f"{ckpt}: saved with world size {state['world_size']}, resumed with "
+                              f"{dist.world_size}; the sampler streams would differ")
+    load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if load_path is None:
+        raise CheckpointError(f"{ckpt}: DeepSpeed found no engine state under tag '{DS_TAG}'")
+    set_rng_state(state["rng"])
+    return state
+
+
+def save_final(model: nn.Module, run_dir: Path) -> Path:
+    """`model.save_pretrained` into RUN/final, replacing an older one atomically (main rank only)."""
+    final = Path(run_dir) / "final"
+    tmp = Path(run_dir) / "tmp-final"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    if final.exists():
+        _remove_dir(final)
+    os.replace(tmp, final)
+    return final

@@ -1,0 +1,151 @@
+"""Pretraining configuration (DESIGN §5, §11): one YAML holds `model:` and `train:`.
+
+`load_run_config(path)` reads both into typed dataclasses (unknown keys raise naming their dotted
+path); `deepspeed_config(train, world_size)` generates the DeepSpeed JSON from `TrainConfig`, so no
+DeepSpeed JSON is kept by hand beside the YAML.
+
+Mixture weights: by default each dataset of the corpus is drawn with probability proportional to
+its number of (usable) series (`mixture_default: series`), or uniformly (`uniform`). A non-empty
+`mixture` mapping gives the weights explicitly; corpus datasets it leaves out get weight 0 (and are
+listed in the run log), and a name absent from the corpus is an error. Within a dataset a series is
+drawn with probability proportional to min(ceil(length / (max_seq_len·patch_size)),
+max_windows_per_series): long series give more windows, capped so that one huge series cannot
+dominate its dataset.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from moe_ts.config import ModelConfig
+from moe_ts.configuration import ConfigError, from_dict, load_file
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, data sampling, logging and checkpointing of one pretraining run."""
+
+    steps: int = 1000  # optimizer steps; also the length of the cosine schedule
+    batch_size: int = 32  # packed sequences per optimizer step, over all ranks and micro-batches
+    grad_accum: int = 1  # micro-batches per optimizer step and rank
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # the cosine schedule ends here
+    warmup_steps: int = 100  # linear warmup from lr/warmup_steps to lr
+    weight_decay: float = 0.1  # on matrices only (biases and norm gains get none)
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200  # steps; a final checkpoint is always written
+    keep_checkpoints: int = 2  # newest step-N directories kept
+    time_budget_s: float | None = None  # wall-clock cap: stop at the next step boundary and save
+    zero_stage: Literal[0, 1, 2] = 1
+    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of Linear layers (GPU); master weights fp32
+    num_threads: int | None = None  # torch CPU threads per process (None: torch's default)
+    wandb_project: str = "moe-ts"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # WANDB_MODE in the env wins
+    mixture: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: mixture_default
+    mixture_default: Literal["series", "uniform"] = "series"
+    max_windows_per_series: int = 16
+    min_window_patches: int = 2  # shortest window drawn from a long enough series (1 stats + 1 scored)
+
+    def __post_init__(self) -> None:
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
+                    "keep_checkpoints": self.keep_checkpoints,
+                    "max_windows_per_series": self.max_windows_per_series,
+                    "min_window_patches": self.min_window_patches}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {value}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ConfigError(f"train.min_lr must be in (0, lr={self.lr}], got {self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"train.time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1, got {self.num_threads}")
+        for name, weight in self.mixture.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                    or weight < 0:
+                raise ConfigError(f"train.mixture.{name}: weight must be a finite number >= 0, got {weight!r}")
+        if self.mixture and not any(w > 0 for w in self.mixture.values()):
+            raise ConfigError("train.mixture: at least one weight must be > 0")
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Sequences per forward pass on one rank."""
+        per_pass = world_size * self.grad_accum
+        if self.batch_size % per_pass:
+            raise ConfigError(f"train.batch_size={self.batch_size} must be divisible by world_size({world_size})"
+                              f" x grad_accum({self.grad_accum}) = {per_pass}")
+        return self.batch_size // per_pass
+
+
+@dataclass
+class RunConfig:
+    """Everything one pretraining run reads from its YAML."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.min_window_patches > self.model.max_seq_len:
+            raise ConfigError(f"train.min_window_patches={self.train.min_window_patches} exceeds "
+                              f"model.max_seq_len={self.model.max_seq_len}")
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a run YAML/JSON with `model:` and `train:` sections; errors name the file and key path."""
+    data = load_file(path)
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """Multiplier of `train.lr` used by optimizer step `step` (0-based): linear warmup, then cosine to min_lr."""
+    if step < train.warmup_steps:
+        return (step + 1) / train.warmup_steps
+    floor = train.min_lr / train.lr
+    decay_steps = max(1, train.steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / decay_steps)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for `train` on `world_size` data-parallel ranks.
+
+    The optimizer is torch's AdamW (`torch_adam`: no FusedAdam build); the LR schedule is passed to
+    `deepspeed.initialize` as a LambdaLR over `lr_factor`, so it is not listed here.
+    """
+    cfg: dict[str, Any] = {
+        "train_batch_size": train.batch_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size(world_size),
+        "gradient_accumulation_steps": train.grad_accum,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": train.lr,
+                "betas": list(train.betas),
+                "eps": train.adam_eps,
+                "weight_decay": train.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {"stage": train.zero_stage},
+        "steps_per_print": 2**31 - 1,  # progress is ours (tqdm + metrics.jsonl)
+        "wall_clock_breakdown": False,
+    }
+    if train.dtype == "bf16":
+        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    return cfg

@@ -1,0 +1,305 @@
+"""Pretraining data: memory-mapped corpus, mixture sampling, random windows, packing (DESIGN §5).
+
+A packed row holds N = model.max_seq_len patches of P = patch_size values. Windows of random length
+are cropped from series drawn by dataset mixture weights and laid one after another, each starting at
+a patch boundary; `sample_id` numbers them 1..m per patch (0 = padding) and the unused tail of a
+window's last patch is NaN. The sampler draws from one numpy Generator; its state and counters form
+`state_dict()`, so a run resumed from a checkpoint sees exactly the batches of an uninterrupted one.
+
+Shape legend: B rows per batch, N patches per row, P patch size, R corpus rows (series).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+MAX_CONSECUTIVE_SKIPS = 1000  # all-missing windows in a row before the corpus is declared unusable
+
+
+class CorpusError(ValueError):
+    """The corpus folder is missing, unreadable, empty, or does not fit the sampling config."""
+
+
+@dataclass
+class Corpus:
+    """Read-only view of an Arrow corpus: one row per univariate series, values memory-mapped."""
+
+    path: Path
+    chunk_values: list[np.ndarray]  # flat float32 values of each Arrow chunk of `target`
+    chunk_offsets: list[np.ndarray]  # list offsets of each chunk, into its chunk_values
+    chunk_first_row: np.ndarray  # [num_chunks] global row index of each chunk's first row
+    lengths: np.ndarray  # [R] int64 series lengths
+    n_observed: np.ndarray  # [R] int64 non-NaN values per series
+    dataset: np.ndarray  # [R] dataset name per series (object array of str)
+    item_id: np.ndarray  # [R] item id per series (object array of str)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def values(self, row: int) -> np.ndarray:
+        """The target of series `row` (a view into the memory-mapped data; NaN = missing)."""
+        c = int(np.searchsorted(self.chunk_first_row, row, side="right")) - 1
+        local = row - int(self.chunk_first_row[c])
+        off = self.chunk_offsets[c]
+        return self.chunk_values[c][off[local]:off[local + 1]]
+
+
+def _chunk_arrays(chunk: pa.Array, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Flat float32 values and offsets of one list-typed Arrow chunk; null values become NaN."""
+    if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
+        raise CorpusError(f"{path}: column 'target' must be a list of floats, got {chunk.type}")
+    values = chunk.values
+    if not pa.types.is_floating(values.type) and not pa.types.is_integer(values.type):
+        raise CorpusError(f"{path}: column 'target' must hold numbers, got {values.type}")
+    if values.null_count:
+        values = pc.fill_null(values.cast(pa.float32()), float("nan"))
+    if values.type != pa.float32():
+        values = values.cast(pa.float32())
+    return values.to_numpy(zero_copy_only=False), chunk.offsets.to_numpy().astype(np.int64)
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Open a corpus written by `datasets.Dataset.save_to_disk` (memory-mapped, nothing copied)."""
+    import datasets  # deferred: heavy import
+
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: corpus directory not found")
+    state = path / "state.json"
+    if state.is_file() and json.loads(state.read_text()).get("_data_files") == []:  # datasets cannot load 0 shards
+        raise CorpusError(f"{path}: corpus is empty (0 series)")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise CorpusError(f"{path}: not a corpus written by datasets.save_to_disk ({err})") from err
+    if not isinstance(ds, datasets.Dataset):
+        raise CorpusError(f"{path}: expected one Dataset, found a {type(ds).__name__} with splits {list(ds)}")
+    missing = [c for c in ("item_id", "dataset", "target") if c not in ds.column_names]
+    if missing:
+        raise CorpusError(f"{path}: corpus lacks column(s) {missing} (has {ds.column_names})")
+    if len(ds) == 0:
+        raise CorpusError(f"{path}: corpus is empty (0 series)")
+    table = ds.data.table
+    if ds._indices is not None:  # a selected/shuffled view: materialise the selected rows
+        table = table.take(ds._indices.column(0))
+    target_col = table.column("target")
+    if target_col.null_count:
+        first = pc.index(pc.is_null(target_col), True).as_py()
+        raise CorpusError(f"{path}: series {table.column('item_id')[first].as_py()!r} (row {first}) has a null "
+                          f"target; store an empty or all-NaN list instead")
+    chunk_values, chunk_offsets, firsts, lengths, observed = [], [], [], [], []
+    row = 0
+    for chunk in target_col.chunks:
+        vals, offs = _chunk_arrays(chunk, path)
+        chunk_values.append(vals)
+        chunk_offsets.append(offs)
+        firsts.append(row)
+        row += len(offs) - 1
+        lengths.append(np.diff(offs))
+        csum = np.concatenate([[0], np.cumsum(~np.isnan(vals), dtype=np.int64)])
+        observed.append(csum[offs[1:]] - csum[offs[:-1]])
+    return Corpus(
+        path=path,
+        chunk_values=chunk_values,
+        chunk_offsets=chunk_offsets,
+        chunk_first_row=np.asarray(firsts, dtype=np.int64),
+        lengths=np.concatenate(lengths).astype(np.int64),
+        n_observed=np.concatenate(observed).astype(np.int64),
+        dataset=np.asarray(table.column("dataset").to_pylist(), dtype=object),
+        item_id=np.asarray(table.column("item_id").to_pylist(), dtype=object),
+    )
+
+
+def mixture_probabilities(
+    names: list[str], series_counts: list[int], mixture: dict[str, float], default: str
+) -> np.ndarray:
+    """Probability of drawing each dataset in `names`.
+
+    Empty `mixture`: proportional to `series_counts` (default "series") or uniform ("uniform").
+    Otherwise the given weights, 0 for datasets not named; naming a dataset absent from `names` raises.
+    """
+    if mixture:
+        unknown = sorted(set(mixture) - set(names))
+        if unknown:
+            raise CorpusError(f"train.mixture names dataset(s) {unknown} that the corpus lacks or whose series "
+                              f"are all missing (corpus datasets: {names})")
+        weights = np.asarray([float(mixture.get(n, 0.0)) for n in names])
+    elif default == "series":
+        weights = np.asarray(series_counts, dtype=np.float64)
+    elif default == "uniform":
+        weights = np.ones(len(names))
+    else:
+        raise ValueError(f"unknown mixture_default {default!r}")
+    if weights.sum() <= 0:
+        raise CorpusError(f"train.mixture gives every corpus dataset weight 0 (corpus datasets: {names})")
+    return weights / weights.sum()
+
+
+def series_weights(lengths: np.ndarray, window_len: int, cap: int) -> np.ndarray:
+    """Draw weight of each series: its number of full-length windows, ceil(length / window_len), capped."""
+    return np.minimum(np.ceil(lengths / window_len), cap).astype(np.float64)
+
+
+def sample_window(rng: np.random.Generator, length: int, min_len: int, max_len: int) -> tuple[int, int]:
+    """(start, window length): length uniform in [min(length, min_len), min(length, max_len)], start uniform."""
+    hi = min(length, max_len)
+    lo = min(length, min_len, hi)
+    wlen = int(rng.integers(lo, hi + 1))
+    start = int(rng.integers(0, length - wlen + 1))
+    return start, wlen
+
+
+def pack_windows(windows: list[np.ndarray], seq_patches: int, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lay windows one after another from patch boundaries into one row.
+
+    Returns target [N·P] float32 (NaN where nothing or a missing value lies) and sample_id [N] int64
+    (window i covers ceil(len_i / P) patches with id i+1; 0 = padding).
+    """
+    target = np.full(seq_patches * patch_size, np.nan, dtype=np.float32)
+    sample_id = np.zeros(seq_patches, dtype=np.int64)
+    cursor = 0  # in patches
+    for i, window in enumerate(windows):
+        n = math.ceil(len(window) / patch_size)
+        if n == 0:
+            raise ValueError(f"window {i} is empty")
+        if cursor + n > seq_patches:
+            raise ValueError(f"windows need more than {seq_patches} patches of {patch_size}")
+        target[cursor * patch_size:cursor * patch_size + len(window)] = window
+        sample_id[cursor:cursor + n] = i + 1
+        cursor += n
+    return target, sample_id
+
+
+def _draw(rng: np.random.Generator, cumulative: np.ndarray) -> int:
+    """Index drawn with probabilities proportional to the increments of `cumulative`."""
+    return min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(cumulative) - 1)
+
+
+class WindowSampler:
+    """Deterministic, resumable source of packed batches {target [B, N·P], sample_id [B, N]}."""
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        *,
+        patch_size: int,
+        seq_patches: int,
+        min_window_patches: int = 2,
+        max_windows_per_series: int = 16,
+        mixture: dict[str, float] | None = None,
+        mixture_default: str = "series",
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        if not 1 <= min_window_patches <= seq_patches:
+            raise ValueError(f"min_window_patches={min_window_patches} must be in 1..{seq_patches}")
+        self.corpus = corpus
+        self.patch_size = patch_size
+        self.seq_patches = seq_patches
+        self.min_window_patches = min_window_patches
+        usable = corpus.n_observed > 0
+        self.num_unusable = int((~usable).sum())
+        if not usable.any():
+            raise CorpusError(f"{corpus.path}: all {len(corpus)} series are empty or entirely missing")
+        rows = np.flatnonzero(usable)
+        self.dataset_names = sorted(set(corpus.dataset[rows].tolist()))
+        window_len = seq_patches * patch_size
+        self.dataset_rows: list[np.ndarray] = []
+        self.series_cumweights: list[np.ndarray] = []
+        for name in self.dataset_names:
+            r = rows[corpus.dataset[rows] == name]
+            self.dataset_rows.append(r)
+            self.series_cumweights.append(np.cumsum(series_weights(corpus.lengths[r], window_len,
+                                                                   max_windows_per_series)))
+        counts = [len(r) for r in self.dataset_rows]
+        self.dataset_probs = mixture_probabilities(self.dataset_names, counts, mixture or {}, mixture_default)
+        self._dataset_cum = np.cumsum(self.dataset_probs)
+        self.seed, self.rank = seed, rank
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rank,)))
+        self.rows = 0  # packed rows produced
+        self.windows = 0  # windows packed
+        self.skipped = 0  # all-missing windows drawn and discarded
+        self.padding = 0  # padding patches produced
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a saved state must agree on to be resumed here."""
+        return {
+            "num_series": len(self.corpus),
+            "datasets": self.dataset_names,
+            "dataset_probs": [round(float(p), 12) for p in self.dataset_probs],
+            "patch_size": self.patch_size,
+            "seq_patches": self.seq_patches,
+            "min_window_patches": self.min_window_patches,
+            "seed": self.seed,
+            "rank": self.rank,
+        }
+
+    def draw_series(self) -> int:
+        """A corpus row: dataset by mixture weight, then series by (capped) window count."""
+        d = _draw(self.rng, self._dataset_cum)
+        return int(self.dataset_rows[d][_draw(self.rng, self.series_cumweights[d])])
+
+    def next_windows(self) -> list[np.ndarray]:
+        """Windows for one packed row: drawn until fewer than min_window_patches patches remain free."""
+        p = self.patch_size
+        remaining = self.seq_patches
+        windows: list[np.ndarray] = []
+        consecutive_skips = 0
+        while remaining >= self.min_window_patches:
+            row = self.draw_series()
+            values = self.corpus.values(row)
+            start, wlen = sample_window(self.rng, len(values), self.min_window_patches * p, remaining * p)
+            window = values[start:start + wlen]
+            if np.isnan(window).all():
+                self.skipped += 1
+                consecutive_skips += 1
+                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise CorpusError(f"{self.corpus.path}: {MAX_CONSECUTIVE_SKIPS} consecutive windows were "
+                                      f"entirely missing (last: series {self.corpus.item_id[row]!r})")
+                continue
+            consecutive_skips = 0
+            windows.append(window)
+            remaining -= math.ceil(wlen / p)
+        self.windows += len(windows)
+        self.padding += remaining
+        return windows
+
+    def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """`batch_size` packed rows: target [B, N·P] float32, sample_id [B, N] int64."""
+        targets, ids = [], []
+        for _ in range(batch_size):
+            t, s = pack_windows(self.next_windows(), self.seq_patches, self.patch_size)
+            targets.append(t)
+            ids.append(s)
+            self.rows += 1
+        return {"target": torch.from_numpy(np.stack(targets)), "sample_id": torch.from_numpy(np.stack(ids))}
+
+    def state_dict(self) -> dict[str, Any]:
+        """RNG state and counters (JSON-serialisable)."""
+        return {
+            "rng": self.rng.bit_generator.state,
+            "rows": self.rows,
+            "windows": self.windows,
+            "skipped": self.skipped,
+            "padding": self.padding,
+            "fingerprint": self.fingerprint(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where `state` was taken; refuses a state from another corpus or config."""
+        mine = self.fingerprint()
+        if state.get("fingerprint") != mine:
+            theirs = state.get("fingerprint") or {}
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise CorpusError(f"saved sampler state does not match this corpus/config (differs in: {diff})")
+        self.rng.bit_generator.state = state["rng"]
+        self.rows, self.windows = int(state["rows"]), int(state["windows"])
+        self.skipped, self.padding = int(state["skipped"]), int(state["padding"])

@@ -1,0 +1,171 @@
+"""DeepSpeed engine: distributed setup, model + optimizer + schedule, and one optimizer step (DESIGN §5).
+
+Runs as one process on CPU (gloo; the env vars a launcher would set are filled in) or under
+`deepspeed` / `torchrun` with several processes. deepspeed and torch.distributed stay here, out of
+`moe_ts/`. No expert parallelism yet: every rank holds all experts (plain data parallelism + ZeRO).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrain.config import RunConfig, deepspeed_config, lr_factor
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def setup_distributed() -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA); idempotent.
+
+    Without a launcher (no RANK in the env) this is a one-process job on 127.0.0.1 and a free port.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    # The CPU shared-memory comm op is a 27 s JIT build that one-node gloo runs do not need.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    on_cuda = os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu") != "cpu"
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if on_cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if on_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside a distributed job)."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on at least one (so all ranks stop at the same step)."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on vectors (biases, norm gains)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(run: RunConfig) -> nn.Module:
+    """A freshly initialised MoiraiMoEModel, seeded by train.seed (same weights on every rank)."""
+    from moe_ts.model import MoiraiMoEModel
+
+    torch.manual_seed(run.train.seed)
+    return MoiraiMoEModel.from_model_config(run.model)
+
+
+def build_engine(run: RunConfig, dist: DistInfo, model: nn.Module | None = None) -> Any:
+    """`deepspeed.initialize` over the model with AdamW (torch), the warmup+cosine LambdaLR, clipping, ZeRO."""
+    import deepspeed
+
+    if model is None:
+        model = build_model(run)
+    model.to(dist.device)
+    train = run.train
+
+    def schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups(model, train.weight_decay),
+        config=deepspeed_config(train, dist.world_size),
+        lr_scheduler=schedule,
+    )
+    return engine
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step measured (averaged over its micro-batches)."""
+
+    loss: float
+    nll: float
+    aux_loss: float
+    z_loss: float
+    lr: float
+    grad_norm: float
+    tokens: int  # non-padding patches of this step, all ranks together
+    expert_counts: torch.Tensor = field(repr=False)  # [L, E] summed over micro-batches and ranks
+
+
+def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]], device: torch.device) -> StepStats:
+    """Forward/backward each micro-batch, then one optimizer step (DeepSpeed scales by grad_accum)."""
+    lr = float(engine.get_lr()[0])
+    sums = torch.zeros(4, dtype=torch.float64)
+    counts = None
+    tokens = 0
+    for batch in micro_batches:
+        target = batch["target"].to(device, non_blocking=True)
+        sample_id = batch["sample_id"].to(device, non_blocking=True)
+        out = engine(target=target, sample_id=sample_id)
+        engine.backward(out.loss)
+        engine.step()
+        sums += torch.stack([out.loss.detach(), out.nll.detach(), out.aux_loss.detach(),
+                             out.z_loss.detach()]).double().cpu()
+        c = out.expert_counts.detach().cpu()
+        counts = c if counts is None else counts + c
+        tokens += int((sample_id > 0).sum())
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # Log the mean over ranks and the job's totals, not rank 0's share.
+        packed = torch.cat([sums, torch.tensor([float(tokens)], dtype=torch.float64), counts.double().flatten()])
+        packed = packed.to(device)
+        torch.distributed.all_reduce(packed)
+        packed = packed.cpu()
+        world = torch.distributed.get_world_size()
+        sums, tokens = packed[:4] / world, int(packed[4].item())
+        counts = packed[5:].round().long().reshape(counts.shape)
+    means = (sums / len(micro_batches)).tolist()
+    grad_norm = engine.get_global_grad_norm()
+    return StepStats(
+        loss=means[0], nll=means[1], aux_loss=means[2], z_loss=means[3], lr=lr,
+        grad_norm=float("nan") if grad_norm is None else float(grad_norm),
+        tokens=tokens, expert_counts=counts,
+    )
+
+
+def unwrap(engine: Any) -> nn.Module:
+    """The model inside the engine."""
+    return engine.module
+

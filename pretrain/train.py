@@ -1,0 +1,187 @@
+"""Pretrain a Moirai-MoE-style model with DeepSpeed (DESIGN §5).
+
+    python -m pretrain.train --config configs/tiny.yaml --data CORPUS --out RUN [--resume] \
+        [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP]
+
+Multi-process: `torchrun --nproc_per_node=2 -m pretrain.train ...` or `deepspeed --num_gpus=2 pretrain/train.py ...`.
+Writes RUN/checkpoints/step-N (atomic), RUN/metrics.jsonl, RUN/config.yaml and, at the end, RUN/final
+(the Hugging Face folder `MoiraiMoEModel.from_pretrained` loads). `--resume` continues from the newest
+complete checkpoint with the same batches and the same loss curve. CLI flags override the YAML.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moe_ts.configuration import ConfigError, save_file, to_dict
+from pretrain.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                 remove_leftovers, save_checkpoint, save_final)
+from pretrain.config import RunConfig, load_run_config
+from pretrain.data import Corpus, CorpusError, WindowSampler, load_corpus
+from pretrain.engine import StepStats, any_rank, build_engine, setup_distributed, train_step, unwrap
+from pretrain.metrics import MetricsLog, expert_load_stats
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="run YAML with model: and train: sections")
+    p.add_argument("--data", required=True, help="corpus folder (datasets.save_to_disk)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--steps", type=int, help="override train.steps (the schedule length)")
+    p.add_argument("--time-budget", type=float, help="override train.time_budget_s (seconds, from start)")
+    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--stop-at", type=int, help="checkpoint and exit after this step, schedule unchanged "
+                                               "(splits a run into chunks; continue with --resume)")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by `deepspeed`
+    return p.parse_args(argv)
+
+
+def apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """CLI flags over the YAML values (validated again)."""
+    changes = {}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.time_budget is not None:
+        changes["time_budget_s"] = args.time_budget
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, **changes)) if changes else run
+
+
+def _record(step: int, stats: StepStats, tokens_per_s: float) -> dict:
+    return {
+        "step": step, "loss": stats.loss, "nll": stats.nll, "aux": stats.aux_loss, "z": stats.z_loss,
+        "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_s,
+        **expert_load_stats(stats.expert_counts),
+    }
+
+
+def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, stop_at: int | None = None,
+          t_start: float | None = None) -> dict:
+    """The training loop; returns a summary dict (steps, final loss, seconds, paths)."""
+    t_start = time.time() if t_start is None else t_start
+    tc = run.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    dist = setup_distributed()
+    say = print if dist.is_main else (lambda *a, **k: None)
+    if not resume and list_checkpoints(out):
+        raise CheckpointError(f"{out}: holds checkpoints already; pass --resume to continue it or pick a new --out")
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in remove_leftovers(out):
+            say(f"removed incomplete checkpoint leftover {out / 'checkpoints' / name}")
+        save_file(run, out / "config.yaml")
+
+    sampler = WindowSampler(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
+                            min_window_patches=tc.min_window_patches,
+                            max_windows_per_series=tc.max_windows_per_series, mixture=tc.mixture,
+                            mixture_default=tc.mixture_default, seed=tc.seed, rank=dist.rank)
+    say(f"corpus {corpus.path}: {len(corpus)} series, {len(sampler.dataset_names)} datasets; mixture "
+        + ", ".join(f"{n}={p:.3f}" for n, p in zip(sampler.dataset_names, sampler.dataset_probs)))
+    if sampler.num_unusable:
+        say(f"corpus: {sampler.num_unusable} series are empty or all-missing and are never sampled")
+    random.seed(tc.seed + dist.rank)
+    np.random.seed(tc.seed + dist.rank)
+    engine = build_engine(run, dist)
+    model = unwrap(engine)
+
+    step = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(engine, ckpt, dist)
+        sampler.load_state_dict(state["sampler"])
+        step = int(state["step"])
+        say(f"resumed from {ckpt} at step {step}")
+    elif resume:
+        say(f"no checkpoint in {out / 'checkpoints'}; starting at step 0")
+    start_step = step
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"model: {n_params:,} parameters; world size {dist.world_size}, ZeRO-{tc.zero_stage}, {tc.dtype}; "
+        f"{tc.steps} steps of {tc.batch_size} x {run.model.max_seq_len} patches")
+
+    metrics = MetricsLog(out, step, dist.is_main, tc.wandb_project, tc.wandb_mode, to_dict(run))
+    micro = tc.micro_batch_size(dist.world_size)
+    last: StepStats | None = None
+    reason = "finished"
+    interval_tokens, interval_time = 0, 0.0
+    total_tokens, total_time = 0, 0.0
+    progress = None
+    if dist.is_main:
+        from tqdm import tqdm
+
+        progress = tqdm(total=tc.steps, initial=step, desc="pretrain", dynamic_ncols=True, mininterval=1.0)
+    try:
+        while step < tc.steps:
+            t0 = time.perf_counter()
+            batches = [sampler.next_batch(micro) for _ in range(tc.grad_accum)]
+            last = train_step(engine, batches, dist.device)
+            dt = time.perf_counter() - t0
+            step += 1
+            if not np.isfinite(last.loss):
+                raise FloatingPointError(f"step {step}: loss is {last.loss} (nll {last.nll}, aux {last.aux_loss})")
+            interval_tokens += last.tokens
+            interval_time += dt
+            total_tokens += last.tokens
+            total_time += dt
+            over_budget = tc.time_budget_s is not None and time.time() - t_start >= tc.time_budget_s
+            at_stop = stop_at is not None and step >= stop_at
+            stop = any_rank(over_budget or at_stop, dist.device)
+            if stop or step == tc.steps or step % tc.log_every == 0:
+                metrics.log(_record(step, last, interval_tokens / max(interval_time, 1e-9)))
+                interval_tokens, interval_time = 0, 0.0
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{last.loss:.4f}", lr=f"{last.lr:.2e}", refresh=False)
+            if stop or step == tc.steps or step % tc.checkpoint_every == 0:
+                save_checkpoint(engine, out, step, sampler.state_dict(), dist, tc.keep_checkpoints)
+            if stop:
+                reason = "time budget reached" if over_budget else f"--stop-at {stop_at}"
+                break
+    finally:
+        if progress is not None:
+            progress.close()
+        metrics.close()
+
+    final = out / "final"
+    if dist.is_main:
+        final = save_final(model, out)
+    elapsed = time.time() - t_start
+    summary = {
+        "start_step": start_step, "step": step, "steps": tc.steps, "reason": reason,
+        "final_loss": None if last is None else last.loss, "seconds": elapsed,
+        "tokens_per_s": total_tokens / total_time if total_time else 0.0, "final": str(final),
+    }
+    if last is None:
+        say(f"nothing to do: {out} is already at step {step} of {tc.steps}; wrote {final}")
+    else:
+        say(f"pretrain: steps {start_step}->{step} of {tc.steps} ({reason}) in {elapsed:.1f} s; "
+            f"final loss {last.loss:.4f} (nll {last.nll:.4f}, aux {last.aux_loss:.4f}, z {last.z_loss:.4f}); "
+            f"{summary['tokens_per_s']:.0f} tokens/s; model in {final}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; configuration and corpus problems exit with a one-line error."""
+    t_start = time.time()
+    args = parse_args(argv)
+    try:
+        run = apply_overrides(load_run_config(args.config), args)
+        corpus = load_corpus(args.data)
+        train(run, corpus, Path(args.out), resume=args.resume, stop_at=args.stop_at, t_start=t_start)
+    except (ConfigError, CorpusError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
