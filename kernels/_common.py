@@ -54,3 +54,27 @@ def check_2d(name: str, t: Tensor) -> None:
 
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+_POISON = {"on": False}
+
+
+class poison_outputs:
+    """Test hook: while active, every buffer the kernels allocate starts as NaN (floats) or the
+    dtype's minimum (integers), so an element a kernel forgets to write cannot pass for a result."""
+
+    def __enter__(self) -> "poison_outputs":
+        self._was = _POISON["on"]
+        _POISON["on"] = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _POISON["on"] = self._was
+
+
+def alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An output buffer for a kernel: torch.empty, or poisoned inside `poison_outputs()`."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if _POISON["on"]:
+        out.fill_(float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min)
+    return out

@@ -18,7 +18,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from kernels._common import check_2d, col_block, interpreted, row_block
+from kernels._common import alloc, check_2d, col_block, interpreted, row_block
 
 
 @triton.jit
@@ -85,30 +85,31 @@ def _acc(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _permute(x_td: Tensor, slots_tk: Tensor) -> Tensor:
+def _permute(x_td: Tensor, slots_tk: Tensor, block_rows: int | None = None) -> Tensor:
     num_tokens, top_k = slots_tk.shape
     width = x_td.shape[1]
-    out = torch.empty(num_tokens * top_k, width, dtype=x_td.dtype, device=x_td.device)
+    out = alloc((num_tokens * top_k, width), x_td.dtype, x_td.device)
     if out.numel() == 0:
         return out
     interp = interpreted(x_td)
     block_d = col_block(width, interp)
-    block_r = row_block(num_tokens * top_k, block_d, interp, gpu_rows=16)
+    block_r = block_rows or row_block(num_tokens * top_k, block_d, interp, gpu_rows=16)
     grid = (triton.cdiv(num_tokens * top_k, block_r), triton.cdiv(width, block_d))
     _permute_kernel[grid](x_td, slots_tk, out, num_tokens * top_k, width, x_td.stride(0), out.stride(0),
                           K=top_k, BLOCK_R=block_r, BLOCK_D=block_d)
     return out
 
 
-def _combine(y_pd: Tensor, slots_tk: Tensor, w_tk: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+def _combine(y_pd: Tensor, slots_tk: Tensor, w_tk: Tensor | None, out_dtype: torch.dtype,
+             block_rows: int | None = None) -> Tensor:
     num_tokens, top_k = slots_tk.shape
     width = y_pd.shape[1]
-    out = torch.empty(num_tokens, width, dtype=out_dtype, device=y_pd.device)
+    out = alloc((num_tokens, width), out_dtype, y_pd.device)
     if out.numel() == 0:
         return out
     interp = interpreted(y_pd)
     block_d = col_block(width, interp)
-    block_t = row_block(num_tokens, block_d * top_k, interp, gpu_rows=16)
+    block_t = block_rows or row_block(num_tokens, block_d * top_k, interp, gpu_rows=16)
     grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(width, block_d))
     acc = torch.float64 if torch.float64 in (y_pd.dtype, out_dtype) else torch.float32
     _combine_kernel[grid](y_pd, slots_tk, w_tk if w_tk is not None else slots_tk, out, num_tokens, width,
@@ -121,23 +122,25 @@ class PermuteFn(torch.autograd.Function):
     """x [T, D] → expert-contiguous rows [T·k, D]; backward sums each token's k row gradients."""
 
     @staticmethod
-    def forward(ctx, x_td: Tensor, slots_tk: Tensor) -> Tensor:
+    def forward(ctx, x_td: Tensor, slots_tk: Tensor, block_rows: int | None) -> Tensor:
         ctx.save_for_backward(slots_tk)
-        return _permute(x_td, slots_tk)
+        ctx.block_rows = block_rows
+        return _permute(x_td, slots_tk, block_rows)
 
     @staticmethod
     def backward(ctx, grad_pd: Tensor):
         (slots_tk,) = ctx.saved_tensors
-        return _combine(grad_pd.contiguous(), slots_tk, None, grad_pd.dtype), None
+        return _combine(grad_pd.contiguous(), slots_tk, None, grad_pd.dtype, ctx.block_rows), None, None
 
 
 class UnpermuteFn(torch.autograd.Function):
     """Expert rows [T·k, D] + weights [T, k] → combined tokens [T, D]; backward to rows and weights."""
 
     @staticmethod
-    def forward(ctx, y_pd: Tensor, slots_tk: Tensor, w_tk: Tensor) -> Tensor:
+    def forward(ctx, y_pd: Tensor, slots_tk: Tensor, w_tk: Tensor, block_rows: int | None) -> Tensor:
         ctx.save_for_backward(y_pd, slots_tk, w_tk)
-        return _combine(y_pd, slots_tk, w_tk, y_pd.dtype)
+        ctx.block_rows = block_rows
+        return _combine(y_pd, slots_tk, w_tk, y_pd.dtype, block_rows)
 
     @staticmethod
     def backward(ctx, grad_td: Tensor):
@@ -145,21 +148,23 @@ class UnpermuteFn(torch.autograd.Function):
         grad_td = grad_td.contiguous()
         num_tokens, top_k = slots_tk.shape
         width = y_pd.shape[1]
-        grad_pd = torch.empty_like(y_pd)
+        grad_pd = alloc(tuple(y_pd.shape), y_pd.dtype, y_pd.device)
         acc = _acc(y_pd)
-        grad_w = torch.empty(num_tokens, top_k, dtype=acc, device=y_pd.device)
+        grad_w = alloc((num_tokens, top_k), acc, y_pd.device)
         if grad_w.numel() > 0:
             interp = interpreted(y_pd)
             block_d = col_block(width, interp, gpu_max=128)
-            block_r = row_block(num_tokens * top_k, block_d, interp, gpu_rows=16)
+            block_r = ctx.block_rows or row_block(num_tokens * top_k, block_d, interp, gpu_rows=16)
             _unpermute_bwd_kernel[(triton.cdiv(num_tokens * top_k, block_r),)](
                 grad_td, y_pd, slots_tk, w_tk, grad_pd, grad_w, num_tokens * top_k, width,
                 grad_td.stride(0), y_pd.stride(0), grad_pd.stride(0),
                 K=top_k, ACC=_TL[acc], BLOCK_R=block_r, BLOCK_D=block_d)
-        return grad_pd, None, grad_w.to(w_tk.dtype)
+        return grad_pd, None, grad_w.to(w_tk.dtype), None
 
 
-def _check(x: Tensor, slots_tk: Tensor, rows: int, name: str) -> None:
+def _check(x: Tensor, slots_tk: Tensor, rows: int, name: str, block_rows: int | None) -> None:
+    if block_rows is not None and (block_rows < 1 or block_rows & (block_rows - 1)):
+        raise ValueError(f"kernels.permute: block_rows must be a power of two, got {block_rows}")
     check_2d(name, x)
     check_2d("slots_tk", slots_tk)
     if slots_tk.dtype != torch.int32:
@@ -168,18 +173,21 @@ def _check(x: Tensor, slots_tk: Tensor, rows: int, name: str) -> None:
         raise ValueError(f"kernels.permute: {name} has {x.shape[0]} rows, expected {rows} from slots_tk {tuple(slots_tk.shape)}")
 
 
-def permute(x_td: Tensor, slots_tk: Tensor) -> Tensor:
-    """Gather token rows [T, D] into expert-contiguous order [T·k, D]: row slots[t, i] = x[t]."""
-    _check(x_td, slots_tk, slots_tk.shape[0], "x_td")
-    return PermuteFn.apply(x_td, slots_tk.contiguous())
+def permute(x_td: Tensor, slots_tk: Tensor, block_rows: int | None = None) -> Tensor:
+    """Gather token rows [T, D] into expert-contiguous order [T·k, D]: row slots[t, i] = x[t].
+
+    `block_rows` (a power of two) overrides the rows per program (tests use it to cover many programs).
+    """
+    _check(x_td, slots_tk, slots_tk.shape[0], "x_td", block_rows)
+    return PermuteFn.apply(x_td, slots_tk.contiguous(), block_rows)
 
 
-def unpermute(y_pd: Tensor, slots_tk: Tensor, weights_tk: Tensor) -> Tensor:
+def unpermute(y_pd: Tensor, slots_tk: Tensor, weights_tk: Tensor, block_rows: int | None = None) -> Tensor:
     """Combine expert rows back into tokens: out[t] = Σ_i weights[t, i] · y[slots[t, i]], dtype of y."""
-    _check(y_pd, slots_tk, slots_tk.numel(), "y_pd")
+    _check(y_pd, slots_tk, slots_tk.numel(), "y_pd", block_rows)
     if weights_tk.shape != slots_tk.shape:
         raise ValueError(f"kernels.permute: weights_tk shape {tuple(weights_tk.shape)} != slots_tk shape {tuple(slots_tk.shape)}")
-    return UnpermuteFn.apply(y_pd, slots_tk.contiguous(), weights_tk.contiguous())
+    return UnpermuteFn.apply(y_pd, slots_tk.contiguous(), weights_tk.contiguous(), block_rows)
 
 
 # ----------------------------------------------------------------------------------------------

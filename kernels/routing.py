@@ -27,7 +27,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from kernels._common import check_2d, col_block, interpreted, pow2, row_block
+from kernels._common import alloc, check_2d, col_block, interpreted, pow2, row_block
 
 WEIGHTINGS = ("softmax_topk", "softmax_renorm")
 SELECTS = ("nearest", "farthest")
@@ -223,7 +223,7 @@ def _blocks(num_tokens: int, num_experts: int, width: int, interp: bool) -> tupl
 
 
 def _route_forward(logits: Tensor | None, x: Tensor | None, c: Tensor | None, top_k: int, sign: int,
-                   renorm: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+                   renorm: bool, block_t: int | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
     """Launch the three routing kernels. Returns ids [T,k] long, weights [T,k] and scores [T,E]|None in the accumulation dtype, counts, offsets, slots."""
     centroid = logits is None
     src = x if centroid else logits
@@ -233,17 +233,18 @@ def _route_forward(logits: Tensor | None, x: Tensor | None, c: Tensor | None, to
     width = x.shape[1] if centroid else 1
     dev = src.device
     acc = _acc_dtype(src)
-    ids = torch.empty(num_tokens, top_k, dtype=torch.long, device=dev)
-    w_acc = torch.empty(num_tokens, top_k, dtype=acc, device=dev)
-    rank = torch.empty(num_tokens, top_k, dtype=torch.int32, device=dev)
-    scores_acc = torch.empty(num_tokens, num_experts, dtype=acc, device=dev) if centroid else None
-    counts = torch.empty(num_experts, dtype=torch.int32, device=dev)
-    offsets = torch.empty(num_experts + 1, dtype=torch.int32, device=dev)
-    slots = torch.empty(num_tokens, top_k, dtype=torch.int32, device=dev)
-    block_t, block_e, block_d = _blocks(num_tokens, num_experts, width, interp)
+    ids = alloc((num_tokens, top_k), torch.long, dev)
+    w_acc = alloc((num_tokens, top_k), acc, dev)
+    rank = alloc((num_tokens, top_k), torch.int32, dev)
+    scores_acc = alloc((num_tokens, num_experts), acc, dev) if centroid else None
+    counts = alloc((num_experts,), torch.int32, dev)
+    offsets = alloc((num_experts + 1,), torch.int32, dev)
+    slots = alloc((num_tokens, top_k), torch.int32, dev)
+    auto_t, block_e, block_d = _blocks(num_tokens, num_experts, width, interp)
+    block_t = block_t or auto_t
     nb = triton.cdiv(num_tokens, block_t)
-    hist = torch.empty(max(nb, 1), num_experts, dtype=torch.int32, device=dev)
-    base = torch.empty_like(hist)
+    hist = alloc((max(nb, 1), num_experts), torch.int32, dev)
+    base = alloc(tuple(hist.shape), hist.dtype, hist.device)
     if num_tokens > 0:
         raw_dot = centroid and not interp and x.dtype == torch.bfloat16 and c.dtype == torch.bfloat16
         dummy = ids  # unused pointer slots
@@ -273,7 +274,7 @@ def _route_backward_scores(grad_w: Tensor | None, w_acc: Tensor, ids: Tensor, gr
     """Launch the backward kernel: [T, E] float32 gradient to the scores (or the centroid coefficient A)."""
     num_tokens, top_k = ids.shape
     interp = interpreted(w_acc)
-    out = torch.empty(num_tokens, num_experts, dtype=w_acc.dtype, device=w_acc.device)
+    out = alloc((num_tokens, num_experts), w_acc.dtype, w_acc.device)
     if num_tokens == 0:
         return out
     if grad_w is None:
@@ -292,8 +293,8 @@ class RouteLogitsFn(torch.autograd.Function):
     """logits [T, E] → ids, float32 weights, counts, offsets, slots; gradient flows to the logits via the weights."""
 
     @staticmethod
-    def forward(ctx, logits_te: Tensor, top_k: int, renorm: bool):
-        ids, w_acc, _, counts, offsets, slots = _route_forward(logits_te, None, None, top_k, -1, renorm)
+    def forward(ctx, logits_te: Tensor, top_k: int, renorm: bool, block_t: int | None):
+        ids, w_acc, _, counts, offsets, slots = _route_forward(logits_te, None, None, top_k, -1, renorm, block_t)
         ctx.save_for_backward(ids, w_acc)
         ctx.logits_dtype = logits_te.dtype
         ctx.num_experts = logits_te.shape[1]
@@ -304,15 +305,15 @@ class RouteLogitsFn(torch.autograd.Function):
     def backward(ctx, g_ids, grad_w_acc, g_counts, g_offsets, g_slots):
         ids, w_acc = ctx.saved_tensors
         grad = _route_backward_scores(grad_w_acc, w_acc, ids, None, None, 0, ctx.num_experts) if ctx.needs_input_grad[0] else None
-        return (grad.to(ctx.logits_dtype) if grad is not None else None), None, None
+        return (grad.to(ctx.logits_dtype) if grad is not None else None), None, None, None
 
 
 class RouteCentroidsFn(torch.autograd.Function):
     """Token states [T, D] and centroids [E, D] → ids, float32 weights and scores (∓‖x − c‖), counts, offsets, slots."""
 
     @staticmethod
-    def forward(ctx, x_td: Tensor, c_ed: Tensor, top_k: int, sign: int, renorm: bool):
-        ids, w_acc, scores_acc, counts, offsets, slots = _route_forward(None, x_td, c_ed, top_k, sign, renorm)
+    def forward(ctx, x_td: Tensor, c_ed: Tensor, top_k: int, sign: int, renorm: bool, block_t: int | None):
+        ids, w_acc, scores_acc, counts, offsets, slots = _route_forward(None, x_td, c_ed, top_k, sign, renorm, block_t)
         ctx.save_for_backward(x_td, c_ed, ids, w_acc, scores_acc)
         ctx.sign = sign
         ctx.mark_non_differentiable(ids, counts, offsets, slots)
@@ -323,7 +324,7 @@ class RouteCentroidsFn(torch.autograd.Function):
         x_td, c_ed, ids, w_acc, scores_acc = ctx.saved_tensors
         need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_x or need_c):
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         coef_te = _route_backward_scores(grad_w_acc, w_acc, ids, grad_scores_acc, scores_acc, ctx.sign,
                                          c_ed.shape[0])
         acc = coef_te.dtype
@@ -331,7 +332,12 @@ class RouteCentroidsFn(torch.autograd.Function):
         xf, cf = x_td.to(acc), c_ed.to(acc)
         gx = (coef_te.sum(1, keepdim=True) * xf - coef_te @ cf).to(x_td.dtype) if need_x else None
         gc = (coef_te.sum(0).unsqueeze(1) * cf - coef_te.t() @ xf).to(c_ed.dtype) if need_c else None
-        return gx, gc, None, None, None
+        return gx, gc, None, None, None, None
+
+
+def _check_block(block_t: int | None) -> None:
+    if block_t is not None and (block_t < 16 or block_t & (block_t - 1)):
+        raise ValueError(f"kernels.routing: block_t must be a power of two >= 16, got {block_t}")
 
 
 def _check_args(top_k: int, num_experts: int, weighting: str) -> bool:
@@ -342,17 +348,23 @@ def _check_args(top_k: int, num_experts: int, weighting: str) -> bool:
     return weighting == "softmax_renorm"
 
 
-def route_logits(logits_te: Tensor, top_k: int, weighting: str = "softmax_topk") -> RouteResult:
-    """Route from linear-gate logits [T, E]; weights in the logits' dtype, differentiable w.r.t. the logits."""
+def route_logits(logits_te: Tensor, top_k: int, weighting: str = "softmax_topk",
+                 block_t: int | None = None) -> RouteResult:
+    """Route from linear-gate logits [T, E]; weights in the logits' dtype, differentiable w.r.t. the logits.
+
+    `block_t` (a power of two >= 16) overrides the tokens per program (tests use it to cover many blocks).
+    """
     check_2d("logits_te", logits_te)
+    _check_block(block_t)
     renorm = _check_args(top_k, logits_te.shape[1], weighting)
-    ids, w_acc, counts, offsets, slots = RouteLogitsFn.apply(logits_te, top_k, renorm)
+    ids, w_acc, counts, offsets, slots = RouteLogitsFn.apply(logits_te, top_k, renorm, block_t)
     return RouteResult(ids, w_acc.to(logits_te.dtype), logits_te, counts, offsets, slots)
 
 
 def route_centroids(x_td: Tensor, centroids_ed: Tensor, top_k: int, weighting: str = "softmax_topk",
-                    select: str = "nearest") -> RouteResult:
+                    select: str = "nearest", block_t: int | None = None) -> RouteResult:
     """Route from token states [T, D] and centroids [E, D]: score −‖x − c‖ (nearest) or +‖x − c‖ (farthest)."""
+    _check_block(block_t)
     check_2d("x_td", x_td)
     check_2d("centroids_ed", centroids_ed)
     if x_td.shape[1] != centroids_ed.shape[1]:
@@ -361,7 +373,7 @@ def route_centroids(x_td: Tensor, centroids_ed: Tensor, top_k: int, weighting: s
         raise ValueError(f"kernels.routing: unknown centroid select {select!r} (expected one of {SELECTS})")
     renorm = _check_args(top_k, centroids_ed.shape[0], weighting)
     sign = -1 if select == "nearest" else 1
-    ids, w_acc, s32, counts, offsets, slots = RouteCentroidsFn.apply(x_td, centroids_ed, top_k, sign, renorm)
+    ids, w_acc, s32, counts, offsets, slots = RouteCentroidsFn.apply(x_td, centroids_ed, top_k, sign, renorm, block_t)
     return RouteResult(ids, w_acc.to(x_td.dtype), s32.to(x_td.dtype), counts, offsets, slots)
 
 
