@@ -92,9 +92,14 @@ def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLik
     datasets.disable_progress_bars()
     try:
         fp = fingerprint or hashlib.sha1(f"{path}:{os.getpid()}:{id(entries)}".encode()).hexdigest()
-        dataset = datasets.Dataset.from_generator(
-            _rows, features=FEATURES, cache_dir=str(tmp), gen_kwargs={"entries": iter(entries)}, fingerprint=fp
-        )
+        try:
+            dataset = datasets.Dataset.from_generator(
+                _rows, features=FEATURES, cache_dir=str(tmp), gen_kwargs={"entries": iter(entries)}, fingerprint=fp
+            )
+        except datasets.exceptions.DatasetGenerationError as err:
+            if err.__cause__ is not None:  # surface the reader's / our own error, not the builder's wrapper
+                raise err.__cause__ from None
+            raise
         if path.exists():
             shutil.rmtree(path)
         dataset.save_to_disk(str(path))

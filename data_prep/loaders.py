@@ -85,7 +85,10 @@ def load_rda_mts(paths: list[Path], freq: str, dataset: str, max_series: int | N
         if int(round(mat.tsp[2])) == 12:
             start = pd.Timestamp(year=year, month=period + 1, day=1)
     rows = _take(list(range(mat.values.shape[0])), max_series)
-    return [Series(item_id=mat.column_names[i], target=mat.values[i], freq=freq, start=start, dataset=dataset) for i in rows]
+    unique = len(set(mat.column_names)) == len(mat.column_names)
+    # hospital's column names repeat (product codes across hospitals): then ids are T1..Tn as in Monash
+    return [Series(item_id=mat.column_names[i] if unique else f"T{i + 1}", target=mat.values[i], freq=freq, start=start,
+                   dataset=dataset, attributes={"r_column": mat.column_names[i]}) for i in rows]
 
 
 def load_us_births(paths: list[Path], freq: str, dataset: str, max_series: int | None) -> list[Series]:

@@ -17,7 +17,9 @@ def infer_freq(index: pd.DatetimeIndex, path: str | os.PathLike[str]) -> str:
     head = index[: min(len(index), 1000)]
     if len(head) < 3:
         raise DataFormatError(path, "fewer than 3 timestamps; cannot infer the frequency (pass freq=...)")
-    alias = pd.infer_freq(head)
+    with pd.option_context("future.infer_freq_returns_offset", True):
+        offset = pd.infer_freq(head)
+    alias = None if offset is None else offset.freqstr
     if alias is None:
         raise DataFormatError(path, "timestamps are not regularly spaced; cannot infer the frequency (pass freq=...)")
     return canonical_freq(alias, str(path))

@@ -14,7 +14,11 @@ def _freq_of(index: pd.Index, freq: str | None, what: str) -> str:
         return canonical_freq(freq, what)
     if not isinstance(index, pd.DatetimeIndex):
         raise ValueError(f"{what}: index is not a DatetimeIndex; pass freq=")
-    alias = index.freqstr or (pd.infer_freq(index) if len(index) >= 3 else None)
+    alias = index.freqstr
+    if alias is None and len(index) >= 3:
+        with pd.option_context("future.infer_freq_returns_offset", True):
+            offset = pd.infer_freq(index)
+        alias = None if offset is None else offset.freqstr
     if alias is None:
         raise ValueError(f"{what}: cannot infer a regular frequency from the index; pass freq=")
     return canonical_freq(alias, what)

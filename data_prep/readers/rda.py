@@ -4,6 +4,7 @@ names, class)."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,9 @@ def read_rda(path: str | os.PathLike[str]) -> dict[str, RValue]:
 
     path = Path(path)
     try:
-        parsed = rdata.parser.parse_file(path)
+        with warnings.catch_warnings():  # rdata warns about file types and R classes it cannot construct
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = rdata.parser.parse_file(path)
     except Exception as err:  # rdata raises assorted types for a corrupt or foreign file
         raise DataFormatError(path, f"not a readable R data file: {type(err).__name__}: {err}") from None
     return {name: _convert(val) for name, val in _pairlist(parsed.object) if name is not None}
