@@ -10,7 +10,7 @@ counts) are skipped: they carry too little identity and match unrelated series b
 excludes them by construction. Matching is a 64-bit polynomial hash over the float32 bit patterns (-0.0 folded into 0.0),
 and every hash hit is confirmed by comparing the values, so a reported leak is a real copy.
 
-`python -m data_prep.leak_check CORPUS_DIR [--data-dir DIR] [--datasets a,b] [--window 16]` exits 1 and names the
+`python -m data_prep.leak_check CORPUS_DIR (or --corpus CORPUS_DIR) [--data-dir DIR] [--datasets a,b] [--window 16]` exits 1 and names the
 offending dataset / series when any test window is found, 0 otherwise.
 """
 from __future__ import annotations
@@ -223,15 +223,19 @@ def check_corpus(
 def main(argv: list[str] | None = None) -> int:
     """CLI: check a corpus; print the summary; exit status 1 when a test window is found."""
     parser = argparse.ArgumentParser(prog="python -m data_prep.leak_check", description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", help="corpus directory written by data_prep.prepare")
+    parser.add_argument("corpus_dir", nargs="?", help="corpus directory written by data_prep.prepare")
+    parser.add_argument("--corpus", default=None, help="the corpus directory (same as the positional argument)")
     parser.add_argument("--data-dir", default=None, help="benchmark data directory (default: $MOE_TS_DATA_DIR or the repo's data/)")
     parser.add_argument("--datasets", default=None, help="comma-separated registry names (default: every available one)")
     parser.add_argument("--window", type=int, default=WINDOW, help=f"window length (default {WINDOW})")
     args = parser.parse_args(argv)
+    corpus = args.corpus or args.corpus_dir
+    if corpus is None or (args.corpus and args.corpus_dir and args.corpus != args.corpus_dir):
+        parser.error("give the corpus directory once, as CORPUS or --corpus CORPUS")
     if args.window < 2:
         parser.error("--window must be at least 2")
     names = [n.strip() for n in args.datasets.split(",") if n.strip()] if args.datasets else None
-    report = check_corpus(args.corpus, args.data_dir, names, args.window)
+    report = check_corpus(corpus, args.data_dir, names, args.window)
     print(report.summary())
     return 0 if report.ok else 1
 

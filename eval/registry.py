@@ -1,8 +1,9 @@
 """Every evaluation dataset of the three suites (DESIGN §7): protocol facts, expected files, loader, test span.
 
 Suites: 'monash' (the 29 sets of the Moirai Monash table), 'zeroshot' (the 10 sets of Moirai-MoE Table 2),
-'lsf' (long-sequence forecasting), and 'monash_extra' (Monash-archive sets outside the 29 that are available
-offline: M1/M3/Tourism yearly and quarterly, M1 yearly..., M4 yearly/quarterly).
+'lsf' (long-sequence forecasting), and 'monash_extra' (Monash-archive sets outside the 29: M1 yearly/quarterly,
+M3 yearly/quarterly, Tourism yearly, M4 yearly/quarterly). Seasonality: Monash-style (monash_seasonality: daily 7,
+weekly 52) for the Monash suites, GluonTS get_seasonality (daily 1, weekly 1) for zero-shot and LSF.
 
 `load_series` returns the FULL series (train and test joined); `test_span` is the one place that says which part
 is held out. Files are looked up under a data directory: the argument, else $MOE_TS_DATA_DIR, else the repo's
@@ -184,7 +185,8 @@ _add("ett1", "ETT1", Z, "D", 30, ("gift_eval/ett1/D",), "gift_eval", windows=3, 
 _add("ett2", "ETT2", Z, "D", 30, ("gift_eval/ett2/D",), "gift_eval", windows=3, multivariate=True,
      notes="GIFT-Eval ett2/D (datasets.save_to_disk folder)")
 _add("istanbul_traffic", "Traffic", Z, "h", 24, ("istanbul_traffic/istanbul_traffic.csv",), "lsf_csv", windows=7,
-     resample="h", how="mean", notes="Istanbul traffic index (Kaggle), resampled to hourly means")
+     resample="h", how="mean", notes="Istanbul traffic index (Kaggle), resampled to hourly means; LSF CSV layout "
+                                     "(a 'date' column, then the value column)")
 _add("m_dense", "MDENSE", Z, "D", 30, ("gift_eval/M_DENSE/D",), "gift_eval", windows=3, multivariate=True,
      notes="GIFT-Eval M_DENSE/D (datasets.save_to_disk folder)")
 _add("walmart", "Walmart", Z, "W", 8, ("walmart/train.csv",), "walmart", windows=4,
