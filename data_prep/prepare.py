@@ -177,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.datasets:
         from eval.registry import get_spec
 
+        from eval.registry import DatasetMissingError, resolve_files
+
         names = [get_spec(n.strip()).name for n in args.datasets.split(",") if n.strip()]
+        for name in names:  # a dataset asked for by name must be there: say which file is missing
+            try:
+                resolve_files(get_spec(name), data_dir)
+            except DatasetMissingError as err:
+                raise SystemExit(str(err)) from None
     else:
         names = default_datasets(data_dir)
     out = Path(args.out)

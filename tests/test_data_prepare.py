@@ -119,3 +119,8 @@ def test_own_history_and_low_information_windows_are_not_leaks(tmp_path):
     write_corpus([Series("copy", np.concatenate([[1.0], history[:8], [2.0]]), "W", dataset="synthetic")], tmp_path / "d")
     report = leak_check.check_corpus(tmp_path / "d", data, names=["traffic_weekly"])
     assert not report.ok and report.leaks[0].corpus_offset == 1 and report.leaks[0].eval_item_id == "T1"
+
+
+def test_named_missing_dataset_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"traffic_hourly: missing: put monash_tsf/traffic_hourly_dataset\.tsf under"):
+        prepare.main(["--out", str(tmp_path / "c"), "--datasets", "traffic_hourly"])
