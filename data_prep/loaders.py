@@ -76,9 +76,16 @@ def load_nn5(paths: list[Path], freq: str, dataset: str, max_series: int | None,
     return out
 
 
-def load_rda_mts(paths: list[Path], freq: str, dataset: str, max_series: int | None, object: str) -> list[Series]:
-    """expsmooth hospital / carparts: an R `mts` matrix whose columns are monthly series."""
+def load_rda_mts(paths: list[Path], freq: str, dataset: str, max_series: int | None, object: str,
+                 fill_missing: float | None = None) -> list[Series]:
+    """expsmooth hospital / carparts: an R `mts` matrix whose columns are monthly series.
+
+    `fill_missing` replaces NA (Monash's car_parts_without_missing_values, the version Moirai
+    reports, has zeros where the R data has NA).
+    """
     mat = read_rda_matrix(paths[0], object)
+    if fill_missing is not None:
+        mat.values[np.isnan(mat.values)] = fill_missing
     start = None
     if mat.tsp is not None:
         year, period = tsp_start(mat.tsp)

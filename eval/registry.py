@@ -148,7 +148,8 @@ _m4("m4_hourly", "M4 Hourly", M, "h", 48, "Hourly")
 _add("nn5_daily", "NN5 Daily", M, "D", 56, ("nn5/nn5.rda",), "nn5", weekly=False)
 _add("nn5_weekly", "NN5 Weekly", M, "W", 8, ("nn5/nn5.rda",), "nn5", weekly=True,
      notes="weekly sums of the 791 daily values (113 weeks); a week with missing days sums its observed days ×7/observed")
-_add("car_parts", "Car Parts", M, "MS", 12, ("expsmooth/carparts.rda",), "rda_mts", object="carparts")
+_add("car_parts", "Car Parts", M, "MS", 12, ("expsmooth/carparts.rda",), "rda_mts", object="carparts",
+     fill_missing=0.0, notes="NA filled with 0 as Monash's car_parts_without_missing_values (what Moirai reports)")
 _add("hospital", "Hospital", M, "MS", 12, ("expsmooth/hospital.rda",), "rda_mts", object="hospital")
 _add("us_births", "US Births", M, "D", 30, ("mosaicdata/Births.rda",), "us_births")
 _add("sunspot", "Sunspot", M, "D", 30, ("sunspot/SN_d_tot_V2.0.csv",), "sunspot", first="1818-01-08", length=73931,
