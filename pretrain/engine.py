@@ -1,13 +1,12 @@
 """DeepSpeed engine: distributed setup, model + optimizer + schedule, and one optimizer step (DESIGN §5).
 
-Runs as one process on CPU (gloo; the env vars a launcher would set are filled in) or under
+Runs as one process (gloo on CPU over an in-memory store; no launcher needed) or under
 `deepspeed` / `torchrun` with several processes. deepspeed and torch.distributed stay here, out of
 `moe_ts/`. No expert parallelism yet: every rank holds all experts (plain data parallelism + ZeRO).
 """
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,16 +30,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def setup_distributed() -> DistInfo:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA); idempotent.
+    """Initialise torch.distributed for DeepSpeed (gloo on CPU, nccl on CUDA); idempotent.
 
-    Without a launcher (no RANK in the env) this is a one-process job on 127.0.0.1 and a free port.
+    Under a launcher (RANK in the env) the launcher's rendezvous is used. Without one this is a
+    one-process group over an in-memory store: no port, and no RANK/MASTER_* left in the env for child
+    processes to trip over (only LOCAL_RANK=0, which `deepspeed.initialize` insists on).
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -48,18 +43,18 @@ def setup_distributed() -> DistInfo:
 
     # The CPU shared-memory comm op is a 27 s JIT build that one-node gloo runs do not need.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     on_cuda = os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu") != "cpu"
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if on_cuda else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if on_cuda else "gloo"
+    if "RANK" not in os.environ:
+        os.environ.setdefault("LOCAL_RANK", "0")
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else 0
+    device = torch.device("cuda", local_rank) if on_cuda else torch.device("cpu")
     if on_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        if "RANK" not in os.environ:
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+        deepspeed.init_distributed(dist_backend=backend)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
 
 

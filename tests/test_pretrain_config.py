@@ -1,0 +1,89 @@
+"""Run config: YAML loading, error paths, generated DeepSpeed JSON, LR schedule."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from moe_ts.configuration import ConfigError
+from pretrain.config import RunConfig, TrainConfig, deepspeed_config, load_run_config, lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_yaml_loads_both_sections():
+    run = load_run_config(REPO / "configs" / "tiny.yaml")
+    assert isinstance(run, RunConfig)
+    assert run.model.max_seq_len == 64 and run.model.moe.num_experts == 8
+    assert run.train.time_budget_s is not None and run.train.time_budget_s <= 600
+    assert run.train.micro_batch_size(1) * run.train.grad_accum == run.train.batch_size
+
+
+@pytest.mark.parametrize("text, path", [
+    ("train:\n  stepz: 3\n", "train.stepz"),
+    ("model:\n  moe:\n    top_kk: 2\n", "model.moe.top_kk"),
+    ("optim:\n  lr: 1\n", "optim"),
+])
+def test_unknown_key_error_names_file_and_path(tmp_path, text, path):
+    f = tmp_path / "run.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_run_config(f)
+    assert str(f) in str(err.value) and path in str(err.value)
+
+
+@pytest.mark.parametrize("train, msg", [
+    ({"lr": "fast"}, "train.lr"),
+    ({"zero_stage": 3}, "train.zero_stage"),
+    ({"min_lr": 1.0, "lr": 0.1}, "train.min_lr"),
+    ({"mixture": {"m4": -1}}, "train.mixture.m4"),
+    ({"batch_size": 0}, "train.batch_size"),
+])
+def test_bad_values_are_named(tmp_path, train, msg):
+    import yaml
+
+    f = tmp_path / "run.yaml"
+    f.write_text(yaml.safe_dump({"train": train}))
+    with pytest.raises(ConfigError, match=msg.replace(".", r"\.")):
+        load_run_config(f)
+
+
+def test_min_window_longer_than_sequence_is_rejected(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("model:\n  max_seq_len: 4\ntrain:\n  min_window_patches: 5\n")
+    with pytest.raises(ConfigError, match="min_window_patches"):
+        load_run_config(f)
+
+
+def test_deepspeed_config_is_generated_from_train_config():
+    train = TrainConfig(batch_size=24, grad_accum=3, lr=3e-4, min_lr=1e-5, weight_decay=0.05, betas=(0.9, 0.95),
+                        grad_clip=0.5, zero_stage=2)
+    ds = deepspeed_config(train, world_size=2)
+    assert ds["train_batch_size"] == 24
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2 == 24
+    assert ds["train_micro_batch_size_per_gpu"] == 4
+    opt = ds["optimizer"]
+    assert opt["type"] == "AdamW" and opt["params"]["torch_adam"] is True
+    assert opt["params"]["lr"] == 3e-4 and opt["params"]["betas"] == [0.9, 0.95]
+    assert opt["params"]["weight_decay"] == 0.05
+    assert ds["gradient_clipping"] == 0.5 and ds["zero_optimization"]["stage"] == 2
+    assert "torch_autocast" not in ds
+    bf16 = deepspeed_config(TrainConfig(dtype="bf16", batch_size=4), 1)
+    assert bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+
+
+def test_batch_not_divisible_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"batch_size=10 must be divisible by world_size\(2\) x grad_accum\(3\)"):
+        deepspeed_config(TrainConfig(batch_size=10, grad_accum=3), world_size=2)
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    train = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    factors = [lr_factor(s, train) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(factors[:9], factors[1:10]))  # linear warmup rises
+    assert all(b <= a for a, b in zip(factors[10:], factors[11:]))  # cosine never rises
+    assert factors[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(100, train) == pytest.approx(0.1) and lr_factor(10**6, train) == pytest.approx(0.1)
+    assert lr_factor(0, TrainConfig(steps=5, warmup_steps=0)) == pytest.approx(1.0)
