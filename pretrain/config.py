@@ -45,6 +45,7 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2] = 1
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of Linear layers (GPU); master weights fp32
     num_threads: int | None = None  # torch CPU threads per process (None: torch's default)
+    peak_tflops: float | None = None  # per-device peak (e.g. ~800 for H100 bf16): logs MFU when given
     wandb_project: str = "moe-ts"
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # WANDB_MODE in the env wins
     mixture: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: mixture_default
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"train.time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError(f"train.peak_tflops must be > 0, got {self.peak_tflops}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1, got {self.num_threads}")
         for name, weight in self.mixture.items():
@@ -119,6 +122,11 @@ def lr_factor(step: int, train: TrainConfig) -> float:
     decay_steps = max(1, train.steps - train.warmup_steps)
     progress = min(1.0, (step - train.warmup_steps) / decay_steps)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_flops_per_token(active_params: int, num_layers: int, d_model: int, seq_len: int) -> float:
+    """Forward+backward FLOPs per token: 6·(active parameters) + 12·layers·d_model·seq_len (attention, PaLM's rule)."""
+    return 6.0 * active_params + 12.0 * num_layers * d_model * seq_len
 
 
 def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from moe_ts.configuration import ConfigError, save_file, to_dict
 from pretrain.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  remove_leftovers, save_checkpoint, save_final)
-from pretrain.config import RunConfig, load_run_config
+from pretrain.config import RunConfig, load_run_config, train_flops_per_token
 from pretrain.data import Corpus, CorpusError, WindowSampler, load_corpus
 from pretrain.engine import StepStats, any_rank, build_engine, setup_distributed, train_step, unwrap
 from pretrain.metrics import MetricsLog, expert_load_stats
@@ -56,12 +56,14 @@ def apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
     return dataclasses.replace(run, train=dataclasses.replace(run.train, **changes)) if changes else run
 
 
-def _record(step: int, stats: StepStats, tokens_per_s: float) -> dict:
-    return {
+def _record(step: int, stats: StepStats, tokens_per_s: float, mfu: float | None) -> dict:
+    record = {
         "step": step, "loss": stats.loss, "nll": stats.nll, "aux": stats.aux_loss, "z": stats.z_loss,
         "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_s,
-        **expert_load_stats(stats.expert_counts),
     }
+    if mfu is not None:
+        record["mfu"] = mfu
+    return {**record, **expert_load_stats(stats.expert_counts)}
 
 
 def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, stop_at: int | None = None,
@@ -104,15 +106,19 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     elif resume:
         say(f"no checkpoint in {out / 'checkpoints'}; starting at step 0")
     start_step = step
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"model: {n_params:,} parameters; world size {dist.world_size}, ZeRO-{tc.zero_stage}, {tc.dtype}; "
+    say(f"model: {model.num_parameters():,} parameters ({model.num_parameters(active=True):,} active); world size {dist.world_size}, ZeRO-{tc.zero_stage}, {tc.dtype}; "
         f"{tc.steps} steps of {tc.batch_size} x {run.model.max_seq_len} patches")
 
+    # MFU counts every position the model computes (padding included), over all ranks.
+    flops_per_step = train_flops_per_token(model.num_parameters(active=True), run.model.num_layers,
+                                           run.model.d_model, run.model.max_seq_len) \
+        * tc.batch_size * run.model.max_seq_len
+    peak_flops = None if tc.peak_tflops is None else tc.peak_tflops * 1e12 * dist.world_size
     metrics = MetricsLog(out, step, dist.is_main, tc.wandb_project, tc.wandb_mode, to_dict(run))
     micro = tc.micro_batch_size(dist.world_size)
     last: StepStats | None = None
     reason = "finished"
-    interval_tokens, interval_time = 0, 0.0
+    interval_tokens, interval_time, interval_steps = 0, 0.0, 0
     total_tokens, total_time = 0, 0.0
     progress = None
     if dist.is_main:
@@ -130,14 +136,17 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
                 raise FloatingPointError(f"step {step}: loss is {last.loss} (nll {last.nll}, aux {last.aux_loss})")
             interval_tokens += last.tokens
             interval_time += dt
+            interval_steps += 1
             total_tokens += last.tokens
             total_time += dt
             over_budget = tc.time_budget_s is not None and time.time() - t_start >= tc.time_budget_s
             at_stop = stop_at is not None and step >= stop_at
             stop = any_rank(over_budget or at_stop, dist.device)
             if stop or step == tc.steps or step % tc.log_every == 0:
-                metrics.log(_record(step, last, interval_tokens / max(interval_time, 1e-9)))
-                interval_tokens, interval_time = 0, 0.0
+                seconds = max(interval_time, 1e-9)
+                mfu = None if peak_flops is None else flops_per_step * interval_steps / seconds / peak_flops
+                metrics.log(_record(step, last, interval_tokens / seconds, mfu))
+                interval_tokens, interval_time, interval_steps = 0, 0.0, 0
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last.loss:.4f}", lr=f"{last.lr:.2e}", refresh=False)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from moe_ts.configuration import ConfigError
-from pretrain.config import RunConfig, TrainConfig, deepspeed_config, load_run_config, lr_factor
+from pretrain.config import (RunConfig, TrainConfig, deepspeed_config, load_run_config, lr_factor,
+                             train_flops_per_token)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,3 +88,8 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     assert factors[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_factor(100, train) == pytest.approx(0.1) and lr_factor(10**6, train) == pytest.approx(0.1)
     assert lr_factor(0, TrainConfig(steps=5, warmup_steps=0)) == pytest.approx(1.0)
+
+
+def test_train_flops_per_token():
+    # 6 x 100 active parameters + 12 x 2 layers x d_model 8 x 16 positions
+    assert train_flops_per_token(100, num_layers=2, d_model=8, seq_len=16) == 600 + 3072

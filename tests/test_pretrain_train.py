@@ -16,7 +16,8 @@ from pretrain.train import main
 MODEL = {"patch_size": 4, "max_seq_len": 8, "d_model": 32, "num_layers": 1, "num_heads": 2, "stats_ratio": 0.3,
          "moe": {"num_experts": 4, "top_k": 2, "d_ff": 32}}
 TRAIN = {"steps": 8, "batch_size": 4, "grad_accum": 2, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2,
-         "log_every": 1, "checkpoint_every": 3, "keep_checkpoints": 2, "seed": 0, "wandb_mode": "disabled"}
+         "log_every": 1, "checkpoint_every": 3, "keep_checkpoints": 2, "seed": 0, "wandb_mode": "disabled",
+         "peak_tflops": 1.0}
 COMPARED = ("loss", "nll", "aux", "z", "lr", "grad_norm")
 
 
@@ -78,6 +79,7 @@ def test_run_outputs(full_run):
         assert all(np.isfinite(r[k]) for k in COMPARED + ("tokens_per_s",))
         assert len(r["expert_load"]) == 1 and len(r["expert_load"][0]) == 4
         assert sum(r["expert_load"][0]) == pytest.approx(1.0, abs=1e-4)
+        assert 0.0 < r["mfu"] < 1.0
     assert records[0]["lr"] == pytest.approx(1.5e-3) and records[1]["lr"] == pytest.approx(3e-3)
     assert records[-1]["lr"] < records[2]["lr"]
     # checkpoints at 3, 6, 8; keep 2; `latest` names the newest
@@ -166,3 +168,41 @@ def test_time_budget_stops_at_a_step_boundary_and_saves(workdir, tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["steps"] == 50 and saved["train"]["time_budget_s"] == 0.001
     assert json.loads(json.dumps(saved))  # plain data
+
+
+@pytest.mark.dist
+def test_two_process_torchrun(workdir, tmp_path):
+    """Data parallel over 2 gloo ranks: each rank saves its own sampler/RNG state; rank 0 writes the rest."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "dp2"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "pretrain.train", "--config", str(workdir / "run.yaml"),
+           "--data", str(workdir / "corpus"), "--out", str(out), "--steps", "3"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"2-process run timed out: {stderr[-2000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "world size 2" in stdout
+    ckpt = out / "checkpoints" / "step-3"
+    assert (ckpt / "trainer_rank0.pt").is_file() and (ckpt / "trainer_rank1.pt").is_file()
+    s0 = torch.load(ckpt / "trainer_rank0.pt", weights_only=False)["sampler"]
+    s1 = torch.load(ckpt / "trainer_rank1.pt", weights_only=False)["sampler"]
+    assert s0["rows"] == s1["rows"] == 3 * 2 * 1  # steps x grad_accum x micro-batch (4 / (2 ranks x 2))
+    assert s0["rng"] != s1["rng"]  # the ranks draw different windows
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    assert (out / "final" / "model.safetensors").is_file()
