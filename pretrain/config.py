@@ -125,7 +125,7 @@ def lr_factor(step: int, train: TrainConfig) -> float:
 
 
 def train_flops_per_token(active_params: int, num_layers: int, d_model: int, seq_len: int) -> float:
-    """Forward+backward FLOPs per token: 6·(active parameters) + 12·layers·d_model·seq_len (attention, PaLM's rule)."""
+    """Forward+backward FLOPs per token: 6·active_params + 12·layers·d_model·seq_len (PaLM's attention term)."""
     return 6.0 * active_params + 12.0 * num_layers * d_model * seq_len
 
 

@@ -106,13 +106,13 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     elif resume:
         say(f"no checkpoint in {out / 'checkpoints'}; starting at step 0")
     start_step = step
-    say(f"model: {model.num_parameters():,} parameters ({model.num_parameters(active=True):,} active); world size {dist.world_size}, ZeRO-{tc.zero_stage}, {tc.dtype}; "
-        f"{tc.steps} steps of {tc.batch_size} x {run.model.max_seq_len} patches")
+    active = model.num_parameters(active=True)
+    say(f"model: {model.num_parameters():,} parameters ({active:,} active); world size {dist.world_size}, "
+        f"ZeRO-{tc.zero_stage}, {tc.dtype}; {tc.steps} steps of {tc.batch_size} x {run.model.max_seq_len} patches")
 
     # MFU counts every position the model computes (padding included), over all ranks.
-    flops_per_step = train_flops_per_token(model.num_parameters(active=True), run.model.num_layers,
-                                           run.model.d_model, run.model.max_seq_len) \
-        * tc.batch_size * run.model.max_seq_len
+    flops_per_step = tc.batch_size * run.model.max_seq_len * train_flops_per_token(
+        active, run.model.num_layers, run.model.d_model, run.model.max_seq_len)
     peak_flops = None if tc.peak_tflops is None else tc.peak_tflops * 1e12 * dist.world_size
     metrics = MetricsLog(out, step, dist.is_main, tc.wandb_project, tc.wandb_mode, to_dict(run))
     micro = tc.micro_batch_size(dist.world_size)

@@ -32,7 +32,10 @@ def workdir(tmp_path_factory):
         for i in range(n):
             length = int(rng.integers(lo, hi))
             t = np.arange(length)
-            y = np.sin(t / rng.uniform(2, 8)) * rng.uniform(1, 5) if name == "sines" else np.cumsum(rng.normal(size=length))
+            if name == "sines":
+                y = np.sin(t / rng.uniform(2, 8)) * rng.uniform(1, 5)
+            else:
+                y = np.cumsum(rng.normal(size=length))
             y = y.astype(np.float32)
             y[rng.random(length) < 0.05] = np.nan
             cols["item_id"].append(f"{name}-{i}")
