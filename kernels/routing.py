@@ -57,7 +57,7 @@ def _route_fwd_kernel(
     T, E, D,
     stride_lt, stride_xt, stride_ce,
     K: tl.constexpr, CENTROID: tl.constexpr, SIGN: tl.constexpr, RENORM: tl.constexpr,
-    RAW_DOT: tl.constexpr, ACC: tl.constexpr,
+    RAW_DOT: tl.constexpr, ACC: tl.constexpr, IS_F64: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One block of BLOCK_T tokens: scores → top-k ids/weights, in-block ranks, block histogram."""
@@ -82,7 +82,7 @@ def _route_fwd_kernel(
                          mask=col_ok[:, None] & d_ok[None, :], other=0.0)
             if RAW_DOT:  # bf16 x bf16 products are exact in fp32: same result as the widened dot
                 acc += tl.dot(xt, tl.trans(ct))
-            elif ACC == tl.float64:
+            elif IS_F64:
                 acc += tl.dot(xt.to(ACC), tl.trans(ct.to(ACC)))
             else:
                 acc += tl.dot(xt.to(ACC), tl.trans(ct.to(ACC)), input_precision="ieee")
@@ -254,7 +254,7 @@ def _route_forward(logits: Tensor | None, x: Tensor | None, c: Tensor | None, to
             ids, w_acc, rank, hist,
             num_tokens, num_experts, width,
             0 if centroid else logits.stride(0), x.stride(0) if centroid else 0, c.stride(0) if centroid else 0,
-            K=top_k, CENTROID=centroid, SIGN=float(sign), RENORM=renorm, RAW_DOT=raw_dot, ACC=_TL[acc],
+            K=top_k, CENTROID=centroid, SIGN=float(sign), RENORM=renorm, RAW_DOT=raw_dot, ACC=_TL[acc], IS_F64=acc == torch.float64,
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d,
         )
     else:

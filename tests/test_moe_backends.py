@@ -73,44 +73,50 @@ def test_backend_matches_torch_reference(device, dtype, backend, gate, select, w
     gen = _gen()
     layer, x = _layer_and_input(gate, select, weighting, top_k, num_experts, dtype, device, gen)
     grad_y = torch.randn(x.shape, generator=gen).to(device)
-    ref_layer = copy.deepcopy(layer)
-    ref_layer.cfg.backend = "torch"
+    truth_layer, x64 = copy.deepcopy(layer).double(), x.double()  # bf16 values are exact in float64
     with torch.no_grad():
-        ref_routing = ref_layer.route(x)
-    # bfloat16 centroid scores are rounded before top-k in the reference, but not in the fused kernel:
-    # compare the rows both route the same way (the rest are ties at bfloat16 resolution, checked below).
-    y_b, gx_b, grads_b, stats_b = _run(layer, x, backend, grad_y)
-    with torch.no_grad():
-        routing_b = layer.route(x) if backend != "triton" else None
-    same = torch.ones(x.shape[0], dtype=torch.bool, device=device)
-    if backend == "triton":
-        from kernels.backends import triton_route
+        ids_ref = layer.route(x).expert_ids
+        ref_scores = layer.route(x).scores.float()
+        ids_64 = truth_layer.route(x64).expert_ids
+        if backend == "triton":
+            from kernels.backends import triton_route
 
-        with torch.no_grad():
             ids_b = triton_route(layer, x).expert_ids
-        same = (ids_b.sort(1).values == ref_routing.expert_ids.sort(1).values).all(1)
-        if not (dtype == torch.bfloat16 and gate == "centroid"):
-            assert same.all(), "the fused router picked other experts than the reference"
         else:
-            assert same.float().mean() > 0.7
-            top = ref_routing.scores.float().topk(min(top_k + 1, num_experts), dim=-1).values
-            gap = (top[:, :-1] - top[:, 1:]).abs().min(dim=1).values
-            assert (gap[~same] <= 0.07 * top[~same].abs().max(dim=1).values).all(), "a mismatch that is no bf16 tie"
-    else:
-        assert torch.equal(routing_b.expert_ids, ref_routing.expert_ids)
-    y_r, gx_r, grads_r, stats_r = _run(ref_layer, x, "torch", grad_y, rows=same if not same.all() else None)
-    if not same.all():
-        y_b, gx_b, grads_b, stats_b = _run(layer, x, backend, grad_y, rows=same)
+            ids_b = ids_ref  # deepspeed and megablocks use the layer's own router
 
-    tol = 2e-5 if dtype == torch.float32 else 3e-2
-    assert rel_err(y_b[same], y_r[same]) <= tol
-    assert rel_err(gx_b, gx_r) <= tol
+    def agree(a, b):
+        return (a.sort(1).values == b.sort(1).values).all(1)
+
+    same = agree(ids_b, ids_ref)
+    if dtype == torch.float32:
+        assert same.all(), "the fused router picked other experts than the reference"
+    else:
+        # bfloat16: centroid scores are rounded before top-k in the reference but not in the fused kernel, and
+        # equal bfloat16 logits may be ordered differently; every mismatch must be a tie at bfloat16 resolution.
+        assert same.float().mean() > 0.7
+        top = ref_scores.topk(min(top_k + 1, num_experts), dim=-1).values
+        gap = (top[:, :-1] - top[:, 1:]).abs().min(dim=1).values
+        assert (gap[~same] <= 0.01 * top[~same].abs().max(dim=1).values).all(), "a mismatch that is no bf16 tie"
+    rows = same & agree(ids_b, ids_64)
+    assert rows.float().mean() > 0.7
+    mask = None if rows.all() else rows
+    y_b, gx_b, grads_b, stats_b = _run(layer, x, backend, grad_y, rows=mask)
+    y_r, gx_r, grads_r, stats_r = _run(layer, x, "torch", grad_y, rows=mask)
+    y_t, gx_t, grads_t, _ = _run(truth_layer, x64, "torch", grad_y.double(), rows=mask)
+
+    pairs = [("y", y_b[rows], y_r[rows], y_t[rows]), ("x.grad", gx_b, gx_r, gx_t)]
     assert grads_b.keys() == grads_r.keys()
-    for name in grads_r:
-        assert rel_err(grads_b[name], grads_r[name]) <= tol, name
-    if same.all():
+    pairs += [(name, grads_b[name], grads_r[name], grads_t[name]) for name in grads_r]
+    for name, got, ref, truth in pairs:
+        if dtype == torch.float32:
+            assert rel_err(got, ref) <= 2e-5, name
+        else:  # about as close to the float64 truth as the bfloat16 reference is (bf16 noise: ~1e-2)
+            assert rel_err(got, truth) <= max(2.0 * rel_err(ref, truth), 3e-2), name
+    if rows.all():
         assert torch.equal(stats_b.counts.cpu(), stats_r.counts.cpu())
         assert stats_r.counts[EMPTY] == 0
+        tol = 2e-5 if dtype == torch.float32 else 2e-2
         assert rel_err(stats_b.aux_loss, stats_r.aux_loss) <= tol and rel_err(stats_b.z_loss, stats_r.z_loss) <= tol
 
 
