@@ -31,7 +31,7 @@ demo: $(STAMP)
 	@s=$$(date +%s); $(BIN)/moe-ts prepare --out $(DEMO)/corpus --synthetic-count 1000 --kernelsynth-count 1000 --seed 0 \
 	  && echo "prepare: $$(( $$(date +%s) - s )) s" | tee $(DEMO)/timings.txt
 	@echo "== 2/3 pretrain: configs/tiny.yaml (fixed wall-clock budget)"
-	@s=$$(date +%s); $(BIN)/moe-ts pretrain --config configs/tiny.yaml --data $(DEMO)/corpus --out $(DEMO)/run \
+	@s=$$(date +%s); $(BIN)/moe-ts pretrain --config configs/tiny.yaml --data $(DEMO)/corpus --out $(DEMO)/run --resume \
 	  && echo "pretrain: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@echo "== 3/3 zero-shot eval: Monash suite (datasets available offline)"
 	@s=$$(date +%s); $(BIN)/moe-ts eval --checkpoint $(DEMO)/run/final --suite monash --out $(DEMO)/eval \

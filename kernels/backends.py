@@ -76,7 +76,7 @@ def triton_backend(layer: "MoELayer", x_td: Tensor) -> "tuple[Tensor, Routing]":
     x_pd = permute(x_td, r.slots)
     y_pd = grouped_swiglu(x_pd, r.offsets, ex.w_gate, ex.w_up, ex.w_down)
     y_td = unpermute(y_pd, r.slots, r.weights)
-    return y_td, _routing_cls()(r.expert_ids, r.weights, r.scores)
+    return y_td, _routing_cls()(r.expert_ids, r.weights, r.scores, r.counts)
 
 
 # ----------------------------------------------------------------------------------------------

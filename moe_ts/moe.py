@@ -27,6 +27,7 @@ class Routing:
     expert_ids: Tensor  # [T, k] long
     weights: Tensor  # [T, k], dtype of the tokens
     scores: Tensor  # [T, E] gate scores (linear logits, or ∓distance for centroids)
+    counts: Tensor | None = None  # [E] tokens·k per expert when the backend already has them (no bincount sync)
 
 
 @dataclass
@@ -202,7 +203,10 @@ class MoELayer(nn.Module):
     def stats(self, routing: Routing) -> MoEStats:
         """Switch load-balancing loss, router z-loss and expert counts from a routing."""
         num_experts = self.cfg.num_experts
-        counts_e = torch.bincount(routing.expert_ids.reshape(-1), minlength=num_experts)
+        if routing.counts is not None:
+            counts_e = routing.counts.long()
+        else:
+            counts_e = torch.bincount(routing.expert_ids.reshape(-1), minlength=num_experts)
         if isinstance(self.gate, CentroidGate) or routing.scores.shape[0] == 0:
             zero = routing.scores.new_zeros((), dtype=torch.float32)
             return MoEStats(zero, zero, counts_e)
