@@ -35,7 +35,7 @@ demo: $(STAMP)
 	  && echo "pretrain: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@echo "== 3/3 zero-shot eval: Monash suite (datasets available offline)"
 	@s=$$(date +%s); $(BIN)/moe-ts eval --checkpoint $(DEMO)/run/final --suite monash --out $(DEMO)/eval \
-	  --num-samples 50 --max-series 100 \
+	  --num-samples 100 \
 	  && echo "eval: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@cat $(DEMO)/timings.txt
 	@echo "checkpoint: $(DEMO)/run/final  (MoiraiMoEModel.from_pretrained('$(DEMO)/run/final'))"
