@@ -40,32 +40,6 @@ def _last_season(ctx: np.ndarray, m: int, fallback: float) -> np.ndarray:
     return np.where(row >= 0, picked, fallback)
 
 
-class Naive:
-    """Repeat the last observed value of the context."""
-
-    name = "naive"
-
-    def forecast(
-        self,
-        contexts: list[np.ndarray],
-        prediction_length: int,
-        quantile_levels: tuple[float, ...] = DEFAULT_QUANTILES,
-        **_: Any,
-    ) -> ForecastOutput:
-        """Point forecast [B, H]; extra keyword arguments of the model's interface are accepted and ignored."""
-        _check_request(contexts, prediction_length)
-        point = np.empty((len(contexts), prediction_length), dtype=np.float64)
-        for i, ctx in enumerate(contexts):
-            ctx = np.asarray(ctx, dtype=np.float64)
-            if ctx.size == 0:
-                raise ValueError(f"context {i} is empty")
-            try:
-                point[i] = _last_observed(ctx, len(ctx) - 1)
-            except ValueError as err:
-                raise ValueError(f"naive forecast, series {i}: {err}") from None
-        return ForecastOutput.from_point(point, quantile_levels)
-
-
 class SeasonalNaive:
     """Repeat the last observed season: f[t] = z[T - m + (t mod m)]; naive where m = 1 or m >= len(context)."""
 
@@ -98,7 +72,7 @@ class SeasonalNaive:
             try:
                 fallback = _last_observed(ctx, len(ctx) - 1)
             except ValueError as err:
-                raise ValueError(f"seasonal naive forecast, series {i}: {err}") from None
+                raise ValueError(f"{self.name.replace('_', ' ')} forecast, series {i}: {err}") from None
             if m == 1 or m > len(ctx):
                 point[i] = fallback
                 continue
@@ -106,6 +80,18 @@ class SeasonalNaive:
             reps = -(-prediction_length // m)
             point[i] = np.tile(season, reps)[:prediction_length]
         return ForecastOutput.from_point(point, quantile_levels)
+
+
+class Naive(SeasonalNaive):
+    """Repeat the last observed value of the context: Seasonal Naive with season 1, whatever the dataset's."""
+
+    name = "naive"
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def for_seasonality(self, season_length: int) -> "Naive":
+        return self
 
 
 BASELINES: dict[str, type] = {"naive": Naive, "seasonal_naive": SeasonalNaive}
