@@ -1,0 +1,52 @@
+"""The `moe-ts` command: dispatch, forecast files, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moe_ts.cli import main
+from moe_ts.config import ModelConfig, MoEConfig
+from moe_ts.model import MoiraiMoEModel
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    cfg = ModelConfig(patch_size=8, max_seq_len=16, d_model=16, num_layers=1, num_heads=2,
+                      moe=MoEConfig(num_experts=3, top_k=1, d_ff=8))
+    path = tmp_path_factory.mktemp("cli") / "ck"
+    MoiraiMoEModel.from_model_config(cfg).save_pretrained(path)
+    return path
+
+
+def test_usage_and_unknown_command(capsys):
+    assert main([]) == 0
+    assert "pretrain" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_forecast_csv(ckpt, tmp_path):
+    dates = pd.date_range("2024-01-01", periods=60, freq="h")
+    frame = pd.DataFrame({"date": dates.strftime("%Y-%m-%d %H:%M:%S"), "a": np.sin(np.arange(60) / 3), "b": np.arange(60.0)})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    assert main(["forecast", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in.csv"), "--horizon", "5",
+                 "--num-samples", "20", "--out", str(tmp_path / "out.csv")]) == 0
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert len(out) == 10 and set(out["item_id"]) == {"a", "b"}
+    assert list(out.columns[:4]) == ["item_id", "step", "timestamp", "mean"] and "q0.5" in out.columns
+    assert out.loc[0, "timestamp"] == "2024-01-03 12:00:00"  # the step after the last date
+    qs = out[[c for c in out.columns if c.startswith("q")]].to_numpy()
+    assert np.all(np.diff(qs, axis=1) >= 0)
+
+
+def test_forecast_tsf_uses_its_horizon_and_names_bad_series(ckpt, tmp_path):
+    tsf = tmp_path / "in.tsf"
+    tsf.write_text("@relation t\n@attribute series_name string\n@frequency yearly\n@horizon 3\n"
+                   "@missing false\n@equallength false\n@data\n"
+                   "S1:" + ",".join(str(float(i)) for i in range(30)) + "\nS2:1.0,2.0,3.0\n")
+    with pytest.raises(SystemExit, match=r"series 'S2': context has 3 points, shorter than one patch"):
+        main(["forecast", "--checkpoint", str(ckpt), "--input", str(tsf), "--out", str(tmp_path / "o.csv")])
+    tsf.write_text(tsf.read_text().replace("S2:1.0,2.0,3.0", "S2:" + ",".join(["4.0"] * 12)))
+    assert main(["forecast", "--checkpoint", str(ckpt), "--input", str(tsf), "--out", str(tmp_path / "o.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 6
