@@ -6,7 +6,7 @@ python -m data_prep.prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,..
     [--max-series-per-dataset N]
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
-test span (eval.registry.test_span), and zero-shot-suite datasets are left out entirely. --include-eval keeps
+test span (eval.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (eval.registry.held_out_reason). --include-eval keeps
 everything (for experiments, and to show the leak check catches it).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class SourceStats:
 
 def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_series: int | None,
                   stats: list[SourceStats]) -> Iterator[CorpusEntry]:
-    from eval.registry import available, get_spec, load_series, test_span
+    from eval.registry import available, get_spec, held_out_reason, load_series, test_span
 
     for name in names:
         spec = get_spec(name)
@@ -50,8 +50,9 @@ def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_seri
         if not available(spec, data_dir):
             st.note = "missing files: skipped"
             continue
-        if exclude_eval and "zeroshot" in spec.suites:
-            st.note = "zero-shot evaluation set: left out"
+        reason = held_out_reason(spec) if exclude_eval else None
+        if reason:
+            st.note = reason
             continue
         for s in load_series(spec, data_dir, max_series=max_series):
             end = test_span(spec, len(s))[0] if exclude_eval else len(s)

