@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def _as_arrays(contexts: object) -> list[np.ndarray]:
-    """Accept a list of 1-D arrays / pandas Series / tensors, or a 2-D array/tensor [B, T]."""
+    """Accept a list of 1-D arrays / pandas Series / tensors, a 2-D array/tensor [B, T], or a DataFrame (columns)."""
     if isinstance(contexts, torch.Tensor):
         contexts = contexts.detach().cpu().numpy()
     if isinstance(contexts, np.ndarray):
@@ -35,6 +35,8 @@ def _as_arrays(contexts: object) -> list[np.ndarray]:
         if contexts.ndim != 2:
             raise ValueError(f"context array must be 1-D or 2-D [B, T], got shape {contexts.shape}")
         return [np.asarray(row, dtype=np.float32) for row in contexts]
+    if hasattr(contexts, "columns") and hasattr(contexts, "to_numpy"):  # a pandas DataFrame: one series per column
+        return [np.asarray(contexts[c].to_numpy(), dtype=np.float32) for c in contexts.columns]
     if hasattr(contexts, "to_numpy") and not isinstance(contexts, (list, tuple)):
         return [np.asarray(contexts.to_numpy(), dtype=np.float32)]  # a single pandas Series
     out = []
@@ -135,35 +137,44 @@ def forecast(
     """Sample `num_samples` paths of `prediction_length` steps for each context series.
 
     contexts: list of 1-D arrays / pandas Series / tensors (any lengths, NaN = missing) or a 2-D array.
-    context_length: the most recent points used (default: what fits the model's max_seq_len together
-    with the horizon's patches). Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H].
+    context_length: the most recent points used, at most max_seq_len·patch_size (default: what fits the
+    model's max_seq_len together with the horizon's patches, and at least half of it).
+    Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H].
     """
     cfg = model.config
     if prediction_length <= 0:
         raise ValueError(f"prediction_length must be > 0, got {prediction_length}")
     if num_samples <= 0:
         raise ValueError(f"num_samples must be > 0, got {num_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     patch = cfg.patch_size
     horizon_patches = math.ceil(prediction_length / patch)
     if context_length is None:
-        context_length = max(patch, (cfg.max_seq_len - horizon_patches) * patch)
+        # Context and horizon together fit the trained window; a horizon longer than half of it still keeps
+        # half the window as context (decoding then runs past the trained positions: RoPE extrapolates).
+        context_length = max(cfg.max_seq_len - horizon_patches, cfg.max_seq_len // 2, 1) * patch
+    elif not 1 <= context_length <= cfg.max_context:
+        raise ValueError(f"context_length must be in 1..{cfg.max_context} (max_seq_len·patch_size), got {context_length}")
     arrays = _prepare_contexts(_as_arrays(contexts), context_length, patch, allow_short_context)
+    if not arrays:
+        raise ValueError("no context series given")
     levels = tuple(float(q) for q in quantile_levels)
-    generator_state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    try:
-        chunks = []
-        for start in range(0, len(arrays), batch_size):
-            chunk = arrays[start:start + batch_size]
-            chunks.append(_sample_paths(model, chunk, horizon_patches, num_samples, use_kv_cache))
-        samples = torch.cat(chunks, dim=0)[..., :prediction_length].numpy()
-    finally:
-        model.train(was_training)
+    # Draws are consumed in batch order: the same seed, batch_size and series order give the same samples.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
-            torch.random.set_rng_state(generator_state)
+            torch.manual_seed(seed)
+        try:
+            chunks = []
+            for start in range(0, len(arrays), batch_size):
+                chunk = arrays[start:start + batch_size]
+                chunks.append(_sample_paths(model, chunk, horizon_patches, num_samples, use_kv_cache))
+            samples = torch.cat(chunks, dim=0)[..., :prediction_length].numpy()
+        finally:
+            model.train(was_training)
     return ForecastOutput.from_samples(samples, levels)
 
 
@@ -176,7 +187,7 @@ def _sample_paths(
     target, sample_id = _left_pad(arrays, cfg.patch_size)
     values, observed = patchify(target.to(param.device), cfg.patch_size)
     layout = PackedLayout.from_sample_id(sample_id.to(param.device))
-    loc, scale = masked_stats(values, observed, layout.sample_id > 0, layout.sample_id, cfg.min_scale)
+    loc, scale, _ = masked_stats(values, observed, layout.sample_id > 0, layout.sample_id, cfg.min_scale)
     normed = torch.where(observed, (values - loc) / scale, torch.zeros_like(values)).to(param.dtype)
 
     decoder = _Decoder(model, normed, layout, use_cache)

@@ -129,7 +129,8 @@ class MoiraiMoEModel(
 
         target [B, N·P] raw values (NaN = missing); sample_id [B, N] (0 = padding, 1.. = packed series).
         Each sample is standardised with statistics of its leading ⌈stats_ratio·n⌉ patches, which get no
-        loss; every other observed value is scored by the NLL of the prediction made at the previous patch.
+        loss; every other observed value is scored by the NLL of the prediction made at the previous patch,
+        except in samples whose statistics are degenerate (see `masked_stats`).
         """
         cfg = self.config
         values, observed = patchify(target, cfg.patch_size)
@@ -137,13 +138,15 @@ class MoiraiMoEModel(
             raise ValueError(f"sample_id shape {tuple(sample_id.shape)} must be [B, N] = {tuple(values.shape[:2])}")
         layout = PackedLayout.from_sample_id(sample_id)
         stats_bn = layout.stats_patches(cfg.stats_ratio)
-        loc, scale = masked_stats(values, observed, stats_bn, layout.sample_id, cfg.min_scale)
+        loc, scale, informative = masked_stats(values, observed, stats_bn, layout.sample_id, cfg.min_scale)
         normed = torch.where(observed, (values - loc) / scale, torch.zeros_like(values))
 
         hidden, _, moe_stats = self.encode(normed, layout.position, layout.attention_mask())
         # Position j predicts patch j+1 of the same sample, unless that patch gave the statistics.
         same_next = (layout.sample_id[:, 1:] == layout.sample_id[:, :-1]) & (layout.sample_id[:, 1:] > 0)
-        scored_bn = same_next & ~stats_bn[:, 1:]
+        # Samples whose statistics are degenerate (constant or < 2 values) would score targets normalised by
+        # the scale floor (|z| in the thousands) and swamp the loss: they get none.
+        scored_bn = same_next & ~stats_bn[:, 1:] & informative[:, 1:]
         weight_bnp = (observed[:, 1:] & scored_bn[..., None]).to(hidden.dtype)
         distr = self.head.distribution(hidden[:, :-1])
         log_prob = distr.log_prob(normed[:, 1:])

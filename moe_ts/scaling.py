@@ -62,12 +62,14 @@ class PackedLayout:
 
 def masked_stats(
     values_bnp: Tensor, observed_bnp: Tensor, use_bn: Tensor, sample_id_bn: Tensor, min_scale: float
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample mean and scale over observed values of the patches where `use_bn` is True.
 
     Float64, Bessel-corrected variance, scale = sqrt(var + min_scale) as uni2ts; a constant or
-    all-missing sample gets a finite scale (never NaN/inf). Returns (loc [B, N, 1], scale [B, N, 1])
-    broadcast back to every patch of the sample.
+    all-missing sample gets a finite scale (never NaN/inf). Returns (loc [B, N, 1], scale [B, N, 1],
+    informative [B, N]) broadcast back to every patch of the sample; `informative` is False where the
+    statistics rest on fewer than 2 observed values or a variance below `min_scale` (the floor then
+    sets the scale, and later values of the sample normalise to thousands).
     """
     b, n, _ = values_bnp.shape
     sid = sample_id_bn.long()
@@ -84,7 +86,8 @@ def masked_stats(
     sq = ((values_bnp.double() - loc_bn[..., None]) ** 2 * weight).sum(-1)
     var = per_sample(sq) / (count - 1.0).clamp(min=1.0)
     scale_bn = torch.sqrt(var + min_scale).gather(1, sid)
-    return loc_bn[..., None].to(values_bnp.dtype), scale_bn[..., None].to(values_bnp.dtype)
+    informative_bn = ((count >= 2) & (var >= min_scale)).gather(1, sid)
+    return loc_bn[..., None].to(values_bnp.dtype), scale_bn[..., None].to(values_bnp.dtype), informative_bn
 
 
 def num_patches(length: int, patch_size: int) -> int:

@@ -70,18 +70,19 @@ def test_statistics_come_only_from_the_leading_share():
         values, observed = patchify(t, P)
         return masked_stats(values, observed, lead, sid, 1e-5)
 
-    loc, scale = stats(target)
+    loc, scale, informative = stats(target)
+    assert informative.all()
     lead_values = target[0, : 3 * P].double()
     torch.testing.assert_close(loc[0, 0, 0].double(), lead_values.mean(), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(scale[0, 0, 0].double(), (lead_values.var() + 1e-5).sqrt(), atol=1e-6, rtol=1e-6)
     later = target.clone()
     later[:, 3 * P:] += 100.0
-    loc2, scale2 = stats(later)
+    loc2, scale2, _ = stats(later)
     torch.testing.assert_close(loc, loc2)
     torch.testing.assert_close(scale, scale2)
     earlier = target.clone()
     earlier[:, :P] += 100.0
-    loc3, _ = stats(earlier)
+    loc3, _, _ = stats(earlier)
     assert not torch.allclose(loc, loc3)
 
 
@@ -97,6 +98,21 @@ def test_leading_patches_get_no_loss(model):
     masked[:, 3 * P:] = float("nan")
     assert model(masked, sid).nll.item() == 0.0
     assert base.item() != 0.0
+
+
+def test_samples_with_degenerate_statistics_get_no_loss(model):
+    """A constant (or < 2 observed values) leading part would normalise later values by the scale floor."""
+    n = 10
+    varied = torch.randn(1, n * P)
+    flat_lead = torch.randn(1, n * P)
+    flat_lead[:, : 3 * P] = 5.0  # ⌈0.3·10⌉ = 3 statistics patches, all equal
+    sid = torch.ones(1, n, dtype=torch.long)
+    assert model(flat_lead, sid).nll.item() == 0.0
+    assert model(varied, sid).nll.item() > 0.0
+    packed = torch.cat([varied[:, : 5 * P], flat_lead[:, : 5 * P]], dim=1)
+    both = model(packed, torch.tensor([[1] * 5 + [2] * 5]))
+    alone = model(varied[:, : 5 * P], torch.ones(1, 5, dtype=torch.long))
+    torch.testing.assert_close(both.nll, alone.nll, atol=1e-5, rtol=1e-5)  # only the informative sample counts
 
 
 @pytest.mark.parametrize("case", ["constant", "all_missing", "mostly_missing"])
@@ -190,6 +206,25 @@ def test_forecast_bad_input(model):
         model.forecast([np.arange(5.0)], 4)
     out = model.forecast([np.arange(5.0)], 4, num_samples=3, allow_short_context=True)
     assert out.samples.shape == (1, 3, 4)
+    with pytest.raises(ValueError, match="no context series given"):
+        model.forecast([], 4)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        model.forecast([np.arange(32.0)], 4, batch_size=0)
+    with pytest.raises(ValueError, match=r"context_length must be in 1\.\.128"):
+        model.forecast([np.arange(32.0)], 4, context_length=0)
+    with pytest.raises(ValueError, match=r"context_length must be in 1\.\.128"):
+        model.forecast([np.arange(32.0)], 4, context_length=129)
+
+
+def test_forecast_accepts_a_dataframe_and_restores_the_global_rng(model):
+    frame = pd.DataFrame({"a": np.sin(np.arange(40.0)), "b": np.arange(40.0)})
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    out = model.forecast(frame, 6, num_samples=4, seed=0)
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is untouched
+    by_list = model.forecast([frame["a"].to_numpy(), frame["b"].to_numpy()], 6, num_samples=4, seed=0)
+    np.testing.assert_array_equal(out.samples, by_list.samples)
 
 
 def test_save_load_gives_identical_outputs(model, tmp_path):
