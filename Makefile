@@ -27,16 +27,20 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	@mkdir -p $(DEMO)
-	@echo "== 1/3 prepare: real train parts + synthetic series -> $(DEMO)/corpus"
+	@echo "== 1/4 prepare: real train parts + synthetic series -> $(DEMO)/corpus"
 	@s=$$(date +%s); $(BIN)/moe-ts prepare --out $(DEMO)/corpus --synthetic-count 1000 --kernelsynth-count 1000 --seed 0 \
 	  && echo "prepare: $$(( $$(date +%s) - s )) s" | tee $(DEMO)/timings.txt
-	@echo "== 2/3 pretrain: configs/tiny.yaml (fixed wall-clock budget)"
+	@echo "== 2/4 pretrain: configs/tiny.yaml (fixed wall-clock budget)"
 	@s=$$(date +%s); $(BIN)/moe-ts pretrain --config configs/tiny.yaml --data $(DEMO)/corpus --out $(DEMO)/run --resume \
 	  && echo "pretrain: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
-	@echo "== 3/3 zero-shot eval: Monash suite (datasets available offline)"
+	@echo "== 3/4 zero-shot eval: Monash suite (datasets available offline)"
 	@s=$$(date +%s); $(BIN)/moe-ts eval --checkpoint $(DEMO)/run/final --suite monash --out $(DEMO)/eval \
 	  --num-samples 100 \
 	  && echo "eval: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
+	@echo "== 4/4 zero-shot eval: LSF suite (held out of the corpus), every 96th window"
+	@s=$$(date +%s); $(BIN)/moe-ts eval --checkpoint $(DEMO)/run/final --suite lsf --out $(DEMO)/eval_lsf \
+	  --num-samples 50 --lsf-stride 96 \
+	  && echo "eval lsf: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@cat $(DEMO)/timings.txt
 	@echo "checkpoint: $(DEMO)/run/final  (MoiraiMoEModel.from_pretrained('$(DEMO)/run/final'))"
 
