@@ -61,12 +61,14 @@ class DecoderLayer(nn.Module):
         self.moe = MoELayer(cfg.d_model, cfg.moe, cfg.init_std)
 
     def forward(
-        self, x_bnd: Tensor, positions_bn: Tensor, mask_bnl: Tensor, cache: LayerCache | None
+        self, x_bnd: Tensor, positions_bn: Tensor, mask_bnl: Tensor, cache: LayerCache | None,
+        token_mask_bn: Tensor | None = None,
     ) -> tuple[Tensor, LayerCache, MoEStats]:
         attn_out, new_cache = self.attn(self.attn_norm(x_bnd), positions_bn, mask_bnl, cache)
         x_bnd = x_bnd + attn_out
         b, n, d = x_bnd.shape
-        ffn_out, stats = self.moe(self.ffn_norm(x_bnd).reshape(b * n, d))
+        token_mask_t = None if token_mask_bn is None else token_mask_bn.reshape(b * n)
+        ffn_out, stats = self.moe(self.ffn_norm(x_bnd).reshape(b * n, d), token_mask_t)
         return x_bnd + ffn_out.reshape(b, n, d), new_cache, stats
 
 
@@ -113,13 +115,17 @@ class MoiraiMoEModel(
                 nn.init.zeros_(module.bias)
 
     def encode(
-        self, patches_bnp: Tensor, positions_bn: Tensor, mask_bnl: Tensor, caches: list[LayerCache] | None = None
+        self, patches_bnp: Tensor, positions_bn: Tensor, mask_bnl: Tensor, caches: list[LayerCache] | None = None,
+        token_mask_bn: Tensor | None = None,
     ) -> tuple[Tensor, list[LayerCache], list[MoEStats]]:
-        """Hidden states [B, N, D] of normalised patches, given the tokens already in `caches`."""
+        """Hidden states [B, N, D] of normalised patches, given the tokens already in `caches`.
+
+        `token_mask_bn` (True = real patch) keeps padding out of the MoE losses and expert counts.
+        """
         x = self.patch_proj(patches_bnp)
         new_caches, all_stats = [], []
         for i, layer in enumerate(self.layers):
-            x, cache, stats = layer(x, positions_bn, mask_bnl, None if caches is None else caches[i])
+            x, cache, stats = layer(x, positions_bn, mask_bnl, None if caches is None else caches[i], token_mask_bn)
             new_caches.append(cache)
             all_stats.append(stats)
         return self.final_norm(x), new_caches, all_stats
@@ -141,7 +147,8 @@ class MoiraiMoEModel(
         loc, scale, informative = masked_stats(values, observed, stats_bn, layout.sample_id, cfg.min_scale)
         normed = torch.where(observed, (values - loc) / scale, torch.zeros_like(values))
 
-        hidden, _, moe_stats = self.encode(normed, layout.position, layout.attention_mask())
+        hidden, _, moe_stats = self.encode(normed, layout.position, layout.attention_mask(),
+                                           token_mask_bn=layout.sample_id > 0)
         # Position j predicts patch j+1 of the same sample, unless that patch gave the statistics.
         same_next = (layout.sample_id[:, 1:] == layout.sample_id[:, :-1]) & (layout.sample_id[:, 1:] > 0)
         # Samples whose statistics are degenerate (constant or < 2 values) would score targets normalised by

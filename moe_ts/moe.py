@@ -194,15 +194,18 @@ class MoELayer(nn.Module):
                 self._backend = get_backend(self.cfg.backend)
         return self._backend
 
-    def forward(self, x_td: Tensor) -> tuple[Tensor, MoEStats]:
+    def forward(self, x_td: Tensor, token_mask_t: Tensor | None = None) -> tuple[Tensor, MoEStats]:
+        """Outputs for every token; `token_mask_t` (True = real token) keeps padding out of the losses and counts."""
         y_td, routing = self.backend()(self, x_td)
         if self.shared is not None:
             y_td = y_td + self.shared(x_td)
-        return y_td, self.stats(routing)
+        return y_td, self.stats(routing, token_mask_t)
 
-    def stats(self, routing: Routing) -> MoEStats:
-        """Switch load-balancing loss, router z-loss and expert counts from a routing."""
+    def stats(self, routing: Routing, token_mask_t: Tensor | None = None) -> MoEStats:
+        """Switch load-balancing loss, router z-loss and expert counts from a routing (masked tokens left out)."""
         num_experts = self.cfg.num_experts
+        if token_mask_t is not None:
+            routing = Routing(routing.expert_ids[token_mask_t], routing.weights[token_mask_t], routing.scores[token_mask_t])
         if routing.counts is not None:
             counts_e = routing.counts.long()
         else:

@@ -274,3 +274,13 @@ def test_model_loss_same_with_triton_backend(model):
     got.loss.backward()
     g_ref = model.layers[0].moe.experts.w_up.grad
     torch.testing.assert_close(other.layers[0].moe.experts.w_up.grad, g_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_patches_stay_out_of_moe_losses_and_counts(model):
+    target = torch.randn(1, 8 * P)
+    padded = model(target, torch.tensor([[1] * 5 + [0] * 3]))
+    alone = model(target[:, : 5 * P], torch.ones(1, 5, dtype=torch.long))
+    assert padded.expert_counts.sum(dim=1).tolist() == [5 * 2] * 2  # 5 real tokens × top-2, per layer
+    assert torch.equal(padded.expert_counts, alone.expert_counts)
+    torch.testing.assert_close(padded.aux_loss, alone.aux_loss)
+    torch.testing.assert_close(padded.z_loss, alone.z_loss)
