@@ -48,6 +48,9 @@ class ModelConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     min_scale: float = 1e-5  # scale = sqrt(var + min_scale): constant series never divide by zero
+    # What a missing value becomes at the input: "zero_normalized" (0 after standardising: the series mean) or
+    # "zero_raw" (0 in raw units, then standardised: -loc/scale, what uni2ts feeds released Moirai-MoE weights).
+    missing_values: Literal["zero_normalized", "zero_raw"] = "zero_normalized"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from moe_ts.attention import LayerCache
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.scaling import PackedLayout, masked_stats, patchify
+from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
 
 if TYPE_CHECKING:
     from moe_ts.model import MoiraiMoEModel
@@ -188,7 +188,7 @@ def _sample_paths(
     values, observed = patchify(target.to(param.device), cfg.patch_size)
     layout = PackedLayout.from_sample_id(sample_id.to(param.device))
     loc, scale, _ = masked_stats(values, observed, layout.sample_id > 0, layout.sample_id, cfg.min_scale)
-    normed = torch.where(observed, (values - loc) / scale, torch.zeros_like(values)).to(param.dtype)
+    normed = standardise(values, observed, loc, scale, cfg.missing_values).to(param.dtype)
 
     decoder = _Decoder(model, normed, layout, use_cache)
     hidden = decoder.prefill().repeat_interleave(num_samples, 0)

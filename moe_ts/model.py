@@ -23,7 +23,7 @@ from moe_ts.forecasting import forecast
 from moe_ts.hub import HubIOMixin
 from moe_ts.model_card import MODEL_CARD_TEMPLATE, architecture_summary
 from moe_ts.moe import MoELayer, MoEStats
-from moe_ts.scaling import PackedLayout, masked_stats, patchify
+from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
 
 
 @dataclass
@@ -145,7 +145,7 @@ class MoiraiMoEModel(
         layout = PackedLayout.from_sample_id(sample_id)
         stats_bn = layout.stats_patches(cfg.stats_ratio)
         loc, scale, informative = masked_stats(values, observed, stats_bn, layout.sample_id, cfg.min_scale)
-        normed = torch.where(observed, (values - loc) / scale, torch.zeros_like(values))
+        normed = standardise(values, observed, loc, scale, cfg.missing_values)
 
         hidden, _, moe_stats = self.encode(normed, layout.position, layout.attention_mask(),
                                            token_mask_bn=layout.sample_id > 0)

@@ -92,3 +92,14 @@ def masked_stats(
 
 def num_patches(length: int, patch_size: int) -> int:
     return math.ceil(length / patch_size)
+
+
+def standardise(values_bnp: Tensor, observed_bnp: Tensor, loc: Tensor, scale: Tensor, missing_values: str) -> Tensor:
+    """(x - loc) / scale on observed values; a missing value becomes 0 ("zero_normalized") or
+    (0 - loc) / scale ("zero_raw", uni2ts' imputation before scaling). `values_bnp` holds 0 where missing."""
+    normed = (values_bnp - loc) / scale
+    if missing_values == "zero_raw":
+        return normed
+    if missing_values == "zero_normalized":
+        return torch.where(observed_bnp, normed, torch.zeros_like(normed))
+    raise ValueError(f"unknown missing_values mode {missing_values!r} (zero_normalized | zero_raw)")

@@ -284,3 +284,27 @@ def test_padding_patches_stay_out_of_moe_losses_and_counts(model):
     assert torch.equal(padded.expert_counts, alone.expert_counts)
     torch.testing.assert_close(padded.aux_loss, alone.aux_loss)
     torch.testing.assert_close(padded.z_loss, alone.z_loss)
+
+
+def test_missing_values_modes():
+    from moe_ts.scaling import standardise
+
+    values = torch.tensor([[[2.0, 0.0, 4.0]]])  # the 0 is a missing value (patchify zeroes them)
+    observed = torch.tensor([[[True, False, True]]])
+    loc, scale = torch.tensor([[[3.0]]]), torch.tensor([[[2.0]]])
+    assert standardise(values, observed, loc, scale, "zero_normalized").tolist() == [[[-0.5, 0.0, 0.5]]]
+    assert standardise(values, observed, loc, scale, "zero_raw").tolist() == [[[-0.5, -1.5, 0.5]]]  # uni2ts
+    with pytest.raises(ValueError, match="unknown missing_values mode"):
+        standardise(values, observed, loc, scale, "drop")
+
+    torch.manual_seed(0)
+    a = MoiraiMoEModel.from_model_config(tiny_config()).eval()
+    b = MoiraiMoEModel.from_model_config(dataclasses.replace(tiny_config(), missing_values="zero_raw")).eval()
+    b.load_state_dict(a.state_dict())
+    full = [np.sin(np.arange(48) / 3.0) + 3]
+    gappy = [full[0].copy()]
+    gappy[0][[5, 6, 30]] = np.nan
+    same = a.forecast(full, 8, num_samples=3, seed=0).samples, b.forecast(full, 8, num_samples=3, seed=0).samples
+    np.testing.assert_array_equal(*same)
+    differ = a.forecast(gappy, 8, num_samples=3, seed=0).samples, b.forecast(gappy, 8, num_samples=3, seed=0).samples
+    assert not np.array_equal(*differ)
