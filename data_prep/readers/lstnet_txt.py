@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.readers._text import is_float
 from data_prep.readers.errors import DataFormatError
 
 
@@ -31,7 +32,7 @@ def read_lstnet_matrix(path: str | os.PathLike[str]) -> np.ndarray:
                 try:
                     rows.append(np.array(cells, dtype=np.float64))
                 except ValueError:
-                    bad = next(c for c in cells if not _is_float(c))
+                    bad = next(c for c in cells if not is_float(c))
                     raise DataFormatError(path, f"non-numeric value {bad!r}", lineno) from None
     except (OSError, UnicodeDecodeError) as err:
         if isinstance(err, DataFormatError):
@@ -41,10 +42,3 @@ def read_lstnet_matrix(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataFormatError(path, "no data rows")
     return np.vstack(rows)
 
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

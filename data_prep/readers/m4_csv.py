@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.readers._text import is_float
 from data_prep.readers.errors import DataFormatError
 
 
@@ -43,7 +44,7 @@ def read_m4_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             try:
                 values = np.array(cells, dtype=np.float64)
             except ValueError:
-                pos = next(i for i, c in enumerate(cells) if not _is_float(c))
+                pos = next(i for i, c in enumerate(cells) if not is_float(c))
                 what = "empty cell" if not cells[pos].strip() else f"non-numeric value {cells[pos]!r}"
                 raise DataFormatError(path, f"{what} at column {pos + 2} of series {sid!r}", lineno) from None
             if sid in out:
@@ -51,13 +52,6 @@ def read_m4_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             out[sid] = values
     return out
 
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def read_m4(train_path: str | os.PathLike[str], test_path: str | os.PathLike[str], test_length: int | None = None) -> M4Split:
