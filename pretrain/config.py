@@ -5,7 +5,8 @@ path); `deepspeed_config(train, world_size)` generates the DeepSpeed JSON from `
 DeepSpeed JSON is kept by hand beside the YAML.
 
 Mixture weights: by default each dataset of the corpus is drawn with probability proportional to
-its number of (usable) series (`mixture_default: series`), or uniformly (`uniform`). A non-empty
+its number of (usable) series (`mixture_default: series`), to its observed values (`points`) or their
+square root (`sqrt_points`), or uniformly (`uniform`). A non-empty
 `mixture` mapping gives the weights explicitly; corpus datasets it leaves out get weight 0 (and are
 listed in the run log), and a name absent from the corpus is an error. Within a dataset a series is
 drawn with probability proportional to min(ceil(length / (max_seq_len·patch_size)),
@@ -49,7 +50,7 @@ class TrainConfig:
     wandb_project: str = "moe-ts"
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # WANDB_MODE in the env wins
     mixture: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: mixture_default
-    mixture_default: Literal["series", "uniform"] = "series"
+    mixture_default: Literal["series", "points", "sqrt_points", "uniform"] = "series"
     max_windows_per_series: int = 16
     min_window_patches: int = 2  # shortest window drawn from a long enough series (1 stats + 1 scored)
 

@@ -119,11 +119,13 @@ def load_corpus(path: str | Path) -> Corpus:
 
 
 def mixture_probabilities(
-    names: list[str], series_counts: list[int], mixture: dict[str, float], default: str
+    names: list[str], series_counts: list[int], mixture: dict[str, float], default: str,
+    point_counts: list[int] | None = None,
 ) -> np.ndarray:
     """Probability of drawing each dataset in `names`.
 
-    Empty `mixture`: proportional to `series_counts` (default "series") or uniform ("uniform").
+    Empty `mixture`: proportional to `series_counts` (default "series"), to the observed values
+    `point_counts` ("points"), to their square root ("sqrt_points", tempered), or uniform ("uniform").
     Otherwise the given weights, 0 for datasets not named; naming a dataset absent from `names` raises.
     """
     if mixture:
@@ -134,6 +136,12 @@ def mixture_probabilities(
         weights = np.asarray([float(mixture.get(n, 0.0)) for n in names])
     elif default == "series":
         weights = np.asarray(series_counts, dtype=np.float64)
+    elif default in ("points", "sqrt_points"):
+        if point_counts is None:
+            raise ValueError(f"mixture_default {default!r} needs point_counts")
+        weights = np.asarray(point_counts, dtype=np.float64)
+        if default == "sqrt_points":
+            weights = np.sqrt(weights)
     elif default == "uniform":
         weights = np.ones(len(names))
     else:
@@ -220,7 +228,8 @@ class WindowSampler:
             self.series_cumweights.append(np.cumsum(series_weights(corpus.lengths[r], window_len,
                                                                    max_windows_per_series)))
         counts = [len(r) for r in self.dataset_rows]
-        self.dataset_probs = mixture_probabilities(self.dataset_names, counts, mixture or {}, mixture_default)
+        points = [int(corpus.n_observed[r].sum()) for r in self.dataset_rows]
+        self.dataset_probs = mixture_probabilities(self.dataset_names, counts, mixture or {}, mixture_default, points)
         self._dataset_cum = np.cumsum(self.dataset_probs)
         self.seed, self.rank = seed, rank
         self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rank,)))

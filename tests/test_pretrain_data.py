@@ -91,6 +91,11 @@ def test_mixture_probabilities_rules():
     names, counts = ["a", "b", "c"], [10, 30, 60]
     np.testing.assert_allclose(mixture_probabilities(names, counts, {}, "series"), [0.1, 0.3, 0.6])
     np.testing.assert_allclose(mixture_probabilities(names, counts, {}, "uniform"), [1 / 3] * 3)
+    points = [900, 0, 100]
+    np.testing.assert_allclose(mixture_probabilities(names, counts, {}, "points", points), [0.9, 0, 0.1])
+    np.testing.assert_allclose(mixture_probabilities(names, counts, {}, "sqrt_points", points), [0.75, 0, 0.25])
+    with pytest.raises(ValueError, match="needs point_counts"):
+        mixture_probabilities(names, counts, {}, "points")
     np.testing.assert_allclose(mixture_probabilities(names, counts, {"a": 1, "c": 3}, "series"), [0.25, 0, 0.75])
     with pytest.raises(CorpusError, match=r"\['zz'\]"):
         mixture_probabilities(names, counts, {"a": 1, "zz": 1}, "series")
