@@ -104,3 +104,11 @@ def monash_seasonality(freq: str) -> int:
         seconds = {"s": 1, "min": 60, "h": 3600}[code] * offset.n
         return max(1, 86400 // seconds)
     return {"D": 7, "B": 5, "W": 52, "M": 12, "Q": 4}.get(code, 1)
+
+
+def inferred_alias(index: pd.DatetimeIndex) -> str | None:
+    """pandas' inferred frequency alias of a regular index, or None (pandas 2 returns a str, 3 may an offset)."""
+    inferred = pd.infer_freq(index)
+    if inferred is None:
+        return None
+    return inferred if isinstance(inferred, str) else inferred.freqstr

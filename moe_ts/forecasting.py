@@ -1,10 +1,20 @@
 """Autoregressive probabilistic forecasting with a KV cache (DESIGN §3 "Forecasting").
 
-The context gives the scaler statistics once; each decoding step samples one patch per sample
-path from the mixture head, feeds it back as one new token and reuses the cached keys/values of
-everything before it, so a step costs one token rather than the whole prefix. With
-`use_kv_cache=False` the whole sequence is re-encoded at each step (same random draws): the
-reference the cache is tested against.
+The context gives the scaler statistics once; each decoding step predicts the next patch's mixture
+distribution, feeds a patch back as one new token and reuses the cached keys/values of everything
+before it, so a step costs one token rather than the whole prefix. With `use_kv_cache=False` the
+whole sequence is re-encoded at each step (same random draws): the reference the cache is tested
+against.
+
+What is fed back is the `decode` mode:
+- "median": one conditioning path per series. Each step draws the S output samples (and
+  at least MEDIAN_DRAWS draws in all) from the step's distribution and feeds back their per-point
+  median. The returned samples are independent across steps given that path: each step's
+  marginals are the model's, but no path carries its own earlier draws.
+- "mean": like "median" but feeds back the distribution's mean.
+- "sample" (default): ancestral sampling: each of the S paths feeds back its own draw. Per-point draws from a
+  heavy-tailed mixture are unlike any training input, and on small models the paths diverge within
+  a few patches (EXPERIMENTS.md, 2026-12-01).
 
 Shape legend: B series, S sample paths, H horizon, N patches, P patch size, D model width.
 """
@@ -23,6 +33,10 @@ from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
 
 if TYPE_CHECKING:
     from moe_ts.model import MoiraiMoEModel
+
+
+DECODE_MODES = ("median", "mean", "sample")
+MEDIAN_DRAWS = 100  # draws per step for the fed-back median when fewer samples are asked for
 
 
 def _as_arrays(contexts: object) -> list[np.ndarray]:
@@ -133,15 +147,19 @@ def forecast(
     context_length: int | None = None,
     use_kv_cache: bool = True,
     allow_short_context: bool = False,
+    decode: str = "sample",
 ) -> ForecastOutput:
     """Sample `num_samples` paths of `prediction_length` steps for each context series.
 
     contexts: list of 1-D arrays / pandas Series / tensors (any lengths, NaN = missing) or a 2-D array.
     context_length: the most recent points used, at most max_seq_len·patch_size (default: what fits the
     model's max_seq_len together with the horizon's patches, and at least half of it).
+    decode: what each step feeds back, "median" | "mean" | "sample" (see the module docstring).
     Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H].
     """
     cfg = model.config
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     if prediction_length <= 0:
         raise ValueError(f"prediction_length must be > 0, got {prediction_length}")
     if num_samples <= 0:
@@ -171,17 +189,21 @@ def forecast(
             chunks = []
             for start in range(0, len(arrays), batch_size):
                 chunk = arrays[start:start + batch_size]
-                chunks.append(_sample_paths(model, chunk, horizon_patches, num_samples, use_kv_cache))
+                chunks.append(_sample_paths(model, chunk, horizon_patches, num_samples, use_kv_cache, decode))
             samples = torch.cat(chunks, dim=0)[..., :prediction_length].numpy()
         finally:
             model.train(was_training)
     return ForecastOutput.from_samples(samples, levels)
 
 
-def _sample_paths(
-    model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int, use_cache: bool
-) -> Tensor:
-    """[B, S, horizon_patches·P] sample paths on the original scale."""
+def prepare_decoder(
+    model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], use_cache: bool = True
+) -> tuple[_Decoder, Tensor, Tensor]:
+    """Left-pad and standardise `arrays` with the whole context's statistics → (decoder, loc, scale).
+
+    loc and scale are [B, N, 1]; the decoder holds the normalised context and is ready for `prefill()`.
+    Forecasting and the test tying it to the training objective both start here.
+    """
     cfg = model.config
     param = next(model.parameters())
     target, sample_id = _left_pad(arrays, cfg.patch_size)
@@ -189,16 +211,33 @@ def _sample_paths(
     layout = PackedLayout.from_sample_id(sample_id.to(param.device))
     loc, scale, _ = masked_stats(values, observed, layout.sample_id > 0, layout.sample_id, cfg.min_scale)
     normed = standardise(values, observed, loc, scale, cfg.missing_values).to(param.dtype)
+    return _Decoder(model, normed, layout, use_cache), loc, scale
 
-    decoder = _Decoder(model, normed, layout, use_cache)
-    hidden = decoder.prefill().repeat_interleave(num_samples, 0)
-    decoder.expand(num_samples)
+
+def _sample_paths(
+    model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int, use_cache: bool,
+    decode: str = "median",
+) -> Tensor:
+    """[B, S, horizon_patches·P] sample paths on the original scale."""
+    param = next(model.parameters())
+    decoder, loc, scale = prepare_decoder(model, arrays, use_cache)
+    hidden = decoder.prefill()
+    if decode == "sample":
+        hidden = hidden.repeat_interleave(num_samples, 0)
+        decoder.expand(num_samples)
     steps = []
     for step in range(horizon_patches):
-        patch_bp = model.head.distribution(hidden).sample().to(param.dtype)
-        steps.append(patch_bp)
+        distr = model.head.distribution(hidden)
+        if decode == "sample":
+            draws_bp = distr.sample().to(param.dtype)
+            steps.append(draws_bp)
+            fed_bp = draws_bp
+        else:
+            draws_sbp = distr.sample((max(num_samples, MEDIAN_DRAWS),)).to(param.dtype)
+            steps.append(draws_sbp[:num_samples].transpose(0, 1).reshape(-1, draws_sbp.shape[-1]))  # [B·S, P]
+            fed_bp = draws_sbp.median(dim=0).values if decode == "median" else distr.mean.to(param.dtype)
         if step + 1 < horizon_patches:
-            hidden = decoder.step(patch_bp)
+            hidden = decoder.step(fed_bp)
     paths = torch.cat(steps, dim=-1).float()  # [B·S, H']
     b = len(arrays)
     paths = paths.view(b, num_samples, -1)

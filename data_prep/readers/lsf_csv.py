@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.frequency import canonical_freq
+from data_prep.frequency import canonical_freq, inferred_alias
 from data_prep.readers.errors import DataFormatError
 from data_prep.series import Series
 
@@ -17,9 +17,7 @@ def infer_freq(index: pd.DatetimeIndex, path: str | os.PathLike[str]) -> str:
     head = index[: min(len(index), 1000)]
     if len(head) < 3:
         raise DataFormatError(path, "fewer than 3 timestamps; cannot infer the frequency (pass freq=...)")
-    with pd.option_context("future.infer_freq_returns_offset", True):
-        offset = pd.infer_freq(head)
-    alias = None if offset is None else offset.freqstr
+    alias = inferred_alias(head)
     if alias is None:
         raise DataFormatError(path, "timestamps are not regularly spaced; cannot infer the frequency (pass freq=...)")
     return canonical_freq(alias, str(path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from data_prep.frequency import canonical_freq
+from data_prep.frequency import canonical_freq, inferred_alias
 from data_prep.series import Series
 
 
@@ -16,9 +16,7 @@ def _freq_of(index: pd.Index, freq: str | None, what: str) -> str:
         raise ValueError(f"{what}: index is not a DatetimeIndex; pass freq=")
     alias = index.freqstr
     if alias is None and len(index) >= 3:
-        with pd.option_context("future.infer_freq_returns_offset", True):
-            offset = pd.infer_freq(index)
-        alias = None if offset is None else offset.freqstr
+        alias = inferred_alias(index)
     if alias is None:
         raise ValueError(f"{what}: cannot infer a regular frequency from the index; pass freq=")
     return canonical_freq(alias, what)
