@@ -52,8 +52,15 @@ class ModelConfig:
     # "zero_raw" (0 in raw units, then standardised: -loc/scale, what uni2ts feeds released Moirai-MoE weights).
     missing_values: Literal["zero_normalized", "zero_raw"] = "zero_normalized"
     init_std: float = 0.02
+    # Patches predicted from each position (multi-patch prediction, as Moirai 2 / Time-MoE's multi-horizon
+    # heads): 1 is Moirai-MoE's next-patch head; K > 1 trains position j on patches j+1..j+K and lets
+    # forecasting emit K patches per decoding step.
+    predict_patches: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.predict_patches < self.max_seq_len:
+            raise ConfigError(f"predict_patches must be in 1..max_seq_len-1={self.max_seq_len - 1}, "
+                              f"got {self.predict_patches}")
         if self.d_model % self.num_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if (self.d_model // self.num_heads) % 4:

@@ -122,16 +122,19 @@ class _Decoder:
         if self.caches is not None:
             self.caches = [c.expand(repeats) for c in self.caches]
 
-    def step(self, patch_bp: Tensor) -> Tensor:
-        """Append one sampled patch to every row; hidden state of it [B, D]."""
-        next_pos = self.positions[:, -1:] + 1
-        self.tokens = torch.cat((self.tokens, patch_bp[:, None]), dim=1)
-        self.positions = torch.cat((self.positions, next_pos), dim=1)
-        self.key_valid = torch.cat((self.key_valid, torch.ones_like(self.key_valid[:, :1])), dim=1)
+    def step(self, patches_bkp: Tensor) -> Tensor:
+        """Append K patches to every row; hidden state of the last of them [B, D]."""
+        k = patches_bkp.shape[1]
+        new_pos = self.positions[:, -1:] + torch.arange(1, k + 1, device=self.positions.device)
+        self.tokens = torch.cat((self.tokens, patches_bkp), dim=1)
+        self.positions = torch.cat((self.positions, new_pos), dim=1)
+        self.key_valid = torch.cat((self.key_valid, torch.ones_like(self.key_valid[:, :k])), dim=1)
         if self.caches is None:
             return self.prefill()
-        mask_b1l = self.key_valid[:, None, :]
-        hidden, self.caches, _ = self.model.encode(patch_bp[:, None], next_pos, mask_b1l, self.caches)
+        length = self.key_valid.shape[1]
+        causal_kl = torch.ones(k, length, dtype=torch.bool, device=self.key_valid.device).tril(length - k)
+        mask_bkl = self.key_valid[:, None, :] & causal_kl
+        hidden, self.caches, _ = self.model.encode(patches_bkp, new_pos, mask_bkl, self.caches)
         return hidden[:, -1]
 
 
@@ -225,20 +228,22 @@ def _sample_paths(
     if decode == "sample":
         hidden = hidden.repeat_interleave(num_samples, 0)
         decoder.expand(num_samples)
+    per_step = model.config.predict_patches  # patches emitted by one decoding step
+    num_steps = math.ceil(horizon_patches / per_step)
     steps = []
-    for step in range(horizon_patches):
-        distr = model.head.distribution(hidden)
+    for step in range(num_steps):
+        distr = model.head.distribution(hidden)  # batch shape [B(·S), K·P]
         if decode == "sample":
-            draws_bp = distr.sample().to(param.dtype)
-            steps.append(draws_bp)
-            fed_bp = draws_bp
+            draws_bq = distr.sample().to(param.dtype)
+            steps.append(draws_bq)
+            fed_bq = draws_bq
         else:
-            draws_sbp = distr.sample((max(num_samples, MEDIAN_DRAWS),)).to(param.dtype)
-            steps.append(draws_sbp[:num_samples].transpose(0, 1).reshape(-1, draws_sbp.shape[-1]))  # [B·S, P]
-            fed_bp = draws_sbp.median(dim=0).values if decode == "median" else distr.mean.to(param.dtype)
-        if step + 1 < horizon_patches:
-            hidden = decoder.step(fed_bp)
-    paths = torch.cat(steps, dim=-1).float()  # [B·S, H']
+            draws_sbq = distr.sample((max(num_samples, MEDIAN_DRAWS),)).to(param.dtype)
+            steps.append(draws_sbq[:num_samples].transpose(0, 1).reshape(-1, draws_sbq.shape[-1]))  # [B·S, K·P]
+            fed_bq = draws_sbq.median(dim=0).values if decode == "median" else distr.mean.to(param.dtype)
+        if step + 1 < num_steps:
+            hidden = decoder.step(fed_bq.unflatten(-1, (per_step, -1)))
+    paths = torch.cat(steps, dim=-1)[:, :horizon_patches * model.config.patch_size].float()  # [B·S, H']
     b = len(arrays)
     paths = paths.view(b, num_samples, -1)
     loc_b = loc[:, -1, 0].float().view(b, 1, 1)

@@ -100,7 +100,7 @@ class MoiraiMoEModel(
         self.patch_proj = PatchProjection(config.patch_size, config.d_model)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.head = MixtureHead(config.d_model, config.patch_size)
+        self.head = MixtureHead(config.d_model, config.patch_size * config.predict_patches)
         self.apply(self._init_weights)
 
     @classmethod
@@ -149,15 +149,23 @@ class MoiraiMoEModel(
 
         hidden, _, moe_stats = self.encode(normed, layout.position, layout.attention_mask(),
                                            token_mask_bn=layout.sample_id > 0)
-        # Position j predicts patch j+1 of the same sample, unless that patch gave the statistics.
-        same_next = (layout.sample_id[:, 1:] == layout.sample_id[:, :-1]) & (layout.sample_id[:, 1:] > 0)
+        # Position j predicts patches j+1..j+K of the same sample, except those that gave the statistics.
         # Samples whose statistics are degenerate (constant or < 2 values) would score targets normalised by
         # the scale floor (|z| in the thousands) and swamp the loss: they get none.
-        scored_bn = same_next & ~stats_bn[:, 1:] & informative[:, 1:]
-        weight_bnp = (observed[:, 1:] & scored_bn[..., None]).to(hidden.dtype)
+        targets, weights = [], []
+        n = values.shape[1]
+        for k in range(1, cfg.predict_patches + 1):
+            same = (layout.sample_id[:, k:] == layout.sample_id[:, :-k]) & (layout.sample_id[:, k:] > 0)
+            scored_bn = same & ~stats_bn[:, k:] & informative[:, k:]
+            weight_bnp = (observed[:, k:] & scored_bn[..., None]).to(hidden.dtype)
+            pad = n - 1 - weight_bnp.shape[1]  # positions whose patch j+k lies past the row
+            targets.append(torch.nn.functional.pad(normed[:, k:], (0, 0, 0, pad)))
+            weights.append(torch.nn.functional.pad(weight_bnp, (0, 0, 0, pad)))
+        target_bnq = torch.cat(targets, dim=-1)  # [B, N-1, K·P]: patch j+1, ..., patch j+K
+        weight_bnq = torch.cat(weights, dim=-1)
         distr = self.head.distribution(hidden[:, :-1])
-        log_prob = distr.log_prob(normed[:, 1:])
-        nll = -(log_prob * weight_bnp).sum() / weight_bnp.sum().clamp(min=1.0)
+        log_prob = distr.log_prob(target_bnq)
+        nll = -(log_prob * weight_bnq).sum() / weight_bnq.sum().clamp(min=1.0)
 
         aux = torch.stack([s.aux_loss for s in moe_stats]).mean()
         z = torch.stack([s.z_loss for s in moe_stats]).mean()

@@ -54,7 +54,7 @@ def test_first_two_forecast_steps_equal_the_training_predictions(model, use_cach
     with torch.no_grad():
         h1 = decoder.prefill()
         step1_nll = -float(model.head.distribution(h1).log_prob(truth[c][None]).mean())
-        h2 = decoder.step(truth[c][None])
+        h2 = decoder.step(truth[c][None, None])
         step2_nll = -float(model.head.distribution(h2).log_prob(truth[c + 1][None]).mean())
     assert step1_nll == pytest.approx(nll_c, abs=1e-6)
     assert step2_nll == pytest.approx(nll_c1, abs=1e-6)
