@@ -5,8 +5,10 @@ path); `deepspeed_config(train, world_size)` generates the DeepSpeed JSON from `
 DeepSpeed JSON is kept by hand beside the YAML.
 
 Mixture weights: by default each dataset of the corpus is drawn with probability proportional to
-its number of (usable) series (`mixture_default: series`), to its observed values (`points`) or their
-square root (`sqrt_points`), or uniformly (`uniform`). A non-empty
+its number of (usable) series (`mixture_default: series`) or its square root (`sqrt_series`, tempered so
+that one dataset of many short series cannot take a quarter of the draws), to its observed values
+(`points`) or their square root (`sqrt_points`), or uniformly (`uniform`). `mixture_share` fixes the
+probability of some datasets (e.g. the synthetic ones) and spreads the rest by `mixture_default`. A non-empty
 `mixture` mapping gives the weights explicitly; corpus datasets it leaves out get weight 0 (and are
 listed in the run log), and a name absent from the corpus is an error. Within a dataset a series is
 drawn with probability proportional to min(ceil(length / (max_seq_len·patch_size)),
@@ -50,7 +52,9 @@ class TrainConfig:
     wandb_project: str = "moe-ts"
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # WANDB_MODE in the env wins
     mixture: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: mixture_default
-    mixture_default: Literal["series", "points", "sqrt_points", "uniform"] = "series"
+    mixture_default: Literal["series", "sqrt_series", "points", "sqrt_points", "uniform"] = "series"
+    # dataset -> fixed probability (sum < 1); the rest of the mass goes to the other datasets by mixture_default
+    mixture_share: dict[str, float] = field(default_factory=dict)
     max_windows_per_series: int = 16
     min_window_patches: int = 2  # shortest window drawn from a long enough series (1 stats + 1 scored)
 
@@ -83,6 +87,13 @@ class TrainConfig:
                 raise ConfigError(f"train.mixture.{name}: weight must be a finite number >= 0, got {weight!r}")
         if self.mixture and not any(w > 0 for w in self.mixture.values()):
             raise ConfigError("train.mixture: at least one weight must be > 0")
+        for name, share in self.mixture_share.items():
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+                raise ConfigError(f"train.mixture_share.{name}: must be a number in [0, 1), got {share!r}")
+        if sum(self.mixture_share.values()) >= 1:
+            raise ConfigError(f"train.mixture_share: shares must sum to < 1, got {sum(self.mixture_share.values())}")
+        if self.mixture and self.mixture_share:
+            raise ConfigError("train.mixture and train.mixture_share exclude each other (mixture names every weight)")
 
     def micro_batch_size(self, world_size: int) -> int:
         """Sequences per forward pass on one rank."""

@@ -120,22 +120,44 @@ def load_corpus(path: str | Path) -> Corpus:
 
 def mixture_probabilities(
     names: list[str], series_counts: list[int], mixture: dict[str, float], default: str,
-    point_counts: list[int] | None = None,
+    point_counts: list[int] | None = None, shares: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Probability of drawing each dataset in `names`.
 
-    Empty `mixture`: proportional to `series_counts` (default "series"), to the observed values
-    `point_counts` ("points"), to their square root ("sqrt_points", tempered), or uniform ("uniform").
-    Otherwise the given weights, 0 for datasets not named; naming a dataset absent from `names` raises.
+    Empty `mixture`: proportional to `series_counts` (default "series") or its square root ("sqrt_series"),
+    to the observed values `point_counts` ("points"), to their square root ("sqrt_points", tempered), or
+    uniform ("uniform"); datasets named in `shares` get exactly that probability and the others share the
+    rest by that rule. Otherwise the given weights, 0 for datasets not named; naming a dataset absent
+    from `names` raises.
     """
+    shares = shares or {}
+    unknown = sorted(set(shares) - set(names))
+    if unknown:
+        raise CorpusError(f"train.mixture_share names dataset(s) {unknown} that the corpus lacks or whose series "
+                          f"are all missing (corpus datasets: {names})")
+    if shares:
+        rest = [n for n in names if n not in shares]
+        keep = [names.index(n) for n in rest]
+        probs = np.zeros(len(names))
+        if rest:
+            probs[keep] = (1.0 - sum(shares.values())) * mixture_probabilities(
+                rest, [series_counts[i] for i in keep], {}, default,
+                None if point_counts is None else [point_counts[i] for i in keep])
+        for name, share in shares.items():
+            probs[names.index(name)] = share
+        if probs.sum() <= 0:
+            raise CorpusError(f"train.mixture_share gives every corpus dataset weight 0 (corpus datasets: {names})")
+        return probs / probs.sum()
     if mixture:
         unknown = sorted(set(mixture) - set(names))
         if unknown:
             raise CorpusError(f"train.mixture names dataset(s) {unknown} that the corpus lacks or whose series "
                               f"are all missing (corpus datasets: {names})")
         weights = np.asarray([float(mixture.get(n, 0.0)) for n in names])
-    elif default == "series":
+    elif default in ("series", "sqrt_series"):
         weights = np.asarray(series_counts, dtype=np.float64)
+        if default == "sqrt_series":
+            weights = np.sqrt(weights)
     elif default in ("points", "sqrt_points"):
         if point_counts is None:
             raise ValueError(f"mixture_default {default!r} needs point_counts")
@@ -204,6 +226,7 @@ class WindowSampler:
         max_windows_per_series: int = 16,
         mixture: dict[str, float] | None = None,
         mixture_default: str = "series",
+        mixture_share: dict[str, float] | None = None,
         seed: int = 0,
         rank: int = 0,
     ) -> None:
@@ -229,7 +252,8 @@ class WindowSampler:
                                                                    max_windows_per_series)))
         counts = [len(r) for r in self.dataset_rows]
         points = [int(corpus.n_observed[r].sum()) for r in self.dataset_rows]
-        self.dataset_probs = mixture_probabilities(self.dataset_names, counts, mixture or {}, mixture_default, points)
+        self.dataset_probs = mixture_probabilities(self.dataset_names, counts, mixture or {}, mixture_default, points,
+                                                   mixture_share)
         self._dataset_cum = np.cumsum(self.dataset_probs)
         self.seed, self.rank = seed, rank
         self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rank,)))

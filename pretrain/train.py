@@ -86,7 +86,8 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     sampler = WindowSampler(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
                             min_window_patches=tc.min_window_patches,
                             max_windows_per_series=tc.max_windows_per_series, mixture=tc.mixture,
-                            mixture_default=tc.mixture_default, seed=tc.seed, rank=dist.rank)
+                            mixture_default=tc.mixture_default,
+                            mixture_share=tc.mixture_share, seed=tc.seed, rank=dist.rank)
     say(f"corpus {corpus.path}: {len(corpus)} series, {len(sampler.dataset_names)} datasets; mixture "
         + ", ".join(f"{n}={p:.3f}" for n, p in zip(sampler.dataset_names, sampler.dataset_probs)))
     if sampler.num_unusable:

@@ -39,6 +39,9 @@ def test_unknown_key_error_names_file_and_path(tmp_path, text, path):
     ({"zero_stage": 3}, "train.zero_stage"),
     ({"min_lr": 1.0, "lr": 0.1}, "train.min_lr"),
     ({"mixture": {"m4": -1}}, "train.mixture.m4"),
+    ({"mixture_share": {"m4": 1.5}}, "train.mixture_share.m4"),
+    ({"mixture_share": {"a": 0.6, "b": 0.5}}, "sum to < 1"),
+    ({"mixture_share": {"a": 0.5}, "mixture": {"a": 1}}, "exclude each other"),
     ({"batch_size": 0}, "train.batch_size"),
 ])
 def test_bad_values_are_named(tmp_path, train, msg):

@@ -99,6 +99,13 @@ def test_mixture_probabilities_rules():
     np.testing.assert_allclose(mixture_probabilities(names, counts, {"a": 1, "c": 3}, "series"), [0.25, 0, 0.75])
     with pytest.raises(CorpusError, match=r"\['zz'\]"):
         mixture_probabilities(names, counts, {"a": 1, "zz": 1}, "series")
+    # sqrt_series: weights 1 : 3 : 4 for 1 : 9 : 16 series
+    np.testing.assert_allclose(mixture_probabilities(names, [1, 9, 16], {}, "sqrt_series"), [1 / 8, 3 / 8, 4 / 8])
+    # shares: "b" fixed at 0.5, "a" and "c" split the other half by series count (10 : 60)
+    np.testing.assert_allclose(mixture_probabilities(names, counts, {}, "series", shares={"b": 0.5}),
+                               [0.5 * 10 / 70, 0.5, 0.5 * 60 / 70])
+    with pytest.raises(CorpusError, match=r"mixture_share names dataset\(s\) \['zz'\]"):
+        mixture_probabilities(names, counts, {}, "series", shares={"zz": 0.2})
 
 
 def test_series_weights_capped_window_count():
