@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lsf-stride", type=_positive, default=1, help="LSF window stride (1 = the published protocol)")
     p.add_argument("--chunk-size", type=_positive, default=1024, help="instances per forecast() call")
     p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
+    p.add_argument("--decode", choices=("median", "mean", "sample"),
+                   help="what the model feeds back while decoding (default: forecast()'s; see moe_ts/forecasting.py)")
     return p
 
 
@@ -120,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.error(str(err.args[0] if isinstance(err, KeyError) and err.args else err))
 
+    if args.decode is not None:
+        if args.checkpoint in ("naive", "seasonal_naive"):
+            parser.error("--decode applies to a model checkpoint, not a baseline")
+        model_kwargs = {**model_kwargs, "decode": args.decode}
     cfg = RunConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
                     chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=model_kwargs)
     options = TaskOptions(context_length=args.context_length, lsf_stride=args.lsf_stride,
