@@ -32,6 +32,18 @@ CSV_FIELDS = (
 )
 
 
+DISPLAY = {SNAIVE: "SNaive", NAIVE: "Naive", "autoets": "AutoETS", "autotheta": "AutoTheta",
+           "autoarima": "AutoARIMA", "oracle": "Oracle"}
+
+
+def suite_roles(suite: SuiteResult) -> list[str]:
+    """The roles with metrics in any task: model, Seasonal Naive, Naive first, then the others in run order."""
+    seen = [r for r in ROLES if any(r in t.metrics for t in suite.tasks)]
+    for t in suite.tasks:
+        seen += [r for r in t.metrics if r not in seen]
+    return seen
+
+
 def aggregate_metrics(suite: str) -> tuple[str, ...]:
     """The metrics a suite's aggregate is computed on."""
     return AGGREGATE_METRICS.get(suite, DEFAULT_AGGREGATE)
@@ -84,20 +96,19 @@ def _fmt(x: float) -> str:
 
 def write_csv(suites: list[SuiteResult], path: Path, model_name: str) -> None:
     """results.csv: one row per dataset × horizon × role × metric; one 'missing' row per absent dataset."""
-    names = {MODEL: model_name, SNAIVE: "seasonal_naive", NAIVE: "naive"}
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         w.writeheader()
         for s in suites:
             for t in s.tasks:
-                for role in ROLES:
+                for role in suite_roles(s):
                     for metric in METRIC_NAMES:
                         mv = t.metrics.get(role, {}).get(metric)
                         if mv is None:
                             continue
                         w.writerow({
                             "suite": s.suite, "dataset": t.dataset, "display_name": t.display_name,
-                            "horizon": t.horizon, "role": role, "model": names[role], "metric": metric,
+                            "horizon": t.horizon, "role": role, "model": model_name if role == MODEL else role, "metric": metric,
                             "value": repr(float(mv.value)), "excluded": mv.excluded, "num_series": t.num_series,
                             "num_instances": t.num_instances, "context_length": t.context_length,
                             "sampling": t.sampling, "status": "ok", "message": "",
@@ -117,36 +128,39 @@ def write_aggregate_csv(aggs: list[Aggregate], path: Path) -> None:
                         ";".join(a.undefined), ";".join(a.missing)])
 
 
-def _row_cells(rows: list[TaskResult], metrics: tuple[str, ...]) -> list[str]:
-    """Cells model | SNaive | Naive | rel for each metric, averaging over `rows` (one task or a dataset's horizons)."""
+def _row_cells(rows: list[TaskResult], metrics: tuple[str, ...], roles: list[str]) -> list[str]:
+    """Cells model | SNaive | Naive | ... | rel for each metric, averaging over `rows` (one task or a dataset's horizons)."""
     cells = []
     for metric in metrics:
         vals = {}
         excl = 0
-        for role in ROLES:
+        for role in roles:
             vs = [r.metrics.get(role, {}).get(metric) for r in rows]
             vals[role] = float(np.mean([v.value for v in vs])) if all(v is not None for v in vs) else float("nan")
             if role == MODEL:
                 excl = sum(v.excluded for v in vs if v is not None)
         rel = vals[MODEL] / vals[SNAIVE] if vals[SNAIVE] else float("nan")
         model_cell = _fmt(vals[MODEL]) + (f" ({excl} undef.)" if excl else "")
-        cells += [model_cell, _fmt(vals[SNAIVE]), _fmt(vals[NAIVE]), _fmt(rel)]
+        cells += [model_cell] + [_fmt(vals[r]) for r in roles if r != MODEL] + [_fmt(rel)]
     return cells
 
 
 def suite_markdown(suite: SuiteResult, model_name: str) -> tuple[str, list[Aggregate]]:
     """The markdown section of one suite and its aggregates (model and Naive, relative to Seasonal Naive)."""
     metrics = aggregate_metrics(suite.suite)
-    aggs = [aggregate(suite, m, role) for m in metrics for role in (MODEL, NAIVE)]
+    roles = suite_roles(suite)
+    others = [r for r in roles if r not in (MODEL, SNAIVE)]
+    aggs = [aggregate(suite, m, role) for m in metrics for role in [MODEL] + others]
     n_ds = len({t.dataset for t in suite.tasks})
     lines = [f"## {suite.suite}", ""]
     for a in aggs:
         if a.role != MODEL:
             continue
-        naive = next(b for b in aggs if b.metric == a.metric and b.role == NAIVE)
+        rest = "; ".join(f"{DISPLAY.get(b.role, b.role)} / Seasonal Naive: {_fmt(b.value)}"
+                         for b in aggs if b.metric == a.metric and b.role != MODEL)
         lines.append(
             f"- **{a.metric}**, geometric mean over {len(a.datasets_used)} dataset(s) of {model_name} / Seasonal Naive: "
-            f"**{_fmt(a.value)}** (Naive / Seasonal Naive: {_fmt(naive.value)})"
+            f"**{_fmt(a.value)}**" + (f" ({rest})" if rest else "")
         )
         if a.undefined:
             lines.append(f"  - left out, ratio undefined: {', '.join(a.undefined)}")
@@ -161,7 +175,7 @@ def suite_markdown(suite: SuiteResult, model_name: str) -> tuple[str, list[Aggre
     lines.append("")
     header = ["dataset", "h", "series", "instances"]
     for m in metrics:
-        header += [f"{m} {model_name}", f"{m} SNaive", f"{m} Naive", f"{m} rel."]
+        header += [f"{m} {model_name}"] + [f"{m} {DISPLAY.get(r, r)}" for r in roles if r != MODEL] + [f"{m} rel."]
     header.append("sampling")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -173,12 +187,12 @@ def suite_markdown(suite: SuiteResult, model_name: str) -> tuple[str, list[Aggre
             star = "" if t.full_protocol else "*"
             lines.append("| " + " | ".join(
                 [f"{t.display_name}{star}", str(t.horizon), str(t.num_series), str(t.num_instances)]
-                + _row_cells([t], metrics) + [t.sampling]) + " |")
+                + _row_cells([t], metrics, roles) + [t.sampling]) + " |")
         if len(rows) > 1:
             star = "" if all(t.full_protocol for t in rows) else "*"
             lines.append("| " + " | ".join(
                 [f"{rows[0].display_name}{star}", "mean", str(rows[0].num_series), str(sum(t.num_instances for t in rows))]
-                + _row_cells(rows, metrics) + ["mean over horizons"]) + " |")
+                + _row_cells(rows, metrics, roles) + ["mean over horizons"]) + " |")
     for m in suite.missing:
         lines.append("| " + " | ".join([m.dataset, m.message] + [""] * (len(header) - 2)) + " |")
     lines.append("")

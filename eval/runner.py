@@ -26,6 +26,11 @@ PLOT_QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 # Roles in every result: the evaluated model and the two reference baselines.
 MODEL, SNAIVE, NAIVE = "model", "seasonal_naive", "naive"
 ROLES = (MODEL, SNAIVE, NAIVE)
+# Baselines selectable by name (`--baselines`); Seasonal Naive always runs (every ratio is relative to it).
+# The statsforecast ones (eval.classical) cost seconds to minutes per dataset, so they are opt-in.
+BASELINE_NAMES: tuple[str, ...] = (SNAIVE, NAIVE, "autoets", "autotheta", "autoarima")
+BASELINE_ALIASES: dict[str, str] = {"snaive": SNAIVE, "ets": "autoets", "theta": "autotheta", "arima": "autoarima"}
+DEFAULT_BASELINES: tuple[str, ...] = (SNAIVE, NAIVE)
 
 
 @runtime_checkable
@@ -129,6 +134,7 @@ def evaluate_task(task: Task, forecasters: dict[str, Forecaster], cfg: RunConfig
     seconds: dict[str, float] = {}
     keep = set(_example_indices(task, cfg.plot_series))
     examples: list[PlotExample] = []
+    notes: list[str] = []
     n = len(task)
     if n == 0:
         raise ValueError(f"{task.dataset} (h={task.horizon}): no test instance left ({task.sampling.describe()})")
@@ -156,20 +162,48 @@ def evaluate_task(task: Task, forecasters: dict[str, Forecaster], cfg: RunConfig
                         examples.append(PlotExample(task.instance_id(int(i)), contexts[j], truth[j], q[j]))
         seconds[role] = time.perf_counter() - t0
         metrics[role] = acc.result()
+        if getattr(bound, "nonseasonal", 0):
+            notes.append(f"{role}: {bound.nonseasonal} of {bound.fitted} instances fitted without seasonality (seasonal fit failed)")
+        if getattr(bound, "fallbacks", 0):
+            notes.append(f"{role}: {bound.fallbacks} of {bound.fitted} instances forecast by Seasonal Naive (fit failed)")
         if log:
             main = ", ".join(f"{k}={v.value:.4g}" for k, v in metrics[role].items() if k in ("MAE", "MSE", "CRPS", "MASE"))
             log(f"  {task.dataset} h={task.horizon} {role}: {main} ({seconds[role]:.1f}s, {n} instances)")
     return TaskResult(
         suite=task.suite, dataset=task.dataset, display_name=task.display_name, horizon=task.horizon,
         context_length=task.context_length, num_series=task.sampling.series_used, num_instances=n,
-        sampling=task.sampling.describe(), full_protocol=task.sampling.is_full, metrics=metrics,
+        sampling="; ".join([task.sampling.describe()] + notes), full_protocol=task.sampling.is_full, metrics=metrics,
         seconds=seconds, examples=examples,
     )
 
 
-def reference_forecasters(model: Forecaster) -> dict[str, Forecaster]:
-    """The evaluated model plus the two baselines, by role."""
-    return {MODEL: model, SNAIVE: SeasonalNaive(), NAIVE: Naive()}
+def parse_baselines(text: str) -> tuple[str, ...]:
+    """'snaive,naive,autoets' -> canonical role names in BASELINE_NAMES order, Seasonal Naive always included;
+    an unknown name raises ValueError naming it."""
+    names = {SNAIVE}
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        name = BASELINE_ALIASES.get(name, name)
+        if name not in BASELINE_NAMES:
+            raise ValueError(f"unknown baseline {raw.strip()!r} (choose from snaive, {', '.join(BASELINE_NAMES[1:])})")
+        names.add(name)
+    return tuple(n for n in BASELINE_NAMES if n in names)
+
+
+def reference_forecasters(model: Forecaster, baselines: tuple[str, ...] = DEFAULT_BASELINES,
+                          n_jobs: int = 1) -> dict[str, Forecaster]:
+    """The evaluated model plus the named baselines (Seasonal Naive always), by role."""
+    out: dict[str, Forecaster] = {MODEL: model, SNAIVE: SeasonalNaive()}
+    for name in baselines:
+        if name == NAIVE:
+            out[NAIVE] = Naive()
+        elif name != SNAIVE:
+            from eval.classical import StatsForecastBaseline
+
+            out[name] = StatsForecastBaseline(name, n_jobs=n_jobs)
+    return out
 
 
 def _default_log(msg: str) -> None:
@@ -184,6 +218,8 @@ def run_suite(
     options: TaskOptions | None = None,
     cfg: RunConfig | None = None,
     log: Callable[[str], None] | None = _default_log,
+    baselines: tuple[str, ...] = DEFAULT_BASELINES,
+    n_jobs: int = 1,
 ) -> SuiteResult:
     """Evaluate `model` (and the baselines) on `datasets` under `suite`'s protocol; absent files -> `missing`."""
     from eval.registry import DatasetMissingError
@@ -191,7 +227,7 @@ def run_suite(
     options = options or TaskOptions()
     cfg = cfg or RunConfig()
     result = SuiteResult(suite)
-    forecasters = reference_forecasters(model)
+    forecasters = reference_forecasters(model, baselines, n_jobs)
     for name in datasets:
         try:
             tasks = build_tasks(name, suite, data_dir, options)
@@ -209,11 +245,12 @@ def run_suite(
 
 
 def run_task_suite(name: str, tasks: list[Task], model: Forecaster, cfg: RunConfig | None = None,
-                   log: Callable[[str], None] | None = _default_log) -> SuiteResult:
+                   log: Callable[[str], None] | None = _default_log, baselines: tuple[str, ...] = DEFAULT_BASELINES,
+                   n_jobs: int = 1) -> SuiteResult:
     """Evaluate prebuilt tasks (e.g. a user's .tsf file) as a one-off suite named `name`."""
     cfg = cfg or RunConfig()
     result = SuiteResult(name)
-    forecasters = reference_forecasters(model)
+    forecasters = reference_forecasters(model, baselines, n_jobs)
     for task in tasks:
         result.tasks.append(evaluate_task(task, forecasters, cfg, log))
     return result
