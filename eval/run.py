@@ -2,7 +2,9 @@
 
     python -m eval.run --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR \
         [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0] \
-        [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N]
+        [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N] \
+        [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N]
+    python -m eval.run --checkpoint DIR --suite probes --out DIR [--probe-series 8]
     python -m eval.run --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
 
 `--checkpoint naive` or `seasonal_naive` evaluates a baseline by name (a sanity run). Writes
@@ -24,9 +26,9 @@ from eval.baselines import Naive, SeasonalNaive
 from eval.plots import plot_suite
 from eval.protocols import TaskOptions, tsf_task
 from eval.report import write_reports
-from eval.runner import Forecaster, RunConfig, SuiteResult, run_suite, run_task_suite
+from eval.runner import Forecaster, RunConfig, SuiteResult, parse_baselines, run_suite, run_task_suite
 
-SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "all")
+SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "probes", "all")
 ALL_SUITES = ("monash", "zeroshot", "lsf")
 
 
@@ -75,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
     p.add_argument("--decode", choices=("median", "mean", "sample"),
                    help="what the model feeds back while decoding (default: forecast()'s; see moe_ts/forecasting.py)")
+    p.add_argument("--baselines", default="snaive,naive",
+                   help="comma-separated baselines run beside the model: snaive, naive, autoets, autotheta, autoarima "
+                        "(statsforecast; minutes on big sets). Seasonal Naive always runs: every ratio is relative to it")
+    p.add_argument("--n-jobs", type=_positive, default=1, help="processes for the statsforecast baselines")
+    p.add_argument("--probe-series", type=_positive, default=8, help="--suite probes: series per probe")
     return p
 
 
@@ -108,12 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        baselines = parse_baselines(args.baselines)
         model, model_name, model_kwargs = load_forecaster(args.checkpoint)
         if args.tsf is not None:
             if args.datasets or args.data_dir:
                 raise ValueError("--datasets and --data-dir apply to --suite only")
             task = tsf_task(args.tsf, args.horizon, args.context_length or 1000, args.seasonality,
                             max_series=args.max_series, max_windows=args.max_windows)
+            plan = []
+        elif args.suite == "probes":
+            if args.datasets or args.data_dir:
+                raise ValueError("--datasets and --data-dir do not apply to --suite probes (synthetic series)")
             plan = []
         else:
             if args.horizon or args.seasonality:
@@ -132,9 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                           max_series=args.max_series, max_windows=args.max_windows)
     results: list[SuiteResult] = []
     if args.tsf is not None:
-        results.append(run_task_suite("tsf", [task], model, cfg))
+        results.append(run_task_suite("tsf", [task], model, cfg, baselines=baselines, n_jobs=args.n_jobs))
+    if args.suite == "probes":
+        from eval.probes import run_probes, write_probe_table
+
+        results.append(run_probes(model, cfg, args.probe_series, args.context_length, baselines, args.n_jobs))
     for suite, datasets in plan:
-        results.append(run_suite(suite, datasets, model, args.data_dir, options, cfg))
+        results.append(run_suite(suite, datasets, model, args.data_dir, options, cfg, baselines=baselines,
+                                 n_jobs=args.n_jobs))
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.plot_series > 0:
@@ -152,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "rel. = model / Seasonal Naive; all metrics of all roles are in results.csv",
     ]
     text = write_reports(results, args.out, model_name, header)
+    if args.suite == "probes":
+        text += "\n" + write_probe_table(results[-1], args.out, model_name)
     print(text)
     return 0
 
