@@ -99,3 +99,12 @@ def test_cli_rejects_an_unknown_baseline(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", "naive", "--suite", "monash", "--baselines", "snaive,foo", "--out", str(tmp_path)])
     assert "unknown baseline 'foo'" in capsys.readouterr().err
+
+
+def test_two_processes_give_the_same_forecasts_and_counts():
+    ys = [_seasonal(60 + 7 * i, seed=i) for i in range(5)] + [np.array([1.0, 2.0])]
+    one = StatsForecastBaseline("autotheta", 12, n_jobs=1)
+    two = StatsForecastBaseline("autotheta", 12, n_jobs=2)
+    a, b = one.forecast(ys, 6, EVAL_QUANTILES), two.forecast(ys, 6, EVAL_QUANTILES)
+    np.testing.assert_array_equal(a.quantiles, b.quantiles)
+    assert (one.fallbacks, one.nonseasonal, one.fitted) == (two.fallbacks, two.nonseasonal, two.fitted)
