@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- written {datetime.datetime.now().isoformat(timespec='seconds')}, {time.perf_counter() - t0:.1f} s",
         "- point metrics use the median (MSE the mean); CRPS = mean weighted quantile loss over 0.1..0.9; "
         "rel. = model / Seasonal Naive; all metrics of all roles are in results.csv",
+        f"- baselines: {', '.join(baselines)} (statsforecast ones: eval/classical.py)",
     ]
     text = write_reports(results, args.out, model_name, header)
     if args.suite == "probes":
