@@ -56,7 +56,7 @@ demo: $(STAMP)
 	  && echo "eval classical lsf: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@echo "== 7/7 probes: synthetic series with a known best answer"
 	@s=$$(date +%s); $(BIN)/moe-ts eval --checkpoint $(DEMO)/run/final --suite probes --out $(DEMO)/eval_probes \
-	  --num-samples 50 --probe-series 4 --baselines snaive,naive,autoets,autotheta --plot-series 1 > /dev/null \
+	  --num-samples 50 --probe-series 4 --baselines snaive,naive,autoets,autotheta --n-jobs 2 --plot-series 1 > /dev/null \
 	  && echo "eval probes: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@$(BIN)/python -m eval.summary $(DEMO)/eval $(DEMO)/eval_lsf $(DEMO)/eval_classical $(DEMO)/eval_classical_lsf $(DEMO)/eval_probes
 	@cat $(DEMO)/timings.txt
