@@ -104,6 +104,11 @@ def generate(probe: Probe, context_length: int, rng: np.random.Generator,
     raise ValueError(f"unknown probe kind {probe.kind!r}")
 
 
+def min_context_length() -> int:
+    """The shortest context every probe accepts: two periods of the longest."""
+    return 2 * max(p.period for p in PROBES)
+
+
 def get_probes(names: list[str] | None = None) -> list[Probe]:
     """The named probes (all when None); an unknown name raises ValueError naming it."""
     if names is None:

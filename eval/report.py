@@ -1,6 +1,7 @@
 """Results files (DESIGN §7): results.csv (one row per dataset × horizon × role × metric, plus one row per
 missing dataset), aggregate.csv and results.md (per-dataset tables and the geometric-mean aggregate of the
-model's metric relative to Seasonal Naive).
+model's metric relative to Seasonal Naive, and of every other role that ran: Naive, the statsforecast baselines
+of `--baselines`, the probes' oracle).
 
 Aggregate metrics per suite: Monash MAE; zero-shot CRPS and MASE; LSF MSE and MAE (each dataset's value
 averaged over its four horizons first). A missing dataset is listed with its "missing: put FILE under DIR"
@@ -100,8 +101,9 @@ def write_csv(suites: list[SuiteResult], path: Path, model_name: str) -> None:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         w.writeheader()
         for s in suites:
+            roles = suite_roles(s)
             for t in s.tasks:
-                for role in suite_roles(s):
+                for role in roles:
                     for metric in METRIC_NAMES:
                         mv = t.metrics.get(role, {}).get(metric)
                         if mv is None:
@@ -146,7 +148,7 @@ def _row_cells(rows: list[TaskResult], metrics: tuple[str, ...], roles: list[str
 
 
 def suite_markdown(suite: SuiteResult, model_name: str) -> tuple[str, list[Aggregate]]:
-    """The markdown section of one suite and its aggregates (model and Naive, relative to Seasonal Naive)."""
+    """The markdown section of one suite and its aggregates (the model and every other baseline, relative to Seasonal Naive)."""
     metrics = aggregate_metrics(suite.suite)
     roles = suite_roles(suite)
     others = [r for r in roles if r not in (MODEL, SNAIVE)]

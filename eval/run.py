@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.suite == "probes":
             if args.datasets or args.data_dir:
                 raise ValueError("--datasets and --data-dir do not apply to --suite probes (synthetic series)")
+            from eval.probes import min_context_length
+
+            if args.context_length is not None and args.context_length < min_context_length():
+                raise ValueError(f"--context-length {args.context_length}: the probes need at least "
+                                 f"{min_context_length()} (two periods of the longest, 168)")
             plan = []
         else:
             if args.horizon or args.seasonality:

@@ -117,3 +117,9 @@ def test_unknown_probe_and_too_short_context_are_named():
         get_probes(["sine_p13"])
     with pytest.raises(ValueError, match="sine_p168.*2 periods"):
         probe_task(get_probes(["sine_p168"])[0], 1, 200)
+
+
+def test_cli_names_a_context_too_short_for_the_probes(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "seasonal_naive", "--suite", "probes", "--context-length", "100", "--out", str(tmp_path)])
+    assert "--context-length 100: the probes need at least 336" in capsys.readouterr().err
