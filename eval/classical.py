@@ -6,8 +6,8 @@ and windows as Seasonal Naive and Naive).
 - Point forecast = the model's mean; quantiles come from statsforecast's Gaussian prediction intervals:
   level q < 0.5 is the lower bound of the central (1 - 2q) interval, q > 0.5 the upper bound of the (2q - 1)
   interval and q = 0.5 the mean. So CRPS (quantile form) and MSIS are defined for them; CRPS_samples is not.
-- statsforecast does not take missing values: a context's leading NaNs are dropped and inner NaNs are filled
-  by linear interpolation between observed neighbours (the last observed value after the last one).
+- statsforecast does not take missing values: a context's leading NaNs are dropped and each inner NaN takes
+  the (filled) value one season earlier, or, within the first season, a linear interpolation (`fill_missing`).
 - A series where the seasonal statsforecast fit raises (e.g. too short for its season) is refitted without
   seasonality; one where that raises too gets the Seasonal Naive forecast. `nonseasonal` and `fallbacks`
   count such series, and the runner writes the counts into the task's sampling column.
@@ -27,8 +27,13 @@ from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 CLASSICAL: tuple[str, ...] = ("autoets", "autotheta", "autoarima")
 
 
-def fill_missing(context: np.ndarray) -> np.ndarray:
-    """Drop leading NaNs; fill inner/trailing NaNs by linear interpolation (constant after the last observed)."""
+def fill_missing(context: np.ndarray, season_length: int = 1) -> np.ndarray:
+    """Drop leading NaNs, then fill each missing point with the (filled) value one season earlier where there is
+    one, else by linear interpolation between observed neighbours (constant after the last observed value).
+
+    Season 1 is plain linear interpolation. With a season, a gap of whole periods repeats the last season
+    instead of drawing a straight line that would hide the seasonality from the model selection.
+    """
     x = np.asarray(context, dtype=np.float64)
     obs = np.flatnonzero(~np.isnan(x))
     if obs.size == 0:
@@ -37,7 +42,13 @@ def fill_missing(context: np.ndarray) -> np.ndarray:
     obs = obs - obs[0]
     if obs.size == len(x):
         return x
-    return np.interp(np.arange(len(x)), obs, x[obs])
+    linear = np.interp(np.arange(len(x)), obs, x[obs])
+    if season_length <= 1:
+        return linear
+    out = x.copy()
+    for t in np.flatnonzero(np.isnan(x)):
+        out[t] = out[t - season_length] if t >= season_length else linear[t]
+    return out
 
 
 def interval_levels(quantile_levels: tuple[float, ...]) -> list[int | float]:
@@ -131,7 +142,7 @@ class StatsForecastBaseline:
         jobs = []
         for i, ctx in enumerate(contexts):
             try:
-                y = fill_missing(ctx)
+                y = fill_missing(ctx, self.season_length)
             except ValueError as err:
                 raise ValueError(f"{self.name} forecast, series {i}: {err}") from None
             jobs.append((self.name, self.season_length, y, prediction_length, levels))

@@ -29,6 +29,15 @@ def test_fill_missing_drops_leading_and_interpolates_inner_nans():
         fill_missing(np.array([np.nan, np.nan]))
 
 
+def test_fill_missing_with_a_season_repeats_the_previous_season():
+    x = np.array([np.nan, 1.0, 2.0, 3.0, 1.5, np.nan, np.nan, 3.5, np.nan, np.nan, np.nan, 3.0])
+    # after the leading NaN: [1, 2, 3, 1.5, _, _, 3.5, _, _, _, 3]; season 3: t=4 <- t=1 (2.0), t=5 <- t=2 (3.0),
+    # t=7 <- t=4 (filled 2.0), t=8 <- t=5 (filled 3.0), t=9 <- t=6 (3.5)
+    np.testing.assert_allclose(fill_missing(x, 3), [1, 2, 3, 1.5, 2, 3, 3.5, 2, 3, 3.5, 3.0])
+    # a NaN inside the first season has no season before it: linear interpolation
+    np.testing.assert_allclose(fill_missing(np.array([1.0, np.nan, 3.0, 4.0]), 3), [1, 2, 3, 4])
+
+
 def test_interval_levels_cover_the_eval_quantiles():
     assert interval_levels(EVAL_QUANTILES) == [20, 40, 60, 80, 95]
 
