@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _suite_datasets(suite: str, requested: list[str] | None) -> list[str]:
-    from eval.registry import get_spec, list_suite
+    from data_prep.registry import get_spec, list_suite
 
     names = list_suite(suite)
     if requested is None:
@@ -88,7 +88,7 @@ def _suite_datasets(suite: str, requested: list[str] | None) -> list[str]:
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(suite, datasets) pairs to run; every requested dataset must belong to one of the suites."""
-    from eval.registry import get_spec
+    from data_prep.registry import get_spec
 
     suites = ALL_SUITES if args.suite == "all" else (args.suite,)
     requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None

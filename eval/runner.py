@@ -186,7 +186,7 @@ def run_suite(
     log: Callable[[str], None] | None = _default_log,
 ) -> SuiteResult:
     """Evaluate `model` (and the baselines) on `datasets` under `suite`'s protocol; absent files -> `missing`."""
-    from eval.registry import DatasetMissingError
+    from data_prep.registry import DatasetMissingError
 
     options = options or TaskOptions()
     cfg = cfg or RunConfig()
