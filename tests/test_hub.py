@@ -83,7 +83,7 @@ def test_weights_written_atomically(ckpt, monkeypatch):
 
 
 def test_export_puts_the_eval_table_in_the_model_card(ckpt, tmp_path):
-    from moe_ts.cli import main
+    from cli.main import main
 
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
