@@ -22,7 +22,7 @@ from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
 
 if TYPE_CHECKING:
-    from moe_ts.model import MoiraiMoEModel
+    from moe_ts.network import MoiraiMoENetwork as MoiraiMoEModel  # forecasting needs only the network
 
 
 def _as_arrays(contexts: object) -> list[np.ndarray]:

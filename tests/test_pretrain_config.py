@@ -93,3 +93,17 @@ def test_lr_schedule_warmup_then_cosine_to_min():
 def test_train_flops_per_token():
     # 6 x 100 active parameters + 12 x 2 layers x d_model 8 x 16 positions
     assert train_flops_per_token(100, num_layers=2, d_model=8, seq_len=16) == 600 + 3072
+
+
+def test_old_run_yaml_moves_runtime_keys_to_parallel(tmp_path):
+    f = tmp_path / "old.yaml"
+    f.write_text("model:\n  d_model: 32\n  num_heads: 4\n  moe:\n    backend: deepspeed\n    capacity_factor: 2.0\n")
+    with pytest.warns(FutureWarning, match="runtime choices"):
+        run = load_run_config(f)
+    assert (run.parallel.moe_backend, run.parallel.capacity_factor) == ("deepspeed", 2.0)
+    f.write_text("model:\n  moe:\n    backend: triton\nparallel:\n  moe_backend: torch\n")
+    with pytest.warns(FutureWarning):
+        assert load_run_config(f).parallel.moe_backend == "torch"  # the new section wins
+    f.write_text("parallel:\n  capacity_factor: 0\n")
+    with pytest.raises(ConfigError, match="capacity_factor must be > 0"):
+        load_run_config(f)
