@@ -1,4 +1,4 @@
-"""Evaluation protocols (DESIGN §7): turn a dataset's full series into test instances (context, truth).
+"""Evaluation protocols (docs/ARCHITECTURE.md §6): turn a dataset's full series into test instances (context, truth).
 
 - Monash / zero-shot ("last windows"): the test span is the last `windows × horizon` points of each
   series (`data_prep.registry.test_span`), cut into non-overlapping windows (stride = horizon). The

@@ -1,4 +1,4 @@
-"""Zero-shot evaluation CLI (DESIGN §7).
+"""Zero-shot evaluation CLI (docs/ARCHITECTURE.md §6).
 
     python -m eval.run --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR \
         [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0] \

@@ -1,4 +1,4 @@
-"""Autoregressive probabilistic forecasting with a KV cache (DESIGN §3 "Forecasting").
+"""Autoregressive probabilistic forecasting with a KV cache (docs/ARCHITECTURE.md §2, "Forecasting").
 
 The context gives the scaler statistics once; each decoding step samples one patch per sample
 path from the mixture head, feeds it back as one new token and reuses the cached keys/values of

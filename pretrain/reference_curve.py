@@ -1,4 +1,4 @@
-"""Reference loss curve of the debug config (DESIGN §11): a silent-regression check for pretraining.
+"""Reference loss curve of the debug config (docs/ARCHITECTURE.md §4): a silent-regression check for pretraining.
 
     python -m pretrain.reference_curve           # run configs/debug.yaml, compare (exit 1 on a mismatch)
     python -m pretrain.reference_curve --write   # run it and (re)write tests/data/reference_loss_debug.json

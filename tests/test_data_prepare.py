@@ -39,7 +39,7 @@ def test_exclusion_cuts_every_series_before_its_test_span(built):
         start, _ = span_of("m4_hourly", len(source))
         assert (row.span_start, row.span_end) == (0, start) and len(row.target) == start
         np.testing.assert_array_equal(row.target, source.target[:start])
-    # LSF sets are zero-shot (DESIGN §10): held out whole, not just their test split
+    # LSF sets are zero-shot (docs/ARCHITECTURE.md §6, held-out rule): held out whole, not just their test split
     assert "etth1" not in set(rows.dataset)
     etth1 = next(s for s in manifest["sources"] if s["name"] == "etth1")
     assert etth1["note"] == "lsf evaluation set: left out" and etth1["spans"] == []
