@@ -1,7 +1,7 @@
 """Prove that no evaluation test window appears in a corpus.
 
 For every available evaluation dataset (every registry entry whose files are present) and every series, the test
-span (eval.registry.test_span) is cut into sliding windows of length w = min(span length, WINDOW) (stride 1).
+span (data_prep.registry.test_span) is cut into sliding windows of length w = min(span length, WINDOW) (stride 1).
 A window counts as *leaked* when the same float32 values appear contiguously inside one corpus target, except
 inside the pre-test history of the very same series (same dataset and source item, ending before the test span
 starts): a series that repeats itself exactly (e.g. M4 H295) shows those values in its own evaluation context
@@ -112,7 +112,7 @@ def collect_test_windows(
     report: LeakReport | None = None, min_distinct: int = MIN_DISTINCT,
 ) -> dict[int, _EvalWindows]:
     """Hash the test windows of every available evaluation dataset (or of `names`), grouped by window length."""
-    from eval.registry import all_specs, available, get_spec, load_series, test_span
+    from data_prep.registry import all_specs, available, get_spec, load_series, test_span
 
     specs = [get_spec(n) for n in names] if names else all_specs()
     refs_by_w: dict[int, list[tuple[str, str, int, int, np.ndarray]]] = defaultdict(list)

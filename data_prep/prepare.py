@@ -6,7 +6,7 @@ python -m data_prep.prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,..
     [--max-series-per-dataset N]
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
-test span (eval.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (eval.registry.held_out_reason). --include-eval keeps
+test span (data_prep.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (data_prep.registry.held_out_reason). --include-eval keeps
 everything (for experiments, and to show the leak check catches it).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class SourceStats:
 
 def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_series: int | None,
                   stats: list[SourceStats]) -> Iterator[CorpusEntry]:
-    from eval.registry import available, get_spec, held_out_reason, load_series, test_span
+    from data_prep.registry import available, get_spec, held_out_reason, load_series, test_span
 
     for name in names:
         spec = get_spec(name)
@@ -143,7 +143,7 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
 
 def default_datasets(data_dir: Path) -> list[str]:
     """Every registered dataset whose files are present."""
-    from eval.registry import all_specs, available
+    from data_prep.registry import all_specs, available
 
     return [s.name for s in all_specs() if available(s, data_dir)]
 
@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if not data_dir.is_dir():
         raise SystemExit(f"data directory {data_dir} does not exist")
     if args.datasets:
-        from eval.registry import get_spec
+        from data_prep.registry import get_spec
 
-        from eval.registry import DatasetMissingError, resolve_files
+        from data_prep.registry import DatasetMissingError, resolve_files
 
         names = [get_spec(n.strip()).name for n in args.datasets.split(",") if n.strip()]
         for name in names:  # a dataset asked for by name must be there: say which file is missing

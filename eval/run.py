@@ -1,4 +1,4 @@
-"""Zero-shot evaluation CLI (DESIGN §7).
+"""Zero-shot evaluation CLI (docs/ARCHITECTURE.md §6).
 
     python -m eval.run --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR \
         [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0] \
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _suite_datasets(suite: str, requested: list[str] | None) -> list[str]:
-    from eval.registry import get_spec, list_suite
+    from data_prep.registry import get_spec, list_suite
 
     names = list_suite(suite)
     if requested is None:
@@ -90,7 +90,7 @@ def _suite_datasets(suite: str, requested: list[str] | None) -> list[str]:
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(suite, datasets) pairs to run; every requested dataset must belong to one of the suites."""
-    from eval.registry import get_spec
+    from data_prep.registry import get_spec
 
     suites = ALL_SUITES if args.suite == "all" else (args.suite,)
     requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None

@@ -1,4 +1,4 @@
-"""Zero-shot runner (DESIGN §7): evaluate a forecaster and the Naive / Seasonal Naive baselines on the same
+"""Zero-shot runner (docs/ARCHITECTURE.md §6): evaluate a forecaster and the Naive / Seasonal Naive baselines on the same
 test instances of each dataset, streaming instances in chunks and accumulating dataset-level metrics.
 
 Any object with the model's `forecast(contexts, prediction_length, num_samples=, quantile_levels=, seed=,
@@ -186,7 +186,7 @@ def run_suite(
     log: Callable[[str], None] | None = _default_log,
 ) -> SuiteResult:
     """Evaluate `model` (and the baselines) on `datasets` under `suite`'s protocol; absent files -> `missing`."""
-    from eval.registry import DatasetMissingError
+    from data_prep.registry import DatasetMissingError
 
     options = options or TaskOptions()
     cfg = cfg or RunConfig()

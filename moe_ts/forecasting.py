@@ -1,4 +1,4 @@
-"""Autoregressive probabilistic forecasting with a KV cache (DESIGN §3 "Forecasting").
+"""Autoregressive probabilistic forecasting with a KV cache (docs/ARCHITECTURE.md §2, "Forecasting").
 
 The context gives the scaler statistics once; each decoding step predicts the next patch's mixture
 distribution, feeds a patch back as one new token and reuses the cached keys/values of everything
@@ -32,7 +32,7 @@ from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
 
 if TYPE_CHECKING:
-    from moe_ts.model import MoiraiMoEModel
+    from moe_ts.network import MoiraiMoENetwork as MoiraiMoEModel  # forecasting needs only the network
 
 
 DECODE_MODES = ("median", "mean", "sample")

@@ -1,4 +1,4 @@
-"""Pretraining data: memory-mapped corpus, mixture sampling, random windows, packing (DESIGN §5).
+"""Pretraining data: memory-mapped corpus, mixture sampling, random windows, packing (docs/ARCHITECTURE.md §4).
 
 A packed row holds N = model.max_seq_len patches of P = patch_size values. Windows of random length
 are cropped from series drawn by dataset mixture weights and laid one after another, each starting at

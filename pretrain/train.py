@@ -1,4 +1,4 @@
-"""Pretrain a Moirai-MoE-style model with DeepSpeed (DESIGN §5).
+"""Pretrain a Moirai-MoE-style model with DeepSpeed (docs/ARCHITECTURE.md §4).
 
     python -m pretrain.train --config configs/tiny.yaml --data CORPUS --out RUN [--resume] \
         [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP]

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moe_ts.cli import main
+from cli.main import main
 from moe_ts.config import ModelConfig, MoEConfig
 from moe_ts.model import MoiraiMoEModel
 

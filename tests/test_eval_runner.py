@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep.series import Series
-from eval import registry
+from data_prep import registry
 from eval.protocols import Task, last_window_task, lsf_starts, lsf_tasks
 from eval.run import main
 from eval.runner import MODEL, NAIVE, SNAIVE, RunConfig, evaluate_task

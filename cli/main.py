@@ -4,8 +4,8 @@
     moe-ts check    --corpus CORPUS [...]                   (data_prep.leak_check)
     moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume]   (pretrain.train)
     moe-ts eval     --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR      (eval.run)
-    moe-ts forecast --checkpoint DIR --input FILE.tsf|FILE.csv [--horizon H] --out forecasts.csv (moe_ts.forecast_cli)
-    moe-ts export   --checkpoint DIR --eval EVAL_DIR --out RELEASE                  (moe_ts.export)
+    moe-ts forecast --checkpoint DIR --input FILE.tsf|FILE.csv [--horizon H] --out forecasts.csv (cli.forecast)
+    moe-ts export   --checkpoint DIR --eval EVAL_DIR --out RELEASE                  (cli.export)
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ COMMANDS = {
     "check": ("data_prep.leak_check", "prove no evaluation test window is in a corpus"),
     "pretrain": ("pretrain.train", "pretrain a model with DeepSpeed"),
     "eval": ("eval.run", "zero-shot evaluation: results.csv, results.md and plots"),
-    "forecast": ("moe_ts.forecast_cli", "forecast a .tsf or CSV file into a CSV of means and quantiles"),
-    "export": ("moe_ts.export", "release folder: checkpoint + model card with the evaluation table"),
+    "forecast": ("cli.forecast", "forecast a .tsf or CSV file into a CSV of means and quantiles"),
+    "export": ("cli.export", "release folder: checkpoint + model card with the evaluation table"),
 }
 
 
