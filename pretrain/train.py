@@ -1,12 +1,14 @@
-"""Pretrain a Moirai-MoE-style model with DeepSpeed (DESIGN §5).
+"""Pretrain a Moirai-MoE-style model with DeepSpeed (README.md "Using it"; configs/*.yaml).
 
-    python -m pretrain.train --config configs/tiny.yaml --data CORPUS --out RUN [--resume] \
+    moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume] \
         [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP]
 
 Multi-process: `torchrun --nproc_per_node=2 -m pretrain.train ...` or `deepspeed --num_gpus=2 pretrain/train.py ...`.
 Writes RUN/checkpoints/step-N (atomic), RUN/metrics.jsonl, RUN/config.yaml and, at the end, RUN/final
-(the Hugging Face folder `MoiraiMoEModel.from_pretrained` loads). `--resume` continues from the newest
-complete checkpoint with the same batches and the same loss curve. CLI flags override the YAML.
+(the Hugging Face folder `MoiraiMoEModel.from_pretrained` loads, with training.json saying how far the
+run got and whether it finished). `--resume` continues from the newest complete checkpoint with the same
+batches and the same loss curve, after checking that the requested config matches RUN/config.yaml.
+CLI flags override the YAML. CORPUS must be a finished `moe-ts prepare` output (complete manifest.json).
 """
 from __future__ import annotations
 
@@ -25,14 +27,17 @@ from pretrain.checkpoint import (CheckpointError, latest_checkpoint, list_checkp
                                  remove_leftovers, save_checkpoint, save_final)
 from pretrain.config import RunConfig, load_run_config, train_flops_per_token
 from pretrain.data import Corpus, CorpusError, WindowSampler, load_corpus
+from pretrain.manifest import check_manifest, corpus_fingerprint
+from pretrain.resume_check import check_resume_config
 from pretrain.engine import StepStats, any_rank, build_engine, setup_distributed, train_step, unwrap
 from pretrain.metrics import MetricsLog, expert_load_stats
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="moe-ts pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="run YAML with model: and train: sections")
-    p.add_argument("--data", required=True, help="corpus folder (datasets.save_to_disk)")
+    p.add_argument("--data", required=True, help="corpus folder written by `moe-ts prepare`")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--steps", type=int, help="override train.steps (the schedule length)")
@@ -77,6 +82,9 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     say = print if dist.is_main else (lambda *a, **k: None)
     if not resume and list_checkpoints(out):
         raise CheckpointError(f"{out}: holds checkpoints already; pass --resume to continue it or pick a new --out")
+    if resume:
+        check_resume_config(run, out)  # before anything under `out` changes
+    fingerprint = corpus_fingerprint(corpus.path)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for name in remove_leftovers(out):
@@ -151,7 +159,9 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
                 progress.update(1)
                 progress.set_postfix(loss=f"{last.loss:.4f}", lr=f"{last.lr:.2e}", refresh=False)
             if stop or step == tc.steps or step % tc.checkpoint_every == 0:
-                save_checkpoint(engine, out, step, sampler.state_dict(), dist, tc.keep_checkpoints)
+                save_checkpoint(engine, out, step, sampler.state_dict(), dist, tc.keep_checkpoints,
+                                {"planned_steps": tc.steps, "finished": step >= tc.steps,
+                                 "corpus_fingerprint": fingerprint})
             if stop:
                 reason = "time budget reached" if over_budget else f"--stop-at {stop_at}"
                 break
@@ -161,8 +171,12 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         metrics.close()
 
     final = out / "final"
+    finished = step >= tc.steps
+    training = {"step": step, "planned_steps": tc.steps, "finished": finished,
+                "reason": "finished" if finished else reason, "corpus": corpus.path.name,
+                "corpus_fingerprint": fingerprint, "datasets": list(sampler.dataset_names)}
     if dist.is_main:
-        final = save_final(model, out)
+        final = save_final(model, out, training)
     elapsed = time.time() - t_start
     summary = {
         "start_step": start_step, "step": step, "steps": tc.steps, "reason": reason,
@@ -175,6 +189,9 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         say(f"pretrain: steps {start_step}->{step} of {tc.steps} ({reason}) in {elapsed:.1f} s; "
             f"final loss {last.loss:.4f} (nll {last.nll:.4f}, aux {last.aux_loss:.4f}, z {last.z_loss:.4f}); "
             f"{summary['tokens_per_s']:.0f} tokens/s; model in {final}")
+    if not finished:
+        say(f"NOTE: {final} holds an UNFINISHED run (step {step} of {tc.steps}, {reason}); "
+            f"its training.json and model card say so; continue with --resume")
     return summary
 
 
@@ -185,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = apply_overrides(load_run_config(args.config), args)
         corpus = load_corpus(args.data)
+        check_manifest(args.data)
         train(run, corpus, Path(args.out), resume=args.resume, stop_at=args.stop_at, t_start=t_start)
     except (ConfigError, CorpusError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
