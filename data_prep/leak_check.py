@@ -222,7 +222,7 @@ def check_corpus(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: check a corpus; print the summary; exit status 1 when a test window is found."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.leak_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="moe-ts check", description=__doc__.splitlines()[0])
     parser.add_argument("corpus_dir", nargs="?", help="corpus directory written by data_prep.prepare")
     parser.add_argument("--corpus", default=None, help="the corpus directory (same as the positional argument)")
     parser.add_argument("--data-dir", default=None, help="benchmark data directory (default: $MOE_TS_DATA_DIR or the repo's data/)")
