@@ -4,7 +4,8 @@ Layout of a run directory:
     RUN/checkpoints/step-N/ds/...              DeepSpeed engine state (weights, optimizer, LR schedule)
     RUN/checkpoints/step-N/trainer_rankR.json  step, planned steps, finished?, corpus fingerprint, sampler
                                                state, python/numpy/torch RNG states of rank R (plain JSON:
-                                               reading it runs no code, unlike a pickle)
+                                               reading it runs no code, unlike a pickle; DeepSpeed's own
+                                               files are read with weights_only=True, pretrain/safe_load.py)
     RUN/checkpoints/latest                     name of the newest complete checkpoint ("step-N")
     RUN/final/                                 model.save_pretrained output (what from_pretrained loads)
 
@@ -176,6 +177,9 @@ def load_checkpoint(engine: Any, ckpt: Path, dist: DistInfo) -> dict[str, Any]:
     if state["world_size"] != dist.world_size:
         raise CheckpointError(f"{ckpt}: saved with world size {state['world_size']}, resumed with "
                               f"{dist.world_size}; the sampler streams would differ")
+    from pretrain.safe_load import restrict_deepspeed_loads
+
+    restrict_deepspeed_loads(engine)
     load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if load_path is None:

@@ -258,3 +258,27 @@ def test_corpus_without_a_complete_manifest_is_refused(workdir, tmp_path, capsys
     msg = capsys.readouterr().err
     assert "manifest.json" in msg and "moe-ts prepare" in msg and len(msg.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_does_not_unpickle_code_from_a_received_checkpoint(workdir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(workdir, out, "--stop-at", "2") == 0
+    ds = out / "checkpoints" / "step-2" / DS_TAG
+    victim = next(ds.rglob("*optim_states.pt"))
+    torch.save({"optimizer_state_dict": _Payload(tmp_path / "pwned")}, victim)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_main(workdir, out, "--resume")
+    err = capsys.readouterr().err.strip()
+    assert not (tmp_path / "pwned").exists()
+    assert "refused to unpickle" in err and len(err.splitlines()) == 1
