@@ -1,9 +1,9 @@
 """Build the pretraining corpus: real datasets available offline (evaluation test spans cut away by default) plus
 seeded synthetic series, written as one Arrow dataset with a manifest.
 
-python -m data_prep.prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
+moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
     [--kernelsynth-count N] [--kernelsynth-length L] [--seed S] [--exclude-eval | --include-eval]
-    [--max-series-per-dataset N]
+    [--max-series-per-dataset N] [--overwrite]
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
 test span (eval.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (eval.registry.held_out_reason). --include-eval keeps
