@@ -9,12 +9,13 @@ SHA-256, see `moe_ts.provenance`). An existing --out folder is replaced only whe
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from moe_ts.model import MoiraiMoEModel
 from moe_ts.model_card import card_eval_table, training_data_summary
 from moe_ts.output_dir import check_output_dir
-from moe_ts.provenance import check_eval_source, read_training_info, training_summary
+from moe_ts.provenance import TRAINING_FILE, check_eval_source, read_training_info, training_summary
 
 
 def export(checkpoint: str | Path, out: str | Path, eval_dir: str | Path | None = None, push_to_hub: str | None = None,
@@ -38,6 +39,8 @@ def export(checkpoint: str | Path, out: str | Path, eval_dir: str | Path | None 
         check_eval_source(eval_dir, checkpoint)
         card_kwargs["eval_table"] = card_eval_table(results.read_text())
     model.save_pretrained(out, model_card_kwargs=card_kwargs, overwrite=overwrite)
+    if info is not None:  # the release keeps the training record its card quotes
+        (Path(out) / TRAINING_FILE).write_text(json.dumps(info, indent=1) + "\n")
     if push_to_hub:
         model.push_to_hub(push_to_hub, model_card_kwargs=card_kwargs)
     return Path(out)
