@@ -1,7 +1,7 @@
 """Zero-shot evaluation CLI (README.md "Using it"; protocols in eval/protocols.py, datasets in eval/registry.py).
 
-    moe-ts eval --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR \
-        [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0] \
+    moe-ts eval --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR
+        [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0]
         [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N]
     moe-ts eval --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
     moe-ts eval --list [--data-dir DIR]      # every registered dataset: available / missing, where its file goes

@@ -1,4 +1,4 @@
-"""Atomic checkpoints and the final Hugging Face folder (DESIGN §5).
+"""Atomic checkpoints and the final Hugging Face folder (README.md "Using it").
 
 Layout of a run directory:
     RUN/checkpoints/step-N/ds/...              DeepSpeed engine state (weights, optimizer, LR schedule)

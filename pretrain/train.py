@@ -1,6 +1,6 @@
 """Pretrain a Moirai-MoE-style model with DeepSpeed (README.md "Using it"; configs/*.yaml).
 
-    moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume] \
+    moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume]
         [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP]
 
 Multi-process: `torchrun --nproc_per_node=2 -m pretrain.train ...` or `deepspeed --num_gpus=2 pretrain/train.py ...`.
