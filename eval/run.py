@@ -28,6 +28,7 @@ from eval.plots import plot_suite
 from eval.protocols import TaskOptions, tsf_task
 from eval.report import write_reports
 from eval.runner import Forecaster, RunConfig, SuiteResult, run_suite, run_task_suite
+from moe_ts.output_dir import check_output_dir, mark
 
 SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "all")
 ALL_SUITES = ("monash", "zeroshot", "lsf")
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--tsf", type=Path, help="evaluate one Monash-format .tsf file (last window, its own @horizon)")
     what.add_argument("--list", action="store_true", help="list every registered dataset with available / missing "
                                                           "and where its file goes, then exit")
-    p.add_argument("--out", type=Path, help="output folder (required; results files in it are replaced)")
+    p.add_argument("--out", type=Path, help="output folder (required): new, empty, or written by moe-ts")
+    p.add_argument("--overwrite", action="store_true", help="write into --out even when it holds files moe-ts did not write")
     p.add_argument("--datasets", help="comma-separated registry names (default: the whole suite)")
     p.add_argument("--data-dir", help="data folder (default: $MOE_TS_DATA_DIR, else <repo>/data)")
     p.add_argument("--horizon", type=_positive, help="--tsf only: horizon when the file has no @horizon (overrides it)")
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{flag} is required (or --list)")
     t0 = time.perf_counter()
     try:
+        check_output_dir(args.out, args.overwrite)
         model, model_name, model_kwargs = load_forecaster(args.checkpoint)
         if args.tsf is not None:
             if args.datasets or args.data_dir:
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(r.tasks for r in results):
         _fail(f"nothing evaluated, every dataset is missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
     args.out.mkdir(parents=True, exist_ok=True)
+    mark(args.out, "eval")
     from moe_ts.provenance import write_eval_source
 
     write_eval_source(args.out, args.checkpoint if Path(args.checkpoint).is_dir() else None)  # None: a baseline

@@ -97,7 +97,7 @@ class HubIOMixin:
         when moe-ts wrote it (see `moe_ts.output_dir`) or `overwrite=True`; a path that is a file is an error.
         """
         target = Path(save_directory)
-        check_output_dir(target, overwrite, flag="overwrite=True")
+        check_output_dir(target, overwrite, remedy="pass overwrite=True to replace it")
         tmp = make_staging_dir(target)
         try:
             super().save_pretrained(tmp, **kwargs)  # type: ignore[misc]

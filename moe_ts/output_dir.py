@@ -43,7 +43,8 @@ def is_ours(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False, flag: str = "--overwrite") -> None:
+def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False,
+                     remedy: str = "pass --overwrite to replace it") -> None:
     """Raise OutputDirError unless writing a moe-ts folder at `path` cannot destroy a user's files."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
@@ -56,7 +57,7 @@ def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False, flag
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise OutputDirError(f"{path}: folder is not empty and was not written by moe-ts (holds {shown}); "
-                             f"pick another output folder or pass {flag} to replace it")
+                             f"pick another output folder or {remedy}")
 
 
 def make_staging_dir(target: str | os.PathLike[str]) -> Path:

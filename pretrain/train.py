@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from moe_ts.configuration import ConfigError, save_file, to_dict
+from moe_ts.output_dir import OutputDirError, check_output_dir, mark
 from pretrain.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  remove_leftovers, save_checkpoint, save_final)
 from pretrain.config import RunConfig, load_run_config, train_flops_per_token
@@ -84,9 +85,12 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         raise CheckpointError(f"{out}: holds checkpoints already; pass --resume to continue it or pick a new --out")
     if resume:
         check_resume_config(run, out)  # before anything under `out` changes
+    if not resume or not list_checkpoints(out):  # config.yaml, metrics.jsonl... must not replace a user's files
+        check_output_dir(out, remedy="pass --resume if it is a run to continue")
     fingerprint = corpus_fingerprint(corpus.path)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        mark(out, "run")
         for name in remove_leftovers(out):
             say(f"removed incomplete checkpoint leftover {out / 'checkpoints' / name}")
         save_file(run, out / "config.yaml")
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus = load_corpus(args.data)
         check_manifest(args.data)
         train(run, corpus, Path(args.out), resume=args.resume, stop_at=args.stop_at, t_start=t_start)
-    except (ConfigError, CorpusError, CheckpointError) as err:
+    except (ConfigError, CorpusError, CheckpointError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     return 0

@@ -166,3 +166,21 @@ def test_prepare_refuses_a_users_folder(tmp_path, capsys):
                  "--synthetic-count", "2", "--kernelsynth-count", "0"]) != 0
     assert "not written by moe-ts" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "my notes"
+
+
+def test_eval_and_pretrain_refuse_a_users_folder(tmp_path, capsys):
+    out = user_folder(tmp_path / "results")
+    assert main(["eval", "--checkpoint", "naive", "--suite", "monash", "--datasets", "hospital",
+                 "--max-series", "2", "--out", str(out)]) != 0
+    assert "not written by moe-ts" in capsys.readouterr().err
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text("model: {patch_size: 4, max_seq_len: 8, d_model: 16, num_layers: 1, num_heads: 2, "
+                        "moe: {num_experts: 2, top_k: 1, d_ff: 16}}\ntrain: {steps: 1, batch_size: 2}\n")
+    (out / "config.yaml").write_text("mine")
+    corpus = tmp_path / "corpus"
+    assert main(["prepare", "--out", str(corpus), "--datasets", "hospital", "--max-series-per-dataset", "2",
+                 "--synthetic-count", "2", "--kernelsynth-count", "0"]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(run_yaml), "--data", str(corpus), "--out", str(out)]) != 0
+    assert "not written by moe-ts" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == "mine" and (out / "notes.txt").is_file()
