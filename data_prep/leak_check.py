@@ -188,8 +188,8 @@ def check_corpus(
 ) -> LeakReport:
     """Search the corpus for every available evaluation test window; returns a LeakReport (report.ok when clean)."""
     report = LeakReport()
+    corpus = load_corpus(corpus_path)  # first: a bad path fails before the slow window collection
     windows = collect_test_windows(data_dir, names, window, report, min_distinct)
-    corpus = load_corpus(corpus_path)
     table = corpus.data.table if hasattr(corpus.data, "table") else corpus.data
     targets = table.column("target")
     datasets_col = table.column("dataset").to_pylist()

@@ -155,7 +155,7 @@ def test_a_killed_prepare_is_refused_by_pretrain_and_cleaned_by_the_next_run(tmp
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers  # the killed build left its staging behind ...
     assert main(["prepare", "--out", str(out), "--datasets", "hospital", "--max-series-per-dataset", "5",
-                 "--synthetic-count", "5", "--kernelsynth-count", "0"]) == 0
+                 "--synthetic-count", "5", "--kernelsynth-count", "0", "--include-eval"]) == 0  # no leak check: fast
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # ... which the next run removed
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
 
@@ -179,7 +179,7 @@ def test_eval_and_pretrain_refuse_a_users_folder(tmp_path, capsys):
     (out / "config.yaml").write_text("mine")
     corpus = tmp_path / "corpus"
     assert main(["prepare", "--out", str(corpus), "--datasets", "hospital", "--max-series-per-dataset", "2",
-                 "--synthetic-count", "2", "--kernelsynth-count", "0"]) == 0
+                 "--synthetic-count", "2", "--kernelsynth-count", "0", "--include-eval"]) == 0
     capsys.readouterr()
     assert main(["pretrain", "--config", str(run_yaml), "--data", str(corpus), "--out", str(out)]) != 0
     assert "not written by moe-ts" in capsys.readouterr().err
