@@ -19,7 +19,7 @@ from huggingface_hub import constants, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from moe_ts.output_dir import check_output_dir, make_staging_dir, swap_in
+from moe_ts.output_dir import MARKER, check_output_dir, make_staging_dir, swap_in
 
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
 CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
@@ -108,6 +108,12 @@ class HubIOMixin:
         if push_to_hub:
             return self.push_to_hub(repo_id=repo_id or target.name, **kwargs)  # type: ignore[attr-defined]
         return None
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any):  # type: ignore[override]
+        """ModelHubMixin.push_to_hub without our local marker file (`moe_ts.output_dir.MARKER`)."""
+        ignore = kwargs.pop("ignore_patterns", None) or []
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+        return super().push_to_hub(repo_id, ignore_patterns=[*ignore, MARKER], **kwargs)  # type: ignore[misc]
 
     def _save_pretrained(self, save_directory: Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]

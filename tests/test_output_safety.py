@@ -96,7 +96,7 @@ def test_nan_weights_are_refused_naming_the_tensor(ckpt):
         MoiraiMoEModel.from_pretrained(ckpt)
 
 
-def test_export_refuses_an_evaluation_of_other_weights(ckpt, tmp_path, capsys):
+def test_export_refuses_an_evaluation_of_other_weights(ckpt, tmp_path, capsys, monkeypatch):
     other = tmp_path / "other"
     MoiraiMoEModel.from_model_config(MoiraiMoEModel.from_pretrained(ckpt).config).save_pretrained(other)
     eval_dir = tmp_path / "eval"
@@ -111,9 +111,30 @@ def test_export_refuses_an_evaluation_of_other_weights(ckpt, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "evaluates other weights" in err
     assert not (tmp_path / "r").exists()
+    pushed = {}
+
+    class FakeApi:  # stands in for the Hub: records what would be uploaded
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns=None, **kwargs):
+            import fnmatch
+
+            names = [p.name for p in Path(folder_path).iterdir()]
+            pushed.update({n: (Path(folder_path) / n).read_bytes() for n in names
+                           if not any(fnmatch.fnmatch(n, pat) for pat in ignore_patterns or [])})
+
+    import huggingface_hub.hub_mixin
+
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeApi)
     assert main(["export", "--checkpoint", str(other), "--eval", str(eval_dir), "--out", str(tmp_path / "r"),
-                 "--push-to-hub", "me/tiny", "--license", "apache-2.0"]) != 0  # the push needs network ...
-    card = (tmp_path / "r" / "README.md").read_text()  # ... but the folder is written first
+                 "--push-to-hub", "me/tiny", "--license", "apache-2.0"]) == 0
+    assert sorted(pushed) == ["README.md", "config.json", "model.safetensors"]  # no local marker file
+    card = (tmp_path / "r" / "README.md").read_text()
+    assert pushed["README.md"].decode() == card
     head = card.split("---")[1]
     for key in ("license: apache-2.0", "pipeline_tag: time-series-forecasting", "library_name: moe-ts", "tags:"):
         assert key in head

@@ -241,6 +241,7 @@ def test_unfinished_run_says_so_and_trainer_state_is_plain_json(workdir, tmp_pat
     assert len(info["corpus_fingerprint"]) == 64 and info["datasets"] == ["sines", "walks"]
     card = (out / "final" / "README.md").read_text()
     assert "NOT finished: stopped at step 3 of 8" in card
+    assert "datasets:\n- sines\n- walks" in card.split("---")[1]  # the card's metadata names the training data
     state = json.loads((out / "checkpoints" / "step-3" / "trainer_rank0.json").read_text())
     assert state["step"] == 3 and state["planned_steps"] == 8 and state["finished"] is False
     assert state["corpus_fingerprint"] == info["corpus_fingerprint"]
