@@ -163,12 +163,29 @@ def series_from_long(df: pd.DataFrame, id_column: str = "item_id", timestamp_col
     stamps = parse_timestamps(df[timestamp_column], where, label)
     values = numeric_values(df[target], where, label)
     ids = df[id_column].astype(str).to_numpy()
+    items = [(item, np.flatnonzero(ids == item)) for item in pd.unique(ids)]
+    common = None
+    if freq is None and any(len(rows) < 3 for _, rows in items):
+        common = _common_frequency(items, stamps, where)  # a 1- or 2-row item cannot show its own frequency
     out = []
-    for item in pd.unique(ids):
-        rows = np.flatnonzero(ids == item)
+    for item, rows in items:
         item_label = (lambda j, rows=rows: label(int(rows[j])))
-        out.append(_on_calendar(item, stamps[rows], values[rows], freq, f"{where} (item {item!r})", item_label))
+        item_freq = freq if freq is not None else (common if len(rows) < 3 else None)
+        out.append(_on_calendar(item, stamps[rows], values[rows], item_freq, f"{where} (item {item!r})", item_label))
     return out
+
+
+def _common_frequency(items: list[tuple[str, np.ndarray]], stamps: pd.DatetimeIndex, where: str) -> str | None:
+    """The frequency most items with 3+ increasing timestamps show, or None when none does."""
+    found: list[str] = []
+    for item, rows in items:
+        part = stamps[rows]
+        if len(part) >= 3 and bool(np.all(np.asarray(part[1:] > part[:-1]))):
+            try:
+                found.append(infer_frequency(part, f"{where} (item {item!r})"))
+            except TimeSeriesFrameError:
+                continue
+    return max(set(found), key=found.count) if found else None
 
 
 def series_from_wide(df: pd.DataFrame, timestamp_column: str = "date", freq: str | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
 import sys
 import time
@@ -93,7 +94,8 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         mark(out, "run")
         for name in remove_leftovers(out):
             say(f"removed incomplete checkpoint leftover {out / 'checkpoints' / name}")
-        save_file(run, out / "config.yaml")
+        save_file(run, out / ".config.tmp.yaml")  # atomic: other ranks may be reading it for --resume
+        os.replace(out / ".config.tmp.yaml", out / "config.yaml")
 
     sampler = WindowSampler(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
                             min_window_patches=tc.min_window_patches,

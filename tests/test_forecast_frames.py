@@ -106,6 +106,10 @@ def test_predict_df_gives_the_frame_users_know(ckpt):
                           + list(pd.date_range("2024-02-01", periods=5, freq="D")),
                           "target": np.r_[np.arange(20.0), np.ones(5)]})
     out = model.predict_df(frame, prediction_length=4, num_samples=8, seed=0)
+    one_row = pd.concat([frame, pd.DataFrame({"item_id": ["z"], "timestamp": [pd.Timestamp("2024-03-01")],
+                                              "target": [3.0]})])
+    z = model.predict_df(one_row, prediction_length=2, num_samples=8).query("item_id == 'z'")
+    assert list(z["timestamp"]) == [pd.Timestamp("2024-03-02"), pd.Timestamp("2024-03-03")]  # the others' "D"
     assert list(out.columns) == ["item_id", "timestamp", "mean"] + [f"{q:g}" for q in np.arange(1, 10) / 10]
     assert list(out["timestamp"][:4]) == list(pd.date_range("2024-01-21", periods=4, freq="D"))
     assert list(out["timestamp"][4:]) == list(pd.date_range("2024-02-06", periods=4, freq="D"))  # y: 5 points, padded
