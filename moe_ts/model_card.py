@@ -68,7 +68,8 @@ def architecture_summary(model) -> str:
 
 def card_eval_table(results_md: str) -> str:
     """An evaluation's results.md without the lines and path prefixes that only make sense on our machine."""
-    keep = [line for line in results_md.splitlines() if not line.startswith(("- command:", "- written"))]
+    keep = [("##" + line if line.startswith("#") else line)  # its headings sit under the card's "## Evaluation"
+            for line in results_md.splitlines() if not line.startswith(("- command:", "- written"))]
     text = "\n".join(keep)
     text = re.sub(r"- checkpoint: `[^`]*`", "- checkpoint: these weights", text)
     return re.sub(r"(?<![\w.:])(?:~|/)(?:[\w.\-]+/)+", "", text)  # absolute folder prefixes -> file names
@@ -79,5 +80,8 @@ def training_data_summary(info: dict | None) -> str:
     names = (info or {}).get("datasets") or []
     if not names:
         return ""
-    return ("Pretraining corpus (`moe-ts prepare`, evaluation test windows removed unless stated): "
+    how = {True: "evaluation test windows removed, zero-shot sets left out",
+           False: "evaluation data INCLUDED (`--include-eval`): its benchmark numbers are not zero-shot"}
+    note = how.get((info or {}).get("exclude_eval"), "")
+    return (f"Pretraining corpus (`moe-ts prepare`{'; ' + note if note else ''}): "
             + ", ".join(f"`{n}`" for n in names) + ".")

@@ -73,6 +73,14 @@ def _record(step: int, stats: StepStats, tokens_per_s: float, mfu: float | None)
     return {**record, **expert_load_stats(stats.expert_counts)}
 
 
+def _manifest_field(corpus_path: Path, key: str) -> object:
+    """A field of the corpus manifest, None when there is none (a corpus built by other means)."""
+    try:
+        return check_manifest(corpus_path).get(key)
+    except CorpusError:
+        return None
+
+
 def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, stop_at: int | None = None,
           t_start: float | None = None) -> dict:
     """The training loop; returns a summary dict (steps, final loss, seconds, paths)."""
@@ -180,7 +188,8 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     finished = step >= tc.steps
     training = {"step": step, "planned_steps": tc.steps, "finished": finished,
                 "reason": "finished" if finished else reason, "corpus": corpus.path.name,
-                "corpus_fingerprint": fingerprint, "datasets": list(sampler.dataset_names)}
+                "corpus_fingerprint": fingerprint, "datasets": list(sampler.dataset_names),
+                "exclude_eval": _manifest_field(corpus.path, "exclude_eval")}
     if dist.is_main:
         final = save_final(model, out, training)
     elapsed = time.time() - t_start
