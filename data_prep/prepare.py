@@ -1,28 +1,35 @@
 """Build the pretraining corpus: real datasets available offline (evaluation test spans cut away by default) plus
 seeded synthetic series, written as one Arrow dataset with a manifest.
 
-python -m data_prep.prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
+moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
     [--kernelsynth-count N] [--kernelsynth-length L] [--seed S] [--exclude-eval | --include-eval]
-    [--max-series-per-dataset N]
+    [--max-series-per-dataset N] [--overwrite]
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
 test span (data_prep.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (data_prep.registry.held_out_reason). --include-eval keeps
 everything (for experiments, and to show the leak check catches it).
+
+The corpus is built in a hidden sibling folder and moved to CORPUS_DIR only once its manifest.json is
+written with `"complete": true`: a killed run leaves no half-made corpus (`moe-ts pretrain` refuses a
+folder without a complete manifest), and its leftovers are removed by the next run. An existing CORPUS_DIR
+is replaced only when moe-ts wrote it, or with --overwrite (see `moe_ts.output_dir`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.corpus import CorpusEntry, cut_series, write_corpus
+from data_prep.corpus import BUILD_PREFIX, CorpusEntry, cut_series, write_corpus
 from data_prep.paths import resolve_data_dir
 from data_prep.synthetic import generate_kernelsynth, generate_synthetic
+from moe_ts.output_dir import check_output_dir, make_staging_dir, remove_leftovers, swap_in
 
 MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
 
@@ -43,7 +50,9 @@ def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_seri
                   stats: list[SourceStats]) -> Iterator[CorpusEntry]:
     from data_prep.registry import available, get_spec, held_out_reason, load_series, test_span
 
-    for name in names:
+    from tqdm import tqdm
+
+    for name in tqdm(names, desc="prepare: real datasets", unit="dataset", disable=None):
         spec = get_spec(name)
         st = SourceStats(spec.name)
         stats.append(st)
@@ -149,14 +158,17 @@ def default_datasets(data_dir: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="corpus directory to write (replaced if it exists)")
+    parser = argparse.ArgumentParser(prog="moe-ts prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="corpus directory to write (a new, empty or moe-ts folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even when it holds files moe-ts did not write")
     parser.add_argument("--data-dir", default=None, help="benchmark data directory (default: $MOE_TS_DATA_DIR or the repo's data/)")
     parser.add_argument("--datasets", default=None, help="comma-separated registry names (default: every dataset whose files are present)")
     parser.add_argument("--synthetic-count", type=int, default=1000, help="seasonal/trend/noise/intermittent series (default 1000)")
     parser.add_argument("--kernelsynth-count", type=int, default=1000, help="KernelSynth GP series (default 1000)")
     parser.add_argument("--kernelsynth-length", type=int, default=1024, help="length of each KernelSynth series (default 1024)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--exclude-eval", dest="exclude_eval", action="store_true", default=True,
                        help="cut evaluation test spans, drop zero-shot sets (default)")
@@ -164,6 +176,54 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep evaluation test spans and zero-shot sets (leaks: for experiments only)")
     parser.add_argument("--max-series-per-dataset", type=int, default=None, help="keep the first N series of each real dataset")
     return parser
+
+
+def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: Path, out: Path) -> None:
+    """Write the corpus and its complete manifest into `staging` (moved to `out` by the caller)."""
+    t0 = time.time()
+    stats: list[SourceStats] = []
+
+    def entries() -> Iterator[CorpusEntry]:
+        yield from _real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
+        yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length, args.seed, stats)
+
+    rows = write_corpus(entries(), staging)
+    cuts: list[dict] = []
+    if args.exclude_eval:
+        cuts = decontaminate(staging, data_dir, stats)
+        rows -= sum(1 for c in cuts if c["kept"] < MIN_LENGTH)
+    elapsed = time.time() - t0
+    print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
+    for st in stats:
+        extra = f" ({st.dropped_short} too short after the cut)" if st.dropped_short else ""
+        print(f"{st.name:22s} {st.series:8d} {st.points:12d}  {st.note}{extra}")
+    total_points = sum(st.points for st in stats)
+    print(f"{'total':22s} {rows:8d} {total_points:12d}  written to {out} in {elapsed:.1f}s")
+    if cuts:
+        print(f"decontaminated {len(cuts)} series holding copies of other series' test windows "
+              f"(e.g. {cuts[0]['dataset']}/{cuts[0]['item_id']}: {cuts[0]['reason']}); the leak check now passes")
+    elif args.exclude_eval:
+        print("leak check: no evaluation test window in the corpus")
+    manifest = {
+        "corpus": str(out),
+        "data_dir": str(data_dir),
+        "exclude_eval": args.exclude_eval,
+        "seed": args.seed,
+        "synthetic_count": args.synthetic_count,
+        "kernelsynth_count": args.kernelsynth_count,
+        "kernelsynth_length": args.kernelsynth_length,
+        "max_series_per_dataset": args.max_series_per_dataset,
+        "rows": rows,
+        "complete": True,  # written last: a corpus without it is an interrupted build
+        "points": total_points,
+        "decontaminated": cuts,
+        "sources": [
+            {"name": st.name, "series": st.series, "points": st.points, "dropped_short": st.dropped_short, "note": st.note,
+             "spans": [{"item_id": i, "span_start": a, "span_end": b, "source_length": n} for i, a, b, n in st.spans]}
+            for st in stats
+        ],
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,49 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = default_datasets(data_dir)
     out = Path(args.out)
-    t0 = time.time()
-    stats: list[SourceStats] = []
-
-    def entries() -> Iterator[CorpusEntry]:
-        yield from _real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
-        yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length, args.seed, stats)
-
-    rows = write_corpus(entries(), out)
-    cuts: list[dict] = []
-    if args.exclude_eval:
-        cuts = decontaminate(out, data_dir, stats)
-        rows -= sum(1 for c in cuts if c["kept"] < MIN_LENGTH)
-    elapsed = time.time() - t0
-    print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
-    for st in stats:
-        extra = f" ({st.dropped_short} too short after the cut)" if st.dropped_short else ""
-        print(f"{st.name:22s} {st.series:8d} {st.points:12d}  {st.note}{extra}")
-    total_points = sum(st.points for st in stats)
-    print(f"{'total':22s} {rows:8d} {total_points:12d}  written to {out} in {elapsed:.1f}s")
-    if cuts:
-        print(f"decontaminated {len(cuts)} series holding copies of other series' test windows "
-              f"(e.g. {cuts[0]['dataset']}/{cuts[0]['item_id']}: {cuts[0]['reason']}); the leak check now passes")
-    elif args.exclude_eval:
-        print("leak check: no evaluation test window in the corpus")
-    manifest = {
-        "corpus": str(out),
-        "data_dir": str(data_dir),
-        "exclude_eval": args.exclude_eval,
-        "seed": args.seed,
-        "synthetic_count": args.synthetic_count,
-        "kernelsynth_count": args.kernelsynth_count,
-        "kernelsynth_length": args.kernelsynth_length,
-        "max_series_per_dataset": args.max_series_per_dataset,
-        "rows": rows,
-        "points": total_points,
-        "decontaminated": cuts,
-        "sources": [
-            {"name": st.name, "series": st.series, "points": st.points, "dropped_short": st.dropped_short, "note": st.note,
-             "spans": [{"item_id": i, "span_start": a, "span_end": b, "source_length": n} for i, a, b, n in st.spans]}
-            for st in stats
-        ],
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    check_output_dir(out, args.overwrite)
+    for leftover in remove_leftovers(out, (f"{BUILD_PREFIX}.{out.name}.tmp-",)):
+        print(f"removed {leftover}, left behind by an interrupted build")
+    staging = make_staging_dir(out)
+    try:
+        _build(args, names, data_dir, staging, out)
+        swap_in(staging, out, "corpus")
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return 0
 
 

@@ -137,7 +137,11 @@ def evaluate_task(task: Task, forecasters: dict[str, Forecaster], cfg: RunConfig
         extra = cfg.model_kwargs if role == MODEL else {}
         acc = MetricAccumulator(EVAL_QUANTILES, with_scaled=task.with_scaled)
         t0 = time.perf_counter()
-        for c, lo in enumerate(range(0, n, cfg.chunk_size)):
+        from tqdm import tqdm
+
+        chunks = range(0, n, cfg.chunk_size)
+        for c, lo in enumerate(tqdm(chunks, desc=f"  {task.dataset} h={task.horizon} {role}", unit="batch",
+                                    leave=False, disable=None if len(chunks) > 1 else True)):
             idx = np.arange(lo, min(n, lo + cfg.chunk_size))
             contexts = task.contexts(idx)
             truth = task.truth(idx)
@@ -192,7 +196,9 @@ def run_suite(
     cfg = cfg or RunConfig()
     result = SuiteResult(suite)
     forecasters = reference_forecasters(model)
-    for name in datasets:
+    from tqdm import tqdm
+
+    for name in tqdm(datasets, desc=f"eval {suite}", unit="dataset", disable=None):
         try:
             tasks = build_tasks(name, suite, data_dir, options)
         except DatasetMissingError as err:

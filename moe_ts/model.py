@@ -7,9 +7,10 @@ below it and is imported by none of them: the network (`moe_ts.network`), the sa
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from huggingface_hub import ModelHubMixin
+from huggingface_hub import ModelCard, ModelHubMixin
 
 from moe_ts.config import ModelConfig, drop_runtime_keys
 from moe_ts.configuration import from_dict, to_dict
@@ -39,6 +40,8 @@ class MoiraiMoEModel(
     library_name="moe-ts",
     tags=["time-series", "forecasting", "mixture-of-experts"],
     repo_url="https://github.com/moe-ts/moe-ts",
+    pipeline_tag="time-series-forecasting",
+    license="other",  # `moe-ts export --license` sets the release's licence
     coders={ModelConfig: (_encode_config, _decode_config)},
     model_card_template=MODEL_CARD_TEMPLATE,
 ):
@@ -55,9 +58,25 @@ class MoiraiMoEModel(
         return cls(config)
 
     def generate_model_card(self, *args: Any, **kwargs: Any):
-        """The card template filled with this model's sizes (and `eval_table` when given)."""
+        """The card template filled with this model's sizes (and `eval_table`, `training`, ... when given).
+
+        `license` and `datasets` go into the card's YAML metadata.
+        """
         kwargs.setdefault("architecture", architecture_summary(self))
-        return super().generate_model_card(*args, **kwargs)
+        card_data = copy.deepcopy(self._hub_mixin_info.model_card_data)
+        for key in ("license", "datasets"):
+            if kwargs.get(key):
+                setattr(card_data, key, kwargs.pop(key))
+        kwargs.pop("license", None), kwargs.pop("datasets", None)
+        return ModelCard.from_template(card_data=card_data, template_str=self._hub_mixin_info.model_card_template,
+                                       repo_url=self._hub_mixin_info.repo_url, **kwargs)
+
+    def predict_df(self, df: Any, prediction_length: int, **kwargs: Any) -> Any:
+        """Forecast a long pandas DataFrame (item_id, timestamp, target) into one (item_id, timestamp, mean,
+        quantile columns); see `moe_ts.dataframe.predict_df` for the arguments."""
+        from moe_ts.dataframe import predict_df
+
+        return predict_df(self, df, prediction_length, **kwargs)
 
     def forecast(self, contexts: object, prediction_length: int, **kwargs: Any) -> ForecastOutput:
         """Probabilistic forecast; see `moe_ts.forecasting.forecast` for the arguments."""

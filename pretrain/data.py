@@ -72,7 +72,7 @@ def load_corpus(path: str | Path) -> Corpus:
 
     path = Path(path)
     if not path.exists():
-        raise CorpusError(f"{path}: corpus directory not found")
+        raise CorpusError(f"{path}: corpus directory not found (build one with `moe-ts prepare --out {path}`)")
     state = path / "state.json"
     if state.is_file() and json.loads(state.read_text()).get("_data_files") == []:  # datasets cannot load 0 shards
         raise CorpusError(f"{path}: corpus is empty (0 series)")

@@ -16,7 +16,7 @@ PACKAGES = ("kernels", "moe_ts", "data_prep", "pretrain", "eval", "cli")
 ALLOWED = {
     "kernels": set(),
     "moe_ts": {"kernels"},
-    "data_prep": set(),
+    "data_prep": {"moe_ts"},  # only moe_ts.output_dir (safe output folders), shared with the hub I/O
     "pretrain": {"kernels", "moe_ts", "data_prep"},
     "eval": {"kernels", "moe_ts", "data_prep"},
     "cli": {"kernels", "moe_ts", "data_prep", "pretrain", "eval"},
