@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Pretrain, evaluate and release Moirai-MoE-style sparse mixture-of-experts forecasters",
     python_requires=">=3.10",
-    packages=find_packages(include=["moe_ts*", "kernels*", "pretrain*", "eval*", "data_prep*"]),
+    packages=find_packages(include=["moe_ts*", "kernels*", "pretrain*", "eval*", "data_prep*", "cli*"]),
     install_requires=[
         "torch",  # pinned to the CPU build by constraints.txt (see README)
         "triton",
@@ -35,5 +35,5 @@ setup(
         # GPU only: megablocks 0.10.0 pins torch 2.7 and needs its CUDA extension built on the device.
         "gpu": ["megablocks"],
     },
-    entry_points={"console_scripts": ["moe-ts=moe_ts.cli:main"]},
+    entry_points={"console_scripts": ["moe-ts=cli.main:main"]},
 )

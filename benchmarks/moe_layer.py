@@ -1,4 +1,4 @@
-"""MoE layer speed per backend against a dense SwiGLU FFN with the same active FLOPs (DESIGN §4).
+"""MoE layer speed per backend against a dense SwiGLU FFN with the same active FLOPs (docs/ARCHITECTURE.md §3).
 
     python benchmarks/moe_layer.py --out benchmarks/results/moe_layer_cpu.json          # CPU: small size
     python benchmarks/moe_layer.py --out benchmarks/results/moe_layer_h100.json         # GPU: T=65536, D=768, F=1024, E=32, k=2, bf16
@@ -35,7 +35,9 @@ if not torch.cuda.is_available():  # before anything imports triton / deepspeed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pretrain.moe_deepspeed  # noqa: E402,F401  (registers the "deepspeed" dispatcher)
 from moe_ts.config import MoEConfig  # noqa: E402
+from moe_ts.dispatch import set_moe_backend  # noqa: E402
 from moe_ts.moe import MoELayer  # noqa: E402
 
 GPU_SIZE = dict(tokens=65536, d_model=768, d_ff=1024, experts=32, top_k=2, dtype="bfloat16")
@@ -134,12 +136,10 @@ def layer_rows(args, device, dtype) -> tuple[list[dict], float]:
     dense_s = time_it(fwd_bwd(dense, x, grad), device, args.warmup, args.repeats)
     rows = [{"name": f"dense SwiGLU FFN (d_ff={k * Fh})", "seconds": dense_s, "TFLOP_per_s": flops / dense_s / 1e12,
              "time_vs_dense_ffn": 1.0, "note": ""}]
-    cfg = MoEConfig(num_experts=E, top_k=k, d_ff=Fh, gate=args.gate, capacity_factor=args.capacity_factor)
+    cfg = MoEConfig(num_experts=E, top_k=k, d_ff=Fh, gate=args.gate)
     base = MoELayer(D, cfg, init_std=D**-0.5).to(device=device, dtype=dtype)
     for backend in args.backends:
         layer = copy.deepcopy(base)
-        layer.cfg = copy.copy(cfg)
-        layer.cfg.backend = backend
         note = ""
         if backend == "triton":
             note = "experts: " + grouped_mm_path(x, layer.experts.w_gate, layer.experts.w_up, layer.experts.w_down)
@@ -148,6 +148,7 @@ def layer_rows(args, device, dtype) -> tuple[list[dict], float]:
         if backend == "deepspeed":
             note = f"capacity factor {args.capacity_factor} (capacity-based: may drop)"
         try:
+            set_moe_backend(layer, backend, capacity_factor=args.capacity_factor)
             seconds = time_it(fwd_bwd(layer, x, grad), device, args.warmup, args.repeats)
         except RuntimeError as err:  # e.g. megablocks on CPU: report the reason, keep the other rows
             rows.append({"name": f"moe: {backend}", "seconds": None, "TFLOP_per_s": None, "time_vs_dense_ffn": None,

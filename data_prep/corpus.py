@@ -33,6 +33,7 @@ FEATURES = datasets.Features(
         "span_end": datasets.Value("int64"),
     }
 )
+BUILD_PREFIX = ".corpus-build-"  # + the corpus folder's name: Arrow cache of a write in progress
 
 
 @dataclass
@@ -87,7 +88,7 @@ def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLik
     Rows go through Dataset.from_generator, which writes Arrow batches to a temporary cache, so memory stays low."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".corpus-build-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{BUILD_PREFIX}{path.name}-", dir=path.parent))
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:

@@ -1,7 +1,7 @@
 """Prove that no evaluation test window appears in a corpus.
 
 For every available evaluation dataset (every registry entry whose files are present) and every series, the test
-span (eval.registry.test_span) is cut into sliding windows of length w = min(span length, WINDOW) (stride 1).
+span (data_prep.registry.test_span) is cut into sliding windows of length w = min(span length, WINDOW) (stride 1).
 A window counts as *leaked* when the same float32 values appear contiguously inside one corpus target, except
 inside the pre-test history of the very same series (same dataset and source item, ending before the test span
 starts): a series that repeats itself exactly (e.g. M4 H295) shows those values in its own evaluation context
@@ -10,7 +10,7 @@ counts) are skipped: they carry too little identity and match unrelated series b
 excludes them by construction. Matching is a 64-bit polynomial hash over the float32 bit patterns (-0.0 folded into 0.0),
 and every hash hit is confirmed by comparing the values, so a reported leak is a real copy.
 
-`python -m data_prep.leak_check CORPUS_DIR (or --corpus CORPUS_DIR) [--data-dir DIR] [--datasets a,b] [--window 16]` exits 1 and names the
+`moe-ts check CORPUS_DIR (or --corpus CORPUS_DIR) [--data-dir DIR] [--datasets a,b] [--window 16]` exits 1 and names the
 offending dataset / series when any test window is found, 0 otherwise.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ def collect_test_windows(
     report: LeakReport | None = None, min_distinct: int = MIN_DISTINCT,
 ) -> dict[int, _EvalWindows]:
     """Hash the test windows of every available evaluation dataset (or of `names`), grouped by window length."""
-    from eval.registry import all_specs, available, get_spec, load_series, test_span
+    from data_prep.registry import all_specs, available, get_spec, load_series, test_span
 
     specs = [get_spec(n) for n in names] if names else all_specs()
     refs_by_w: dict[int, list[tuple[str, str, int, int, np.ndarray]]] = defaultdict(list)
@@ -188,8 +188,8 @@ def check_corpus(
 ) -> LeakReport:
     """Search the corpus for every available evaluation test window; returns a LeakReport (report.ok when clean)."""
     report = LeakReport()
+    corpus = load_corpus(corpus_path)  # first: a bad path fails before the slow window collection
     windows = collect_test_windows(data_dir, names, window, report, min_distinct)
-    corpus = load_corpus(corpus_path)
     table = corpus.data.table if hasattr(corpus.data, "table") else corpus.data
     targets = table.column("target")
     datasets_col = table.column("dataset").to_pylist()
@@ -222,8 +222,8 @@ def check_corpus(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: check a corpus; print the summary; exit status 1 when a test window is found."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.leak_check", description=__doc__.splitlines()[0])
-    parser.add_argument("corpus_dir", nargs="?", help="corpus directory written by data_prep.prepare")
+    parser = argparse.ArgumentParser(prog="moe-ts check", description=__doc__.splitlines()[0])
+    parser.add_argument("corpus_dir", nargs="?", help="corpus directory written by `moe-ts prepare`")
     parser.add_argument("--corpus", default=None, help="the corpus directory (same as the positional argument)")
     parser.add_argument("--data-dir", default=None, help="benchmark data directory (default: $MOE_TS_DATA_DIR or the repo's data/)")
     parser.add_argument("--datasets", default=None, help="comma-separated registry names (default: every available one)")

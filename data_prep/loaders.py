@@ -1,5 +1,5 @@
 """Dataset loaders keyed by the registry's `loader` field: each turns a dataset's files into its FULL series
-(train and test joined) as list[Series]. Called by eval.registry.load_series and the corpus builder."""
+(train and test joined) as list[Series]. Called by data_prep.registry.load_series and the corpus builder."""
 from __future__ import annotations
 
 from pathlib import Path

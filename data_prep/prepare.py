@@ -1,28 +1,35 @@
 """Build the pretraining corpus: real datasets available offline (evaluation test spans cut away by default) plus
 seeded synthetic series, written as one Arrow dataset with a manifest.
 
-python -m data_prep.prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
+moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
     [--kernelsynth-count N] [--kernelsynth-length L] [--seed S] [--exclude-eval | --include-eval]
-    [--max-series-per-dataset N]
+    [--max-series-per-dataset N] [--overwrite]
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
-test span (eval.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (eval.registry.held_out_reason). --include-eval keeps
+test span (data_prep.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (data_prep.registry.held_out_reason). --include-eval keeps
 everything (for experiments, and to show the leak check catches it).
+
+The corpus is built in a hidden sibling folder and moved to CORPUS_DIR only once its manifest.json is
+written with `"complete": true`: a killed run leaves no half-made corpus (`moe-ts pretrain` refuses a
+folder without a complete manifest), and its leftovers are removed by the next run. An existing CORPUS_DIR
+is replaced only when moe-ts wrote it, or with --overwrite (see `moe_ts.output_dir`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.corpus import CorpusEntry, cut_series, write_corpus
+from data_prep.corpus import BUILD_PREFIX, CorpusEntry, cut_series, write_corpus
 from data_prep.paths import resolve_data_dir
 from data_prep.synthetic import generate_kernelsynth, generate_synthetic
+from moe_ts.output_dir import check_output_dir, make_staging_dir, remove_leftovers, swap_in
 
 MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
 
@@ -41,9 +48,11 @@ class SourceStats:
 
 def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_series: int | None,
                   stats: list[SourceStats]) -> Iterator[CorpusEntry]:
-    from eval.registry import available, get_spec, held_out_reason, load_series, test_span
+    from data_prep.registry import available, get_spec, held_out_reason, load_series, test_span
 
-    for name in names:
+    from tqdm import tqdm
+
+    for name in tqdm(names, desc="prepare: real datasets", unit="dataset", disable=None):
         spec = get_spec(name)
         st = SourceStats(spec.name)
         stats.append(st)
@@ -143,20 +152,23 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
 
 def default_datasets(data_dir: Path) -> list[str]:
     """Every registered dataset whose files are present."""
-    from eval.registry import all_specs, available
+    from data_prep.registry import all_specs, available
 
     return [s.name for s in all_specs() if available(s, data_dir)]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="corpus directory to write (replaced if it exists)")
+    parser = argparse.ArgumentParser(prog="moe-ts prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="corpus directory to write (a new, empty or moe-ts folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even when it holds files moe-ts did not write")
     parser.add_argument("--data-dir", default=None, help="benchmark data directory (default: $MOE_TS_DATA_DIR or the repo's data/)")
     parser.add_argument("--datasets", default=None, help="comma-separated registry names (default: every dataset whose files are present)")
     parser.add_argument("--synthetic-count", type=int, default=1000, help="seasonal/trend/noise/intermittent series (default 1000)")
     parser.add_argument("--kernelsynth-count", type=int, default=1000, help="KernelSynth GP series (default 1000)")
     parser.add_argument("--kernelsynth-length", type=int, default=1024, help="length of each KernelSynth series (default 1024)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--exclude-eval", dest="exclude_eval", action="store_true", default=True,
                        help="cut evaluation test spans, drop zero-shot sets (default)")
@@ -166,29 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build the corpus, print a summary table, write CORPUS_DIR/manifest.json. Returns 0."""
-    args = build_parser().parse_args(argv)
-    for flag in ("synthetic_count", "kernelsynth_count"):
-        if getattr(args, flag) < 0:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be >= 0")
-    data_dir = resolve_data_dir(args.data_dir)
-    if not data_dir.is_dir():
-        raise SystemExit(f"data directory {data_dir} does not exist")
-    if args.datasets:
-        from eval.registry import get_spec
-
-        from eval.registry import DatasetMissingError, resolve_files
-
-        names = [get_spec(n.strip()).name for n in args.datasets.split(",") if n.strip()]
-        for name in names:  # a dataset asked for by name must be there: say which file is missing
-            try:
-                resolve_files(get_spec(name), data_dir)
-            except DatasetMissingError as err:
-                raise SystemExit(str(err)) from None
-    else:
-        names = default_datasets(data_dir)
-    out = Path(args.out)
+def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: Path, out: Path) -> None:
+    """Write the corpus and its complete manifest into `staging` (moved to `out` by the caller)."""
     t0 = time.time()
     stats: list[SourceStats] = []
 
@@ -196,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         yield from _real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
         yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length, args.seed, stats)
 
-    rows = write_corpus(entries(), out)
+    rows = write_corpus(entries(), staging)
     cuts: list[dict] = []
     if args.exclude_eval:
-        cuts = decontaminate(out, data_dir, stats)
+        cuts = decontaminate(staging, data_dir, stats)
         rows -= sum(1 for c in cuts if c["kept"] < MIN_LENGTH)
     elapsed = time.time() - t0
     print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
@@ -223,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernelsynth_length": args.kernelsynth_length,
         "max_series_per_dataset": args.max_series_per_dataset,
         "rows": rows,
+        "complete": True,  # written last: a corpus without it is an interrupted build
         "points": total_points,
         "decontaminated": cuts,
         "sources": [
@@ -231,7 +223,42 @@ def main(argv: list[str] | None = None) -> int:
             for st in stats
         ],
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the corpus, print a summary table, write CORPUS_DIR/manifest.json. Returns 0."""
+    args = build_parser().parse_args(argv)
+    for flag in ("synthetic_count", "kernelsynth_count"):
+        if getattr(args, flag) < 0:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be >= 0")
+    data_dir = resolve_data_dir(args.data_dir)
+    if not data_dir.is_dir():
+        raise SystemExit(f"data directory {data_dir} does not exist")
+    if args.datasets:
+        from data_prep.registry import get_spec
+
+        from data_prep.registry import DatasetMissingError, resolve_files
+
+        names = [get_spec(n.strip()).name for n in args.datasets.split(",") if n.strip()]
+        for name in names:  # a dataset asked for by name must be there: say which file is missing
+            try:
+                resolve_files(get_spec(name), data_dir)
+            except DatasetMissingError as err:
+                raise SystemExit(str(err)) from None
+    else:
+        names = default_datasets(data_dir)
+    out = Path(args.out)
+    check_output_dir(out, args.overwrite)
+    for leftover in remove_leftovers(out, (f"{BUILD_PREFIX}.{out.name}.tmp-",)):
+        print(f"removed {leftover}, left behind by an interrupted build")
+    staging = make_staging_dir(out)
+    try:
+        _build(args, names, data_dir, staging, out)
+        swap_in(staging, out, "corpus")
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Naive and Seasonal Naive forecasters with the model's `forecast` interface (DESIGN §7).
+"""Naive and Seasonal Naive forecasters with the model's `forecast` interface (docs/ARCHITECTURE.md §6).
 
 Both are point forecasters: every quantile equals the point (`ForecastOutput.from_point`).
 Missing values (NaN) in a context are handled by using the last *observed* value (Naive) or, per

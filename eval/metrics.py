@@ -1,4 +1,4 @@
-"""Forecast accuracy metrics (DESIGN §7), numpy, NaN-aware in the truth.
+"""Forecast accuracy metrics (docs/ARCHITECTURE.md §6), numpy, NaN-aware in the truth.
 
 Shapes: `y` truth [N, H] (NaN = missing, those points are left out of every sum and mean),
 `point` a point forecast [N, H], `q_nqh` quantile forecasts [N, Q, H], `samples_nsh` [N, S, H],

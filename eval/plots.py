@@ -1,4 +1,4 @@
-"""Forecast plots (DESIGN §7): per task, a few series with the context tail, the median, the 10-90% band and
+"""Forecast plots (docs/ARCHITECTURE.md §6): per task, a few series with the context tail, the median, the 10-90% band and
 the truth, saved as PNG with matplotlib's Agg backend (no display needed)."""
 from __future__ import annotations
 

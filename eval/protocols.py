@@ -1,7 +1,7 @@
-"""Evaluation protocols (DESIGN §7): turn a dataset's full series into test instances (context, truth).
+"""Evaluation protocols (docs/ARCHITECTURE.md §6): turn a dataset's full series into test instances (context, truth).
 
 - Monash / zero-shot ("last windows"): the test span is the last `windows × horizon` points of each
-  series (`eval.registry.test_span`), cut into non-overlapping windows (stride = horizon). The
+  series (`data_prep.registry.test_span`), cut into non-overlapping windows (stride = horizon). The
   context of a window is up to `context_length` points before it; the MASE/MSIS scale is the
   seasonal error of the *whole* history before the window (GluonTS convention).
 - LSF: each channel is standardised with the mean/std of its training split (`lsf_train_end`),
@@ -256,7 +256,7 @@ class TaskOptions:
 
 def build_tasks(name: str, suite: str, data_dir: str | os.PathLike[str] | None, options: TaskOptions) -> list[Task]:
     """Load a registered dataset and build its tasks under `suite`'s protocol (raises DatasetMissingError)."""
-    from eval import registry
+    from data_prep import registry
 
     spec = registry.get_spec(name)
     series = registry.load_series(spec, data_dir)

@@ -1,4 +1,4 @@
-"""Results files (DESIGN §7): results.csv (one row per dataset × horizon × role × metric, plus one row per
+"""Results files (docs/ARCHITECTURE.md §6): results.csv (one row per dataset × horizon × role × metric, plus one row per
 missing dataset), aggregate.csv and results.md (per-dataset tables and the geometric-mean aggregate of the
 model's metric relative to Seasonal Naive, and of every other role that ran: Naive, the statsforecast baselines
 of `--baselines`, the probes' oracle).

@@ -1,16 +1,19 @@
-"""Zero-shot evaluation CLI (DESIGN §7).
+"""Zero-shot evaluation CLI (docs/ARCHITECTURE.md §6; README.md "Using it").
 
-    python -m eval.run --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR \
-        [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0] \
-        [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N] \
-        [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N]
-    python -m eval.run --checkpoint DIR --suite probes --out DIR [--probe-series 8]
-    python -m eval.run --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
+    moe-ts eval --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR
+        [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0]
+        [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N]
+        [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N] [--decode median|mean|sample]
+    moe-ts eval --checkpoint DIR --suite probes --out DIR [--probe-series 8]
+    moe-ts eval --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
+    moe-ts eval --list [--data-dir DIR]      # every registered dataset: available / missing, where its file goes
 
 `--checkpoint naive` or `seasonal_naive` evaluates a baseline by name (a sanity run). Writes
 results.csv, aggregate.csv, results.md and plots/<suite>/<dataset>_h<H>.png under --out, and prints
-the markdown. Missing datasets are reported as "missing: put FILE under DIR"; any subsampling
-(--max-series, --max-windows, --lsf-stride > 1) is written beside every number it affects.
+the markdown, and checkpoint.json (the SHA-256 of the evaluated weights, which `moe-ts export` checks).
+Datasets of a suite whose files are absent are reported as "missing: put FILE under DIR"; a dataset named in
+--datasets that is missing is an error. Any subsampling (--max-series, --max-windows, --lsf-stride > 1) is
+written beside every number it affects.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from eval.plots import plot_suite
 from eval.protocols import TaskOptions, tsf_task
 from eval.report import write_reports
 from eval.runner import Forecaster, RunConfig, SuiteResult, parse_baselines, run_suite, run_task_suite
+from moe_ts.output_dir import check_output_dir, mark
 
 SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "probes", "all")
 ALL_SUITES = ("monash", "zeroshot", "lsf")
@@ -56,19 +60,23 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="model folder (from_pretrained), or 'naive' / 'seasonal_naive'")
-    what = p.add_mutually_exclusive_group(required=True)
+    p = argparse.ArgumentParser(prog="moe-ts eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="model folder (from_pretrained), or 'naive' / 'seasonal_naive' (required)")
+    what = p.add_mutually_exclusive_group()
     what.add_argument("--suite", choices=SUITE_CHOICES, help="registered suite ('all' = monash, zeroshot, lsf)")
     what.add_argument("--tsf", type=Path, help="evaluate one Monash-format .tsf file (last window, its own @horizon)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    what.add_argument("--list", action="store_true", help="list every registered dataset with available / missing "
+                                                          "and where its file goes, then exit")
+    p.add_argument("--out", type=Path, help="output folder (required): new, empty, or written by moe-ts")
+    p.add_argument("--overwrite", action="store_true", help="write into --out even when it holds files moe-ts did not write")
     p.add_argument("--datasets", help="comma-separated registry names (default: the whole suite)")
     p.add_argument("--data-dir", help="data folder (default: $MOE_TS_DATA_DIR, else <repo>/data)")
     p.add_argument("--horizon", type=_positive, help="--tsf only: horizon when the file has no @horizon (overrides it)")
     p.add_argument("--seasonality", type=_positive, help="--tsf only: season length (default: Monash's for the frequency)")
-    p.add_argument("--num-samples", type=_positive, default=100)
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=_positive, default=100, help="sample paths per forecast (default 100)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="series per model forward pass (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--context-length", type=_positive, help="override every dataset's registered context length")
     p.add_argument("--max-series", type=_positive, help="keep the first N series (channels for LSF) of each dataset")
     p.add_argument("--max-windows", type=_positive, help="keep at most N windows per series (LSF: evenly thinned)")
@@ -86,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _suite_datasets(suite: str, requested: list[str] | None) -> list[str]:
-    from eval.registry import get_spec, list_suite
+    from data_prep.registry import get_spec, list_suite
 
     names = list_suite(suite)
     if requested is None:
@@ -97,7 +105,7 @@ def _suite_datasets(suite: str, requested: list[str] | None) -> list[str]:
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(suite, datasets) pairs to run; every requested dataset must belong to one of the suites."""
-    from eval.registry import get_spec
+    from data_prep.registry import get_spec
 
     suites = ALL_SUITES if args.suite == "all" else (args.suite,)
     requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
@@ -110,12 +118,28 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return [(s, ds) for s, ds in plan if ds]
 
 
+def _fail(message: str, code: int) -> None:
+    """One line on stderr and exit `code` (no usage block, no traceback)."""
+    print(f"moe-ts eval: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list:
+        from eval.listing import dataset_listing
+
+        print(dataset_listing(args.data_dir))
+        return 0
+    for flag, value in (("--checkpoint", args.checkpoint), ("--suite or --tsf", args.suite or args.tsf),
+                        ("--out", args.out)):
+        if not value:
+            parser.error(f"{flag} is required (or --list)")
     t0 = time.perf_counter()
     try:
         baselines = parse_baselines(args.baselines)
+        check_output_dir(args.out, args.overwrite)
         model, model_name, model_kwargs = load_forecaster(args.checkpoint)
         if args.tsf is not None:
             if args.datasets or args.data_dir:
@@ -136,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.horizon or args.seasonality:
                 raise ValueError("--horizon and --seasonality apply to --tsf only (registered sets use their protocol)")
             plan = _plan(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        parser.error(str(err.args[0] if isinstance(err, KeyError) and err.args else err))
+    except (ValueError, KeyError, FileNotFoundError) as err:  # one line, no usage block
+        _fail(str(err.args[0] if isinstance(err, KeyError) and err.args else err), 2)
 
     if args.decode is not None:
         if args.checkpoint in ("naive", "seasonal_naive"):
-            parser.error("--decode applies to a model checkpoint, not a baseline")
+            _fail("--decode applies to a model checkpoint, not a baseline", 2)
         model_kwargs = {**model_kwargs, "decode": args.decode}
     cfg = RunConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
                     chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=model_kwargs)
@@ -158,13 +182,20 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_suite(suite, datasets, model, args.data_dir, options, cfg, baselines=baselines,
                                  n_jobs=args.n_jobs))
 
+    missing = [f"{m.dataset} ({m.message})" for r in results for m in r.missing]
+    if not any(r.tasks for r in results):
+        _fail(f"nothing evaluated, every dataset is missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
     args.out.mkdir(parents=True, exist_ok=True)
+    mark(args.out, "eval")
+    from moe_ts.provenance import write_eval_source
+
+    write_eval_source(args.out, args.checkpoint if Path(args.checkpoint).is_dir() else None)  # None: a baseline
     if args.plot_series > 0:
         for r in results:
             plot_suite(r, args.out, model_name)
     argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     header = [
-        f"- command: `python -m eval.run {argv_text}`",
+        f"- command: `moe-ts eval {argv_text}`",
         f"- checkpoint: `{args.checkpoint}`; samples {args.num_samples}, seed {args.seed}, batch {args.batch_size}",
         f"- protocol options: context length {args.context_length or ('1000' if args.tsf else 'per dataset')}, "
         f"LSF stride {args.lsf_stride}, "
@@ -178,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "probes":
         text += "\n" + write_probe_table(results[-1], args.out, model_name)
     print(text)
+    if args.datasets and missing:  # asked for by name: the results are written, but the run is not complete
+        _fail(f"requested dataset(s) missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Zero-shot runner (DESIGN §7): evaluate a forecaster and the Naive / Seasonal Naive baselines on the same
+"""Zero-shot runner (docs/ARCHITECTURE.md §6): evaluate a forecaster and the Naive / Seasonal Naive baselines on the same
 test instances of each dataset, streaming instances in chunks and accumulating dataset-level metrics.
 
 Any object with the model's `forecast(contexts, prediction_length, num_samples=, quantile_levels=, seed=,
@@ -143,7 +143,11 @@ def evaluate_task(task: Task, forecasters: dict[str, Forecaster], cfg: RunConfig
         extra = cfg.model_kwargs if role == MODEL else {}
         acc = MetricAccumulator(EVAL_QUANTILES, with_scaled=task.with_scaled)
         t0 = time.perf_counter()
-        for c, lo in enumerate(range(0, n, cfg.chunk_size)):
+        from tqdm import tqdm
+
+        chunks = range(0, n, cfg.chunk_size)
+        for c, lo in enumerate(tqdm(chunks, desc=f"  {task.dataset} h={task.horizon} {role}", unit="batch",
+                                    leave=False, disable=None if len(chunks) > 1 else True)):
             idx = np.arange(lo, min(n, lo + cfg.chunk_size))
             contexts = task.contexts(idx)
             truth = task.truth(idx)
@@ -222,13 +226,15 @@ def run_suite(
     n_jobs: int = 1,
 ) -> SuiteResult:
     """Evaluate `model` (and the baselines) on `datasets` under `suite`'s protocol; absent files -> `missing`."""
-    from eval.registry import DatasetMissingError
+    from data_prep.registry import DatasetMissingError
 
     options = options or TaskOptions()
     cfg = cfg or RunConfig()
     result = SuiteResult(suite)
     forecasters = reference_forecasters(model, baselines, n_jobs)
-    for name in datasets:
+    from tqdm import tqdm
+
+    for name in tqdm(datasets, desc=f"eval {suite}", unit="dataset", disable=None):
         try:
             tasks = build_tasks(name, suite, data_dir, options)
         except DatasetMissingError as err:

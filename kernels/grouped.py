@@ -1,4 +1,4 @@
-"""Grouped expert GEMMs (DESIGN §4 step 3): SwiGLU experts over expert-contiguous rows.
+"""Grouped expert GEMMs (docs/ARCHITECTURE.md §3): SwiGLU experts over expert-contiguous rows.
 
 `torch._grouped_mm` runs all E GEMMs of one projection in one call with the group ends on the
 device (no host sync). torch 2.13's CPU build has it (composite fallback, float32/bfloat16/float16);
@@ -10,6 +10,8 @@ prints: the fallback is explicit, never silent.
 Shape legend: P permuted rows (T·k), D model width, F expert hidden width, E experts.
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,15 @@ def grouped_mm(x_pd: Tensor, w_eio: Tensor, ends_e: Tensor) -> Tensor:
     return torch._grouped_mm(x_pd, w_eio, offs=ends_e)
 
 
+def swiglu(x: Tensor, w_gate: Any, w_up: Any, w_down: Any, mm: Callable[[Tensor, Any], Tensor] = torch.matmul) -> Tensor:
+    """The one SwiGLU expert formula: mm(silu(mm(x, W_gate)) ⊙ mm(x, W_up), W_down).
+
+    `mm` is the product: a plain matmul for one expert, a grouped GEMM over expert blocks, a batched
+    GEMM over a capacity buffer, or `lambda a, lin: lin(a)` for nn.Linear weights.
+    """
+    return mm(F.silu(mm(x, w_gate)) * mm(x, w_up), w_down)
+
+
 def grouped_swiglu(x_pd: Tensor, offsets_e1: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
                    path: str | None = None) -> Tensor:
     """Expert e on its row block offsets[e]:offsets[e+1]: (silu(x·W_gate[e]) ⊙ x·W_up[e])·W_down[e] → [P, D]."""
@@ -53,15 +64,19 @@ def grouped_swiglu(x_pd: Tensor, offsets_e1: Tensor, w_gate: Tensor, w_up: Tenso
         return x_pd.new_zeros(0, w_down.shape[-1])
     if path == GROUPED_MM:
         ends = offsets_e1[1:].to(torch.int32).contiguous()
-        h_pf = F.silu(grouped_mm(x_pd, w_gate, ends)) * grouped_mm(x_pd, w_up, ends)
-        return grouped_mm(h_pf, w_down, ends)
+        return swiglu(x_pd, w_gate, w_up, w_down, lambda a, w: grouped_mm(a, w, ends))
     return swiglu_loop(x_pd, (offsets_e1[1:] - offsets_e1[:-1]), w_gate, w_up, w_down)
 
 
 def swiglu_loop(x_pd: Tensor, counts_e: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
-    """Reference and fallback: loop over experts with `torch.split` by counts (one host sync)."""
+    """Reference and fallback: loop over experts with `torch.split` by counts (one host sync).
+
+    The stacked weights are unbound once: indexing `w[e]` inside the loop would make autograd
+    zero-fill a full [E, D, F] gradient for every expert (E of them per weight, per backward).
+    """
+    gate_e, up_e, down_e = w_gate.unbind(0), w_up.unbind(0), w_down.unbind(0)
     out = []
     for e, chunk in enumerate(torch.split(x_pd, counts_e.tolist())):
         if chunk.shape[0] > 0:
-            out.append((F.silu(chunk @ w_gate[e]) * (chunk @ w_up[e])) @ w_down[e])
+            out.append(swiglu(chunk, gate_e[e], up_e[e], down_e[e]))
     return torch.cat(out, dim=0) if out else x_pd.new_zeros(0, w_down.shape[-1])

@@ -1,4 +1,4 @@
-"""Permute / un-permute (DESIGN §4 steps 2 and 4): token rows ↔ expert-contiguous rows.
+"""Permute / un-permute (docs/ARCHITECTURE.md §3, kernel steps 2 and 4): token rows ↔ expert-contiguous rows.
 
 `permute(x_td, slots_tk)` copies token t's row to rows slots[t, i] (i < k) of a [T·k, D] buffer
 ordered by expert; `unpermute(y_pd, slots_tk, weights_tk)` gathers each token's k expert outputs

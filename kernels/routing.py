@@ -1,7 +1,8 @@
-"""Top-k routing (DESIGN §4 step 1): gate scores → expert ids, weights, counts, offsets, permutation slots.
+"""Fused top-k routing (docs/ARCHITECTURE.md §3): gate scores → expert ids, weights, counts, offsets, slots.
 
-Three layers, as the design asks: `@triton.jit` kernels → `torch.autograd.Function`s → the functions
-`route_logits` / `route_centroids`; the plain-torch references `route_*_reference` sit beside them.
+Three layers: `@triton.jit` kernels → `torch.autograd.Function`s → the functions `route_logits` /
+`route_centroids`, returning the one routing record `kernels.topk.Routing`; the plain-torch references
+(`route_reference`, `centroid_scores_reference`) live in `kernels.topk` (no triton) and are re-exported here.
 
 Shape legend: T tokens, D model width, E experts, k top-k, NB route blocks (ceil(T / BLOCK_T)).
 
@@ -19,30 +20,17 @@ Ties between equal scores pick the lowest expert id. Arithmetic is float32 insid
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 import triton
 import triton.language as tl
 
-from kernels._common import alloc, check_2d, col_block, interpreted, pow2, row_block
+from kernels._common import alloc, check_2d, interpreted, pow2
+from kernels.topk import WEIGHTINGS, Routing, centroid_scores_reference, check_route_args, route_reference
 
-WEIGHTINGS = ("softmax_topk", "softmax_renorm")
+__all__ = ["Routing", "route_logits", "route_centroids", "route_reference", "centroid_scores_reference", "WEIGHTINGS"]
 SELECTS = ("nearest", "farthest")
-
-
-@dataclass
-class RouteResult:
-    """Routing of T tokens to k of E experts, plus what the dispatcher needs."""
-
-    expert_ids: Tensor  # [T, k] long, best first
-    weights: Tensor  # [T, k] dtype of the scores' source (logits, or token states for centroids)
-    scores: Tensor  # [T, E] gate scores (the logits, or ∓distance for centroids) in the same dtype
-    counts: Tensor  # [E] int32, pairs routed to each expert
-    offsets: Tensor  # [E+1] int32, start row of each expert's block in the permuted order; offsets[E] = T·k
-    slots: Tensor  # [T, k] int32, row of pair (t, i) in the expert-contiguous order
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,29 +328,21 @@ def _check_block(block_t: int | None) -> None:
         raise ValueError(f"kernels.routing: block_t must be a power of two >= 16, got {block_t}")
 
 
-def _check_args(top_k: int, num_experts: int, weighting: str) -> bool:
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"kernels.routing: unknown weighting {weighting!r} (expected one of {WEIGHTINGS})")
-    if not 1 <= top_k <= num_experts:
-        raise ValueError(f"kernels.routing: top_k must be in 1..{num_experts} (num_experts), got {top_k}")
-    return weighting == "softmax_renorm"
-
-
 def route_logits(logits_te: Tensor, top_k: int, weighting: str = "softmax_topk",
-                 block_t: int | None = None) -> RouteResult:
+                 block_t: int | None = None) -> Routing:
     """Route from linear-gate logits [T, E]; weights in the logits' dtype, differentiable w.r.t. the logits.
 
     `block_t` (a power of two >= 16) overrides the tokens per program (tests use it to cover many blocks).
     """
     check_2d("logits_te", logits_te)
     _check_block(block_t)
-    renorm = _check_args(top_k, logits_te.shape[1], weighting)
+    renorm = check_route_args(top_k, logits_te.shape[1], weighting)
     ids, w_acc, counts, offsets, slots = RouteLogitsFn.apply(logits_te, top_k, renorm, block_t)
-    return RouteResult(ids, w_acc.to(logits_te.dtype), logits_te, counts, offsets, slots)
+    return Routing(ids, w_acc.to(logits_te.dtype), logits_te, counts, offsets, slots)
 
 
 def route_centroids(x_td: Tensor, centroids_ed: Tensor, top_k: int, weighting: str = "softmax_topk",
-                    select: str = "nearest", block_t: int | None = None) -> RouteResult:
+                    select: str = "nearest", block_t: int | None = None) -> Routing:
     """Route from token states [T, D] and centroids [E, D]: score −‖x − c‖ (nearest) or +‖x − c‖ (farthest)."""
     _check_block(block_t)
     check_2d("x_td", x_td)
@@ -371,37 +351,7 @@ def route_centroids(x_td: Tensor, centroids_ed: Tensor, top_k: int, weighting: s
         raise ValueError(f"kernels.routing: x_td width {x_td.shape[1]} != centroids width {centroids_ed.shape[1]}")
     if select not in SELECTS:
         raise ValueError(f"kernels.routing: unknown centroid select {select!r} (expected one of {SELECTS})")
-    renorm = _check_args(top_k, centroids_ed.shape[0], weighting)
+    renorm = check_route_args(top_k, centroids_ed.shape[0], weighting)
     sign = -1 if select == "nearest" else 1
     ids, w_acc, s32, counts, offsets, slots = RouteCentroidsFn.apply(x_td, centroids_ed, top_k, sign, renorm, block_t)
-    return RouteResult(ids, w_acc.to(x_td.dtype), s32.to(x_td.dtype), counts, offsets, slots)
-
-
-# ----------------------------------------------------------------------------------------------
-# References (plain torch)
-# ----------------------------------------------------------------------------------------------
-
-
-def route_reference(scores_te: Tensor, top_k: int, weighting: str = "softmax_topk") -> RouteResult:
-    """Plain-torch routing from scores [T, E] (float32 softmax); weights in the scores' dtype."""
-    renorm = _check_args(top_k, scores_te.shape[1], weighting)
-    top_scores, ids = scores_te.topk(top_k, dim=-1)
-    acc = torch.float64 if scores_te.dtype == torch.float64 else torch.float32
-    if renorm:
-        probs = torch.softmax(scores_te.to(acc), dim=-1).gather(1, ids)
-        w = probs / probs.sum(dim=-1, keepdim=True)
-    else:
-        w = torch.softmax(top_scores.to(acc), dim=-1)
-    flat = ids.reshape(-1)
-    counts = torch.bincount(flat, minlength=scores_te.shape[1]).to(torch.int32)
-    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0, dtype=torch.int32)])
-    slots = torch.empty_like(flat, dtype=torch.int32)
-    slots[torch.argsort(flat, stable=True)] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
-    return RouteResult(ids, w.to(scores_te.dtype), scores_te, counts, offsets, slots.view_as(ids))
-
-
-def centroid_scores_reference(x_td: Tensor, centroids_ed: Tensor, select: str = "nearest") -> Tensor:
-    """∓‖x − c‖ [T, E] by torch.cdist in float32 (float64 for float64 inputs), in x's dtype."""
-    acc = torch.float64 if x_td.dtype == torch.float64 else torch.float32
-    dist = torch.cdist(x_td.to(acc), centroids_ed.to(acc)).to(x_td.dtype)
-    return -dist if select == "nearest" else dist
+    return Routing(ids, w_acc.to(x_td.dtype), s32.to(x_td.dtype), counts, offsets, slots)

@@ -1,4 +1,4 @@
-"""Cluster-centroid gating from a pretrained model (DESIGN §3 "Gates" (b)).
+"""Cluster-centroid gating from a pretrained model (docs/ARCHITECTURE.md §3, "Gates").
 
 Pipeline: pretrain a model (dense or linear-gated) → collect, per layer, the token
 representations entering that layer's FFN on a corpus sample → k-means with E clusters per layer
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from torch import Tensor
 
-from moe_ts.moe import CentroidGate
+from moe_ts.objectives import pretrain_loss
+from moe_ts.router import CentroidGate
 
 if TYPE_CHECKING:
-    from moe_ts.model import MoiraiMoEModel
+    from moe_ts.network import MoiraiMoENetwork as MoiraiMoEModel
 
 
 @torch.no_grad()
@@ -36,7 +37,7 @@ def collect_ffn_inputs(model: "MoiraiMoEModel", batches: Iterable[dict[str, Tens
     try:
         taken = 0
         for batch in batches:
-            model(batch["target"], batch["sample_id"])
+            pretrain_loss(model, batch["target"], batch["sample_id"])  # the training forward, hooks capture
             keep = (batch["sample_id"] > 0).reshape(-1)
             for i, x_td in enumerate(current):
                 assert x_td is not None

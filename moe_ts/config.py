@@ -1,9 +1,16 @@
-"""Model configuration (DESIGN §3): nested dataclasses, serialised to YAML/JSON."""
+"""Model configuration (docs/ARCHITECTURE.md §2): nested dataclasses, serialised to YAML/JSON.
+
+Only what defines a released model lives here. Runtime choices (the MoE dispatch backend, DeepSpeed's
+capacity factor, parallelism) belong to the run (`pretrain.config.ParallelConfig`) or to the caller
+(`moe_ts.dispatch.set_moe_backend`); `drop_runtime_keys` removes them from configs written before.
+"""
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from moe_ts.configuration import ConfigError, from_dict, load_file
 
@@ -21,8 +28,6 @@ class MoEConfig:
     weighting: Literal["softmax_topk", "softmax_renorm"] = "softmax_topk"
     aux_loss_coef: float = 0.01
     z_loss_coef: float = 0.001
-    backend: Literal["torch", "triton", "deepspeed", "megablocks"] = "torch"
-    capacity_factor: float = 1.25  # deepspeed backend only (capacity-based)
     shared_expert: bool = False
 
     def __post_init__(self) -> None:
@@ -80,10 +85,29 @@ class ModelConfig:
         return self.patch_size * self.max_seq_len
 
 
+RUNTIME_MOE_KEYS = ("backend", "capacity_factor")  # were in `moe:` before they moved out of the model config
+
+
+def drop_runtime_keys(model_data: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A copy of a model-config dict without the old runtime keys `moe.backend` / `moe.capacity_factor`,
+    and the dropped values; warns (FutureWarning) naming `source` when there were any."""
+    moe = model_data.get("moe")
+    if not isinstance(moe, dict) or not any(k in moe for k in RUNTIME_MOE_KEYS):
+        return model_data, {}
+    data = copy.deepcopy(model_data)
+    dropped = {k: data["moe"].pop(k) for k in RUNTIME_MOE_KEYS if k in data["moe"]}
+    warnings.warn(
+        f"{source}: ignoring deprecated model keys {', '.join('moe.' + k for k in dropped)} ({dropped}); they are "
+        "runtime choices now, not part of the model: set them in the run config's `parallel:` section "
+        "(moe_backend, capacity_factor) or call moe_ts.dispatch.set_moe_backend(model, name)",
+        FutureWarning, stacklevel=3)
+    return data, dropped
+
+
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read the `model:` section of a YAML/JSON run config (or a bare model config)."""
     data = load_file(path)
-    section = data.get("model", data)
+    section, _ = drop_runtime_keys(data.get("model", data), str(path))
     try:
         return from_dict(ModelConfig, section, "model")
     except ConfigError as err:

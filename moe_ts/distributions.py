@@ -1,4 +1,4 @@
-"""Output head: a four-component mixture per step of the next patch (DESIGN §3, "Output head").
+"""Output head: a four-component mixture per step of the next patch (docs/ARCHITECTURE.md §2, "Output head").
 
 Layout follows uni2ts's `MixtureOutput([StudentTOutput, NormalFixedScaleOutput,
 NegativeBinomialOutput, LogNormalOutput])` and its `DistrParamProj`, so released

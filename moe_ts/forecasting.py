@@ -1,4 +1,4 @@
-"""Autoregressive probabilistic forecasting with a KV cache (DESIGN §3 "Forecasting").
+"""Autoregressive probabilistic forecasting with a KV cache (docs/ARCHITECTURE.md §2, "Forecasting").
 
 The context gives the scaler statistics once; each decoding step predicts the next patch's mixture
 distribution, feeds a patch back as one new token and reuses the cached keys/values of everything
@@ -32,7 +32,7 @@ from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
 
 if TYPE_CHECKING:
-    from moe_ts.model import MoiraiMoEModel
+    from moe_ts.network import MoiraiMoENetwork as MoiraiMoEModel  # forecasting needs only the network
 
 
 DECODE_MODES = ("median", "mean", "sample")
@@ -151,6 +151,7 @@ def forecast(
     use_kv_cache: bool = True,
     allow_short_context: bool = False,
     decode: str = "sample",
+    progress: bool = False,
 ) -> ForecastOutput:
     """Sample `num_samples` paths of `prediction_length` steps for each context series.
 
@@ -158,6 +159,7 @@ def forecast(
     context_length: the most recent points used, at most max_seq_len·patch_size (default: what fits the
     model's max_seq_len together with the horizon's patches, and at least half of it).
     decode: what each step feeds back, "median" | "mean" | "sample" (see the module docstring).
+    progress: show a progress bar over the batches (on a terminal).
     Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H].
     """
     cfg = model.config
@@ -190,7 +192,12 @@ def forecast(
             torch.manual_seed(seed)
         try:
             chunks = []
-            for start in range(0, len(arrays), batch_size):
+            starts: Iterable[int] = range(0, len(arrays), batch_size)
+            if progress:
+                from tqdm import tqdm
+
+                starts = tqdm(starts, desc="forecast", unit="batch", disable=None)
+            for start in starts:
                 chunk = arrays[start:start + batch_size]
                 chunks.append(_sample_paths(model, chunk, horizon_patches, num_samples, use_kv_cache, decode))
             samples = torch.cat(chunks, dim=0)[..., :prediction_length].numpy()

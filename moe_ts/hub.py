@@ -19,6 +19,8 @@ from huggingface_hub import constants, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from moe_ts.output_dir import MARKER, check_output_dir, make_staging_dir, swap_in
+
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
 CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
 
@@ -76,35 +78,42 @@ def load_state_strict(model: torch.nn.Module, weights_path: Path | str, map_loca
         if wrong_shape:
             parts.append(f"shape mismatch {len(wrong_shape)} (e.g. {'; '.join(wrong_shape[:3])})")
         raise CheckpointError(f"{weights_path}: weights do not match config.json: " + ", ".join(parts))
+    for name in sorted(state):  # a NaN weight would only surface later, as e.g. "invalid Poisson rate"
+        tensor = state[name]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{weights_path}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf)")
     model.load_state_dict(state, strict=True)
 
 
 class HubIOMixin:
     """Overrides ModelHubMixin's framework hooks; put it before ModelHubMixin in the bases."""
 
-    def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None, **kwargs: Any):  # type: ignore[override]
+    def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None,
+                        overwrite: bool = False, **kwargs: Any):  # type: ignore[override]
         """Write config.json, model.safetensors and README.md into a temp folder, then swap it in.
 
-        A crash mid-write leaves the previous folder (if any) untouched.
+        A crash mid-write leaves the previous folder (if any) untouched. An existing folder is replaced only
+        when moe-ts wrote it (see `moe_ts.output_dir`) or `overwrite=True`; a path that is a file is an error.
         """
         target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+        check_output_dir(target, overwrite, remedy="pass overwrite=True to replace it")
+        tmp = make_staging_dir(target)
         try:
             super().save_pretrained(tmp, **kwargs)  # type: ignore[misc]
-            if target.exists():
-                backup = target.parent / f".old-{target.name}-{os.getpid()}"
-                os.replace(target, backup)
-                os.replace(tmp, target)
-                shutil.rmtree(backup)
-            else:
-                os.replace(tmp, target)
+            swap_in(tmp, target, "model")
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
         if push_to_hub:
             return self.push_to_hub(repo_id=repo_id or target.name, **kwargs)  # type: ignore[attr-defined]
         return None
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any):  # type: ignore[override]
+        """ModelHubMixin.push_to_hub without our local marker file (`moe_ts.output_dir.MARKER`)."""
+        ignore = kwargs.pop("ignore_patterns", None) or []
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+        return super().push_to_hub(repo_id, ignore_patterns=[*ignore, MARKER], **kwargs)  # type: ignore[misc]
 
     def _save_pretrained(self, save_directory: Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]

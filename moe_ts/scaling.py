@@ -1,8 +1,8 @@
-"""Patching, packed-sequence bookkeeping and masked normalisation (DESIGN §3).
+"""Patching, packed-sequence bookkeeping and masked normalisation (docs/ARCHITECTURE.md §2).
 
 Shape legend: B batch, N patches, P patch size, M packed samples per row (+1 for padding id 0).
 A packed row holds several series ("samples"), each a contiguous run of whole patches with
-sample id 1, 2, ...; id 0 marks padding patches.
+sample id 1, 2, ... (at most N); id 0 marks padding patches.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class PackedLayout:
     def from_sample_id(cls, sample_id_bn: Tensor) -> "PackedLayout":
         sid = sample_id_bn.long()
         b, n = sid.shape
-        num_ids = int(sid.max().item()) + 1 if sid.numel() else 1
+        num_ids = n + 1  # ids are 0..N (a sample has at least one patch): no host sync for max(id)
         idx = torch.arange(n, device=sid.device).expand(b, n)
         start = torch.full((b, num_ids), n, dtype=torch.long, device=sid.device)
         start = start.scatter_reduce(1, sid, idx, reduce="amin")
@@ -73,7 +73,7 @@ def masked_stats(
     """
     b, n, _ = values_bnp.shape
     sid = sample_id_bn.long()
-    num_ids = int(sid.max().item()) + 1 if sid.numel() else 1
+    num_ids = n + 1  # ids are 0..N: no host sync for max(id)
     weight = (observed_bnp & use_bn[..., None]).double()
     x = values_bnp.double() * weight
 

@@ -1,18 +1,23 @@
-"""Atomic checkpoints and the final Hugging Face folder (DESIGN §5).
+"""Atomic checkpoints and the final Hugging Face folder (docs/ARCHITECTURE.md §4).
 
 Layout of a run directory:
     RUN/checkpoints/step-N/ds/...              DeepSpeed engine state (weights, optimizer, LR schedule)
-    RUN/checkpoints/step-N/trainer_rankR.pt    step, sampler state, python/numpy/torch RNG states of rank R
+    RUN/checkpoints/step-N/trainer_rankR.json  step, planned steps, finished?, corpus fingerprint, sampler
+                                               state, python/numpy/torch RNG states of rank R (plain JSON:
+                                               reading it runs no code, unlike a pickle; DeepSpeed's own
+                                               files are read with weights_only=True, pretrain/safe_load.py)
     RUN/checkpoints/latest                     name of the newest complete checkpoint ("step-N")
     RUN/final/                                 model.save_pretrained output (what from_pretrained loads)
 
 A checkpoint is written into `tmp-step-N` and renamed to `step-N` only when every rank has finished,
 so a `step-N` directory is complete by construction; leftovers of a crash (`tmp-*`, `trash-*`) are
 never loaded and are removed by the next run. DeepSpeed stores no absolute paths (its own `latest`
-file holds the tag), so the renamed directory loads as is.
+file holds the tag), so the renamed directory loads as is. RUN/final carries `training.json`
+(`moe_ts.provenance`): how far the run got and whether it finished.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -24,14 +29,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from moe_ts.provenance import TRAINING_FILE
 from pretrain.engine import DistInfo, barrier
+from pretrain.errors import CheckpointError  # noqa: F401  (re-exported: pretrain.checkpoint.CheckpointError)
+from pretrain.safe_load import restrict_deepspeed_loads
 
 DS_TAG = "ds"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be resumed here."""
+def trainer_state_name(rank: int) -> str:
+    """File name of rank `rank`'s trainer state inside a checkpoint."""
+    return f"trainer_rank{rank}.json"
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -98,23 +107,31 @@ def _remove_dir(path: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, numpy (global) and torch RNG states of this process."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy (global) and torch RNG states of this process, as plain JSON data."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    np_state = {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}}
+    state: dict[str, Any] = {"python": [version, list(internal), gauss], "numpy": np_state,
+                             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore what `rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {"key": np.asarray(np_state["state"]["key"], dtype=np.uint32), "pos": np_state["state"]["pos"]}
+    np.random.set_state(np_state)
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def save_checkpoint(engine: Any, run_dir: Path, step: int, sampler_state: dict[str, Any], dist: DistInfo,
-                    keep: int) -> Path:
+                    keep: int, progress: dict[str, Any] | None = None) -> Path:
     """Write checkpoint `step` atomically on every rank, point `latest` at it, prune to `keep` (collective)."""
     root = checkpoint_root(run_dir)
     tmp, final = root / f"tmp-step-{step}", root / f"step-{step}"
@@ -124,9 +141,10 @@ def save_checkpoint(engine: Any, run_dir: Path, step: int, sampler_state: dict[s
             shutil.rmtree(tmp)
     barrier()
     engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step})
-    trainer_state = {"step": step, "world_size": dist.world_size, "sampler": sampler_state, "rng": rng_state()}
-    with open(tmp / f"trainer_rank{dist.rank}.pt", "wb") as f:
-        torch.save(trainer_state, f)
+    trainer_state = {**(progress or {}), "step": step, "world_size": dist.world_size, "sampler": sampler_state,
+                     "rng": rng_state()}
+    with open(tmp / trainer_state_name(dist.rank), "w") as f:
+        json.dump(trainer_state, f)
         f.flush()
         os.fsync(f.fileno())
     barrier()
@@ -144,13 +162,20 @@ def save_checkpoint(engine: Any, run_dir: Path, step: int, sampler_state: dict[s
 
 def load_checkpoint(engine: Any, ckpt: Path, dist: DistInfo) -> dict[str, Any]:
     """Restore engine state and this rank's RNG states from `ckpt`; returns the trainer state (step, sampler)."""
-    state_file = ckpt / f"trainer_rank{dist.rank}.pt"
+    state_file = ckpt / trainer_state_name(dist.rank)
     if not state_file.is_file():
+        if (ckpt / f"trainer_rank{dist.rank}.pt").is_file():
+            raise CheckpointError(f"{ckpt}: trainer state is an older pickle file (trainer_rank{dist.rank}.pt), "
+                                  f"which is not loaded because unpickling can run code; start a new run")
         raise CheckpointError(f"{ckpt}: no {state_file.name} (saved by a job of another world size?)")
-    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{state_file}: not valid JSON ({err})") from None
     if state["world_size"] != dist.world_size:
         raise CheckpointError(f"{ckpt}: saved with world size {state['world_size']}, resumed with "
                               f"{dist.world_size}; the sampler streams would differ")
+    restrict_deepspeed_loads(engine)
     load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if load_path is None:
@@ -159,13 +184,22 @@ def load_checkpoint(engine: Any, ckpt: Path, dist: DistInfo) -> dict[str, Any]:
     return state
 
 
-def save_final(model: nn.Module, run_dir: Path) -> Path:
-    """`model.save_pretrained` into RUN/final, replacing an older one atomically (main rank only)."""
+def save_final(model: nn.Module, run_dir: Path, training: dict[str, Any] | None = None) -> Path:
+    """`model.save_pretrained` into RUN/final with `training` as its training.json and in its model card,
+    replacing an older one atomically (main rank only)."""
+    from moe_ts.model_card import training_data_summary
+    from moe_ts.provenance import training_summary
+
     final = Path(run_dir) / "final"
     tmp = Path(run_dir) / "tmp-final"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
+    card = {"training": training_summary(training), "training_data": training_data_summary(training)}
+    if training and training.get("datasets"):
+        card["datasets"] = list(training["datasets"])
+    model.save_pretrained(str(tmp), model_card_kwargs=card)
+    if training is not None:
+        (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=1) + "\n")
     if final.exists():
         _remove_dir(final)
     os.replace(tmp, final)

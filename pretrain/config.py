@@ -1,4 +1,4 @@
-"""Pretraining configuration (DESIGN §5, §11): one YAML holds `model:` and `train:`.
+"""Pretraining configuration (docs/ARCHITECTURE.md §4): one YAML holds `model:`, `train:` and `parallel:`.
 
 `load_run_config(path)` reads both into typed dataclasses (unknown keys raise naming their dotted
 path); `deepspeed_config(train, world_size)` generates the DeepSpeed JSON from `TrainConfig`, so no
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from moe_ts.config import ModelConfig
+from moe_ts.config import ModelConfig, drop_runtime_keys
 from moe_ts.configuration import ConfigError, from_dict, load_file
 
 
@@ -105,11 +105,24 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """Runtime choices of how the model runs: never stored in a released model's config.json."""
+
+    moe_backend: Literal["torch", "triton", "deepspeed", "megablocks"] = "torch"  # moe_ts.dispatch
+    capacity_factor: float = 1.25  # moe_backend "deepspeed" only (capacity-based; drops past capacity)
+
+    def __post_init__(self) -> None:
+        if self.capacity_factor <= 0:
+            raise ConfigError(f"parallel.capacity_factor must be > 0, got {self.capacity_factor}")
+
+
+@dataclass
 class RunConfig:
     """Everything one pretraining run reads from its YAML."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         if self.train.min_window_patches > self.model.max_seq_len:
@@ -118,8 +131,20 @@ class RunConfig:
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read a run YAML/JSON with `model:` and `train:` sections; errors name the file and key path."""
+    """Read a run YAML/JSON with `model:`, `train:` and `parallel:` sections; errors name the file and key path.
+
+    Old files with `model.moe.backend` / `model.moe.capacity_factor` load with a FutureWarning; their values
+    move to `parallel:` unless that section sets them itself.
+    """
     data = load_file(path)
+    if isinstance(data.get("model"), dict):
+        data["model"], dropped = drop_runtime_keys(data["model"], str(path))
+        if dropped:
+            parallel = data.setdefault("parallel", {})
+            if isinstance(parallel, dict):
+                parallel.setdefault("moe_backend", dropped.get("backend", "torch"))
+                if "capacity_factor" in dropped:
+                    parallel.setdefault("capacity_factor", dropped["capacity_factor"])
     try:
         return from_dict(RunConfig, data)
     except ConfigError as err:

@@ -1,4 +1,4 @@
-"""Pretraining data: memory-mapped corpus, mixture sampling, random windows, packing (DESIGN §5).
+"""Pretraining data: memory-mapped corpus, mixture sampling, random windows, packing (docs/ARCHITECTURE.md §4).
 
 A packed row holds N = model.max_seq_len patches of P = patch_size values. Windows of random length
 are cropped from series drawn by dataset mixture weights and laid one after another, each starting at
@@ -72,7 +72,7 @@ def load_corpus(path: str | Path) -> Corpus:
 
     path = Path(path)
     if not path.exists():
-        raise CorpusError(f"{path}: corpus directory not found")
+        raise CorpusError(f"{path}: corpus directory not found (build one with `moe-ts prepare --out {path}`)")
     state = path / "state.json"
     if state.is_file() and json.loads(state.read_text()).get("_data_files") == []:  # datasets cannot load 0 shards
         raise CorpusError(f"{path}: corpus is empty (0 series)")

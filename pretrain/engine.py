@@ -1,4 +1,4 @@
-"""DeepSpeed engine: distributed setup, model + optimizer + schedule, and one optimizer step (DESIGN §5).
+"""DeepSpeed engine: distributed setup, model + optimizer + schedule, and one optimizer step (docs/ARCHITECTURE.md §4).
 
 Runs as one process (gloo on CPU over an in-memory store; no launcher needed) or under
 `deepspeed` / `torchrun` with several processes. deepspeed and torch.distributed stay here, out of
@@ -90,12 +90,23 @@ def build_model(run: RunConfig) -> nn.Module:
     return MoiraiMoEModel.from_model_config(run.model)
 
 
+def apply_runtime(model: nn.Module, run: RunConfig) -> nn.Module:
+    """Install the run's MoE dispatcher (`parallel.moe_backend`) on every MoE layer of `model`."""
+    from moe_ts.dispatch import set_moe_backend
+
+    if run.parallel.moe_backend == "deepspeed":
+        import pretrain.moe_deepspeed  # noqa: F401  (registers the "deepspeed" dispatcher)
+    set_moe_backend(model, run.parallel.moe_backend, capacity_factor=run.parallel.capacity_factor)
+    return model
+
+
 def build_engine(run: RunConfig, dist: DistInfo, model: nn.Module | None = None) -> Any:
     """`deepspeed.initialize` over the model with AdamW (torch), the warmup+cosine LambdaLR, clipping, ZeRO."""
     import deepspeed
 
     if model is None:
         model = build_model(run)
+    apply_runtime(model, run)
     model.to(dist.device)
     train = run.train
 
@@ -126,37 +137,41 @@ class StepStats:
 
 
 def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]], device: torch.device) -> StepStats:
-    """Forward/backward each micro-batch, then one optimizer step (DeepSpeed scales by grad_accum)."""
+    """Forward/backward each micro-batch, then one optimizer step (DeepSpeed scales by grad_accum).
+
+    The loss is `moe_ts.objectives.pretrain_loss` with the engine as the network call (its hooks run).
+    Losses, counts and tokens are summed on the device and read back once per step, not per micro-batch.
+    """
+    from moe_ts.objectives import pretrain_loss
+
     lr = float(engine.get_lr()[0])
-    sums = torch.zeros(4, dtype=torch.float64)
+    model = unwrap(engine)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, nll, aux, z, tokens
     counts = None
-    tokens = 0
     for batch in micro_batches:
         target = batch["target"].to(device, non_blocking=True)
         sample_id = batch["sample_id"].to(device, non_blocking=True)
-        out = engine(target=target, sample_id=sample_id)
+        out = pretrain_loss(model, target, sample_id, forward=engine)
         engine.backward(out.loss)
         engine.step()
-        sums += torch.stack([out.loss.detach(), out.nll.detach(), out.aux_loss.detach(),
-                             out.z_loss.detach()]).double().cpu()
-        c = out.expert_counts.detach().cpu()
+        sums += torch.stack([out.loss.detach(), out.nll.detach(), out.aux_loss.detach(), out.z_loss.detach(),
+                             (sample_id > 0).sum().to(out.loss.dtype)]).double()
+        c = out.expert_counts.detach()
         counts = c if counts is None else counts + c
-        tokens += int((sample_id > 0).sum())
+    world = 1
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         # Log the mean over ranks and the job's totals, not rank 0's share.
-        packed = torch.cat([sums, torch.tensor([float(tokens)], dtype=torch.float64), counts.double().flatten()])
-        packed = packed.to(device)
-        torch.distributed.all_reduce(packed)
-        packed = packed.cpu()
         world = torch.distributed.get_world_size()
-        sums, tokens = packed[:4] / world, int(packed[4].item())
-        counts = packed[5:].round().long().reshape(counts.shape)
-    means = (sums / len(micro_batches)).tolist()
+        packed = torch.cat([sums, counts.double().flatten()])
+        torch.distributed.all_reduce(packed)
+        sums, counts = packed[:5], packed[5:].round().long().reshape(counts.shape)
+    host = sums.cpu()
+    means = (host[:4] / world / len(micro_batches)).tolist()
     grad_norm = engine.get_global_grad_norm()
     return StepStats(
         loss=means[0], nll=means[1], aux_loss=means[2], z_loss=means[3], lr=lr,
         grad_norm=float("nan") if grad_norm is None else float(grad_norm),
-        tokens=tokens, expert_counts=counts,
+        tokens=int(host[4].item()), expert_counts=counts.cpu(),
     )
 
 

@@ -1,4 +1,4 @@
-"""Reference loss curve of the debug config (DESIGN §11): a silent-regression check for pretraining.
+"""Reference loss curve of the debug config (docs/ARCHITECTURE.md §4): a silent-regression check for pretraining.
 
     python -m pretrain.reference_curve           # run configs/debug.yaml, compare (exit 1 on a mismatch)
     python -m pretrain.reference_curve --write   # run it and (re)write tests/data/reference_loss_debug.json
@@ -50,7 +50,7 @@ def corpus_entries() -> list:
     """The debug corpus: M4 Hourly series cut before their test span, plus seeded synthetic series."""
     from data_prep.corpus import cut_series
     from data_prep.synthetic import generate_synthetic
-    from eval.registry import load_series, test_span
+    from data_prep.registry import load_series, test_span
 
     entries: list = [cut_series(s, 0, test_span("m4_hourly", len(s))[0])
                      for s in load_series("m4_hourly", max_series=M4_SERIES)]

@@ -1,17 +1,20 @@
-"""Pretrain a Moirai-MoE-style model with DeepSpeed (DESIGN §5).
+"""Pretrain a Moirai-MoE-style model with DeepSpeed (docs/ARCHITECTURE.md §4).
 
-    python -m pretrain.train --config configs/tiny.yaml --data CORPUS --out RUN [--resume] \
+    moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume]
         [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP]
 
 Multi-process: `torchrun --nproc_per_node=2 -m pretrain.train ...` or `deepspeed --num_gpus=2 pretrain/train.py ...`.
 Writes RUN/checkpoints/step-N (atomic), RUN/metrics.jsonl, RUN/config.yaml and, at the end, RUN/final
-(the Hugging Face folder `MoiraiMoEModel.from_pretrained` loads). `--resume` continues from the newest
-complete checkpoint with the same batches and the same loss curve. CLI flags override the YAML.
+(the Hugging Face folder `MoiraiMoEModel.from_pretrained` loads, with training.json saying how far the
+run got and whether it finished). `--resume` continues from the newest complete checkpoint with the same
+batches and the same loss curve, after checking that the requested config matches RUN/config.yaml.
+CLI flags override the YAML. CORPUS must be a finished `moe-ts prepare` output (complete manifest.json).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
 import sys
 import time
@@ -21,18 +24,22 @@ import numpy as np
 import torch
 
 from moe_ts.configuration import ConfigError, save_file, to_dict
+from moe_ts.output_dir import OutputDirError, check_output_dir, mark
 from pretrain.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  remove_leftovers, save_checkpoint, save_final)
 from pretrain.config import RunConfig, load_run_config, train_flops_per_token
 from pretrain.data import Corpus, CorpusError, WindowSampler, load_corpus
+from pretrain.manifest import check_manifest, corpus_fingerprint
+from pretrain.resume_check import check_resume_config
 from pretrain.engine import StepStats, any_rank, build_engine, setup_distributed, train_step, unwrap
 from pretrain.metrics import MetricsLog, expert_load_stats
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="moe-ts pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="run YAML with model: and train: sections")
-    p.add_argument("--data", required=True, help="corpus folder (datasets.save_to_disk)")
+    p.add_argument("--data", required=True, help="corpus folder written by `moe-ts prepare`")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--steps", type=int, help="override train.steps (the schedule length)")
@@ -66,6 +73,14 @@ def _record(step: int, stats: StepStats, tokens_per_s: float, mfu: float | None)
     return {**record, **expert_load_stats(stats.expert_counts)}
 
 
+def _manifest_field(corpus_path: Path, key: str) -> object:
+    """A field of the corpus manifest, None when there is none (a corpus built by other means)."""
+    try:
+        return check_manifest(corpus_path).get(key)
+    except CorpusError:
+        return None
+
+
 def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, stop_at: int | None = None,
           t_start: float | None = None) -> dict:
     """The training loop; returns a summary dict (steps, final loss, seconds, paths)."""
@@ -77,11 +92,18 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     say = print if dist.is_main else (lambda *a, **k: None)
     if not resume and list_checkpoints(out):
         raise CheckpointError(f"{out}: holds checkpoints already; pass --resume to continue it or pick a new --out")
+    if resume:
+        check_resume_config(run, out)  # before anything under `out` changes
+    if not resume or not list_checkpoints(out):  # config.yaml, metrics.jsonl... must not replace a user's files
+        check_output_dir(out, remedy="pass --resume if it is a run to continue")
+    fingerprint = corpus_fingerprint(corpus.path)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        mark(out, "run")
         for name in remove_leftovers(out):
             say(f"removed incomplete checkpoint leftover {out / 'checkpoints' / name}")
-        save_file(run, out / "config.yaml")
+        save_file(run, out / ".config.tmp.yaml")  # atomic: other ranks may be reading it for --resume
+        os.replace(out / ".config.tmp.yaml", out / "config.yaml")
 
     sampler = WindowSampler(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
                             min_window_patches=tc.min_window_patches,
@@ -152,7 +174,9 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
                 progress.update(1)
                 progress.set_postfix(loss=f"{last.loss:.4f}", lr=f"{last.lr:.2e}", refresh=False)
             if stop or step == tc.steps or step % tc.checkpoint_every == 0:
-                save_checkpoint(engine, out, step, sampler.state_dict(), dist, tc.keep_checkpoints)
+                save_checkpoint(engine, out, step, sampler.state_dict(), dist, tc.keep_checkpoints,
+                                {"planned_steps": tc.steps, "finished": step >= tc.steps,
+                                 "corpus_fingerprint": fingerprint})
             if stop:
                 reason = "time budget reached" if over_budget else f"--stop-at {stop_at}"
                 break
@@ -162,8 +186,13 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         metrics.close()
 
     final = out / "final"
+    finished = step >= tc.steps
+    training = {"step": step, "planned_steps": tc.steps, "finished": finished,
+                "reason": "finished" if finished else reason, "corpus": corpus.path.name,
+                "corpus_fingerprint": fingerprint, "datasets": list(sampler.dataset_names),
+                "exclude_eval": _manifest_field(corpus.path, "exclude_eval")}
     if dist.is_main:
-        final = save_final(model, out)
+        final = save_final(model, out, training)
     elapsed = time.time() - t_start
     summary = {
         "start_step": start_step, "step": step, "steps": tc.steps, "reason": reason,
@@ -176,6 +205,9 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         say(f"pretrain: steps {start_step}->{step} of {tc.steps} ({reason}) in {elapsed:.1f} s; "
             f"final loss {last.loss:.4f} (nll {last.nll:.4f}, aux {last.aux_loss:.4f}, z {last.z_loss:.4f}); "
             f"{summary['tokens_per_s']:.0f} tokens/s; model in {final}")
+    if not finished:
+        say(f"NOTE: {final} holds an UNFINISHED run (step {step} of {tc.steps}, {reason}); "
+            f"its training.json and model card say so; continue with --resume")
     return summary
 
 
@@ -186,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = apply_overrides(load_run_config(args.config), args)
         corpus = load_corpus(args.data)
+        check_manifest(args.data)
         train(run, corpus, Path(args.out), resume=args.resume, stop_at=args.stop_at, t_start=t_start)
-    except (ConfigError, CorpusError, CheckpointError) as err:
+    except (ConfigError, CorpusError, CheckpointError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     return 0

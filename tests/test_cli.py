@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moe_ts.cli import main
+from cli.main import main
 from moe_ts.config import ModelConfig, MoEConfig
 from moe_ts.model import MoiraiMoEModel
 
@@ -40,13 +40,12 @@ def test_forecast_csv(ckpt, tmp_path):
     assert np.all(np.diff(qs, axis=1) >= 0)
 
 
-def test_forecast_tsf_uses_its_horizon_and_names_bad_series(ckpt, tmp_path):
+def test_forecast_tsf_uses_its_horizon_and_pads_short_series_with_a_note(ckpt, tmp_path, capsys):
     tsf = tmp_path / "in.tsf"
     tsf.write_text("@relation t\n@attribute series_name string\n@frequency yearly\n@horizon 3\n"
                    "@missing false\n@equallength false\n@data\n"
                    "S1:" + ",".join(str(float(i)) for i in range(30)) + "\nS2:1.0,2.0,3.0\n")
-    with pytest.raises(SystemExit, match=r"series 'S2': context has 3 points, shorter than one patch"):
-        main(["forecast", "--checkpoint", str(ckpt), "--input", str(tsf), "--out", str(tmp_path / "o.csv")])
-    tsf.write_text(tsf.read_text().replace("S2:1.0,2.0,3.0", "S2:" + ",".join(["4.0"] * 12)))
     assert main(["forecast", "--checkpoint", str(ckpt), "--input", str(tsf), "--out", str(tmp_path / "o.csv")]) == 0
-    assert len(pd.read_csv(tmp_path / "o.csv")) == 6
+    assert "1 series shorter than one patch (8 points) are left-padded" in capsys.readouterr().err
+    out = pd.read_csv(tmp_path / "o.csv")
+    assert len(out) == 6 and list(out["item_id"]) == ["S1"] * 3 + ["S2"] * 3

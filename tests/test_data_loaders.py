@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from data_prep.readers.errors import DataFormatError
-from eval.registry import DatasetMissingError, available, get_spec, load_series
+from data_prep.registry import DatasetMissingError, available, get_spec, load_series
 
 
 def test_lsf_csv_ettm(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 from data_prep import leak_check, prepare
 from data_prep.corpus import load_corpus, write_corpus
 from data_prep.series import Series
-from eval.registry import get_spec, load_series
-from eval.registry import test_span as span_of
+from data_prep.registry import get_spec, load_series
+from data_prep.registry import test_span as span_of
 
 REAL = "m4_hourly,hospital,etth1,tourism_yearly,nn5_daily"
 SMALL = ["--max-series-per-dataset", "12", "--synthetic-count", "10", "--kernelsynth-count", "3", "--kernelsynth-length", "128"]
@@ -39,7 +39,7 @@ def test_exclusion_cuts_every_series_before_its_test_span(built):
         start, _ = span_of("m4_hourly", len(source))
         assert (row.span_start, row.span_end) == (0, start) and len(row.target) == start
         np.testing.assert_array_equal(row.target, source.target[:start])
-    # LSF sets are zero-shot (DESIGN §10): held out whole, not just their test split
+    # LSF sets are zero-shot (docs/ARCHITECTURE.md §6, held-out rule): held out whole, not just their test split
     assert "etth1" not in set(rows.dataset)
     etth1 = next(s for s in manifest["sources"] if s["name"] == "etth1")
     assert etth1["note"] == "lsf evaluation set: left out" and etth1["spans"] == []
@@ -48,7 +48,7 @@ def test_exclusion_cuts_every_series_before_its_test_span(built):
 def test_datasets_sharing_a_file_with_a_zero_shot_set_are_held_out():
     import dataclasses
 
-    from eval.registry import held_out_reason
+    from data_prep.registry import held_out_reason
 
     assert held_out_reason("lsf_electricity") == "lsf evaluation set: left out"
     assert held_out_reason("electricity") == "zeroshot evaluation set: left out"

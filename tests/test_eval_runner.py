@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep.series import Series
-from eval import registry
+from data_prep import registry
 from eval.protocols import Task, last_window_task, lsf_starts, lsf_tasks
 from eval.run import main
 from eval.runner import MODEL, NAIVE, SNAIVE, RunConfig, evaluate_task
@@ -43,9 +43,11 @@ def _aggregate(path: Path, suite: str, metric: str, role: str) -> float:
 
 def test_monash_cli_seasonal_naive_vs_itself(tmp_path, data_dir, capsys):
     out = tmp_path / "out"
-    rc = main(["--checkpoint", "seasonal_naive", "--suite", "monash", "--datasets", "m1_monthly,hospital,cif_2016",
-               "--data-dir", str(data_dir), "--max-series", "6", "--out", str(out)])
-    assert rc == 0
+    with pytest.raises(SystemExit) as exit_:  # asked for by name and missing: results written, exit 1
+        main(["--checkpoint", "seasonal_naive", "--suite", "monash", "--datasets", "m1_monthly,hospital,cif_2016",
+              "--data-dir", str(data_dir), "--max-series", "6", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert exit_.value.code == 1 and "requested dataset(s) missing: cif_2016" in printed.err
     for name in ("results.csv", "results.md", "aggregate.csv"):
         assert (out / name).stat().st_size > 0
     assert (out / "plots" / "monash" / "hospital_h12.png").stat().st_size > 1000
@@ -68,7 +70,7 @@ def test_monash_cli_seasonal_naive_vs_itself(tmp_path, data_dir, capsys):
     assert "1 of 3 dataset(s) missing, excluded from the aggregate: cif_2016" in md
     assert "SUBSAMPLE" in md
     assert "| Hospital* | 12 | 6 | 6 |" in md
-    assert "# Zero-shot evaluation: seasonal_naive" in capsys.readouterr().out
+    assert "# Zero-shot evaluation: seasonal_naive" in printed.out
 
 
 def test_naive_model_differs_from_seasonal_naive_and_full_protocol_is_unmarked(tmp_path, data_dir):
@@ -87,9 +89,10 @@ def test_naive_model_differs_from_seasonal_naive_and_full_protocol_is_unmarked(t
 
 def test_lsf_cli_subsampling_is_recorded(tmp_path, data_dir):
     out = tmp_path / "out"
-    main(["--checkpoint", "seasonal_naive", "--suite", "lsf", "--datasets", "etth1,exchange_rate", "--data-dir",
-          str(data_dir), "--max-series", "2", "--max-windows", "5", "--lsf-stride", "7", "--out", str(out),
-          "--plot-series", "1"])
+    with pytest.raises(SystemExit):  # exchange_rate was asked for and is missing
+        main(["--checkpoint", "seasonal_naive", "--suite", "lsf", "--datasets", "etth1,exchange_rate", "--data-dir",
+              str(data_dir), "--max-series", "2", "--max-windows", "5", "--lsf-stride", "7", "--out", str(out),
+              "--plot-series", "1"])
     rows = _read_csv(out / "results.csv")
     ok = [r for r in rows if r["status"] == "ok"]
     assert sorted({int(r["horizon"]) for r in ok}) == [96, 192, 336, 720]

@@ -1,6 +1,6 @@
 """Forecasting and the pretraining objective score the same predictions.
 
-For a window of n patches, pretraining standardises with the leading ⌈stats_ratio·n⌉ = c patches and
+For a window of n patches, pretraining (`moe_ts.objectives.pretrain_loss`) standardises with the leading ⌈stats_ratio·n⌉ = c patches and
 scores patch c with the prediction made at position c-1. Forecasting from exactly those c patches uses
 the same statistics and positions, so its first predictive distribution must give the same NLL for
 the true patch c; feeding the true patch c back must then reproduce the training prediction of patch
@@ -18,6 +18,7 @@ import torch
 from moe_ts.config import ModelConfig, MoEConfig
 from moe_ts.forecasting import prepare_decoder
 from moe_ts.model import MoiraiMoEModel
+from moe_ts.objectives import pretrain_loss
 
 P = 8
 N = 10  # patches in the training window
@@ -36,7 +37,7 @@ def training_nll(model: MoiraiMoEModel, window: np.ndarray, scored_upto: int) ->
     target = torch.from_numpy(window.copy())[None]
     target[:, (scored_upto + 1) * P:] = float("nan")
     with torch.no_grad():
-        return float(model(target, torch.ones(1, N, dtype=torch.long)).nll)
+        return float(pretrain_loss(model, target, torch.ones(1, N, dtype=torch.long)).nll)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

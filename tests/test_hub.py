@@ -82,16 +82,34 @@ def test_weights_written_atomically(ckpt, monkeypatch):
     assert torch.isfinite(next(model.parameters())).all()
 
 
-def test_export_puts_the_eval_table_in_the_model_card(ckpt, tmp_path):
-    from moe_ts.cli import main
+def test_export_puts_the_eval_table_in_the_model_card(ckpt, tmp_path, capsys):
+    from cli.main import main
 
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
     (eval_dir / "results.md").write_text("| dataset | MAE rel. |\n|---|---|\n| M4 Hourly | 0.8123 |\n")
+    from moe_ts.provenance import write_eval_source
+
+    write_eval_source(eval_dir, ckpt)  # what `moe-ts eval` records
     assert main(["export", "--checkpoint", str(ckpt), "--eval", str(eval_dir), "--out", str(tmp_path / "release")]) == 0
     card = (tmp_path / "release" / "README.md").read_text()
     assert "| M4 Hourly | 0.8123 |" in card and "library_name: moe-ts" in card
     assert "experts, top-1" in card
     MoiraiMoEModel.from_pretrained(tmp_path / "release")
-    with pytest.raises(FileNotFoundError, match="no evaluation results"):
-        main(["export", "--checkpoint", str(ckpt), "--eval", str(tmp_path / "none"), "--out", str(tmp_path / "r2")])
+    assert main(["export", "--checkpoint", str(ckpt), "--eval", str(tmp_path / "none"), "--out", str(tmp_path / "r2")]) == 1
+    assert "no evaluation results" in capsys.readouterr().err
+
+
+
+def test_old_config_with_runtime_keys_loads_with_a_deprecation_warning(ckpt):
+    """config.json written before backend/capacity_factor left the model config: same weights, keys dropped."""
+    path = ckpt / "config.json"
+    data = json.loads(path.read_text())
+    assert "backend" not in data["moe"] and "capacity_factor" not in data["moe"]  # not written any more
+    data["moe"].update(backend="triton", capacity_factor=2.0)
+    path.write_text(json.dumps(data))
+    with pytest.warns(FutureWarning, match=r"moe\.backend, moe\.capacity_factor"):
+        model = MoiraiMoEModel.from_pretrained(ckpt)
+    assert model.layers[0].moe.dispatcher.name == "torch"  # a runtime choice: the default, not the stored one
+    reference = MoiraiMoEModel.from_pretrained(ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))

@@ -10,7 +10,10 @@ import torch
 
 from moe_ts.config import ModelConfig, MoEConfig, load_model_config
 from moe_ts.model import MoiraiMoEModel
-from moe_ts.moe import MoELayer, route_reference
+from kernels.topk import route_reference
+from moe_ts.dispatch import set_moe_backend
+from moe_ts.moe import MoELayer
+from moe_ts.objectives import pretrain_loss
 from moe_ts.scaling import PackedLayout, masked_stats, patchify
 
 P = 8
@@ -91,12 +94,12 @@ def test_leading_patches_get_no_loss(model):
     n = 10
     target = torch.randn(1, n * P)
     sid = torch.ones(1, n, dtype=torch.long)
-    base = model(target, sid).nll
+    base = pretrain_loss(model, target, sid).nll
     # Patch 1 and 2 are statistics patches (⌈0.3·10⌉ = 3): their own NLL is not scored, but their values
     # also feed the statistics, so instead drop the loss-bearing values and check the NLL becomes 0.
     masked = target.clone()
     masked[:, 3 * P:] = float("nan")
-    assert model(masked, sid).nll.item() == 0.0
+    assert pretrain_loss(model, masked, sid).nll.item() == 0.0
     assert base.item() != 0.0
 
 
@@ -107,11 +110,11 @@ def test_samples_with_degenerate_statistics_get_no_loss(model):
     flat_lead = torch.randn(1, n * P)
     flat_lead[:, : 3 * P] = 5.0  # ⌈0.3·10⌉ = 3 statistics patches, all equal
     sid = torch.ones(1, n, dtype=torch.long)
-    assert model(flat_lead, sid).nll.item() == 0.0
-    assert model(varied, sid).nll.item() > 0.0
+    assert pretrain_loss(model, flat_lead, sid).nll.item() == 0.0
+    assert pretrain_loss(model, varied, sid).nll.item() > 0.0
     packed = torch.cat([varied[:, : 5 * P], flat_lead[:, : 5 * P]], dim=1)
-    both = model(packed, torch.tensor([[1] * 5 + [2] * 5]))
-    alone = model(varied[:, : 5 * P], torch.ones(1, 5, dtype=torch.long))
+    both = pretrain_loss(model, packed, torch.tensor([[1] * 5 + [2] * 5]))
+    alone = pretrain_loss(model, varied[:, : 5 * P], torch.ones(1, 5, dtype=torch.long))
     torch.testing.assert_close(both.nll, alone.nll, atol=1e-5, rtol=1e-5)  # only the informative sample counts
 
 
@@ -123,7 +126,7 @@ def test_no_nan_on_degenerate_series(model, case):
         target[0] = float("nan")
     if case == "mostly_missing":
         target[:, : 6 * P] = float("nan")
-    out = model(target, torch.ones(2, n, dtype=torch.long))
+    out = pretrain_loss(model, target, torch.ones(2, n, dtype=torch.long))
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -135,7 +138,8 @@ def test_dropless_moe_equals_per_token_loop():
     layer = MoELayer(12, cfg)
     x = torch.randn(37, 12)
     y, stats = layer(x)
-    ids, weights = route_reference(layer.gate.scores(x), cfg.top_k, cfg.weighting)
+    routing = route_reference(layer.gate.scores(x), cfg.top_k, cfg.weighting)
+    ids, weights = routing.expert_ids, routing.weights
     expected = torch.stack([
         sum(weights[t, j] * layer.experts.single(x[t:t + 1], int(ids[t, j]))[0] for j in range(cfg.top_k))
         for t in range(x.shape[0])
@@ -261,25 +265,28 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_model_loss_same_with_triton_backend(model):
-    """The whole model gives the same loss and gradients through the Triton routing kernels."""
-    triton_cfg = dataclasses.replace(model.config, moe=dataclasses.replace(model.config.moe, backend="triton"))
-    other = MoiraiMoEModel.from_model_config(triton_cfg)
+    """The whole model gives the same loss and every parameter's gradient (router and gates included) through
+    the Triton routing, permute and un-permute kernels."""
+    other = MoiraiMoEModel.from_model_config(model.config)
     other.load_state_dict(model.state_dict())
+    assert set_moe_backend(other, "triton") == model.config.num_layers
     target = torch.randn(2, 8 * P)
     sid = torch.tensor([[1] * 3 + [2] * 5, [1] * 6 + [0] * 2])
-    ref, got = model(target, sid), other(target, sid)
+    ref, got = pretrain_loss(model, target, sid), pretrain_loss(other, target, sid)
     torch.testing.assert_close(got.loss, ref.loss, atol=1e-5, rtol=1e-5)
     assert torch.equal(got.expert_counts, ref.expert_counts)
     ref.loss.backward()
     got.loss.backward()
-    g_ref = model.layers[0].moe.experts.w_up.grad
-    torch.testing.assert_close(other.layers[0].moe.experts.w_up.grad, g_ref, atol=1e-5, rtol=1e-4)
+    grads = dict(other.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and grads[name].grad is not None, name
+        torch.testing.assert_close(grads[name].grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_padding_patches_stay_out_of_moe_losses_and_counts(model):
     target = torch.randn(1, 8 * P)
-    padded = model(target, torch.tensor([[1] * 5 + [0] * 3]))
-    alone = model(target[:, : 5 * P], torch.ones(1, 5, dtype=torch.long))
+    padded = pretrain_loss(model, target, torch.tensor([[1] * 5 + [0] * 3]))
+    alone = pretrain_loss(model, target[:, : 5 * P], torch.ones(1, 5, dtype=torch.long))
     assert padded.expert_counts.sum(dim=1).tolist() == [5 * 2] * 2  # 5 real tokens × top-2, per layer
     assert torch.equal(padded.expert_counts, alone.expert_counts)
     torch.testing.assert_close(padded.aux_loss, alone.aux_loss)

@@ -1,4 +1,4 @@
-"""MoE layer backends (kernels/backends.py) against the `torch` reference of moe_ts.moe on the same weights:
+"""MoE dispatchers (moe_ts/dispatch.py, pretrain/moe_deepspeed.py) against the `torch` reference on the same weights:
 outputs, input and parameter gradients and the layer's stats; odd T, E not a power of two with an expert
 that gets no token, k = 1..4, both gates (nearest and farthest centroids), float32 and bfloat16.
 DeepSpeed is compared with a capacity factor large enough that nothing drops, and its drops are checked
@@ -10,10 +10,12 @@ import copy
 import pytest
 import torch
 
+import pretrain.moe_deepspeed  # noqa: F401  (registers the "deepspeed" dispatcher)
 from kernels._common import poison_outputs
-from kernels.backends import get_backend
 from kernels.testing import DEVICES, rel_err
+from kernels.topk import dispatch_fields
 from moe_ts.config import MoEConfig
+from moe_ts.dispatch import dispatcher_names, make_dispatcher, set_moe_backend
 from moe_ts.moe import MoELayer, Routing, dispatch_reference
 
 WIDTH, HIDDEN, EMPTY = 32, 48, 3
@@ -32,7 +34,7 @@ def _gen() -> torch.Generator:
 
 def _layer_and_input(gate, select, weighting, top_k, num_experts, dtype, device, gen, num_tokens=67):
     cfg = MoEConfig(num_experts=num_experts, top_k=top_k, d_ff=HIDDEN, gate=gate, centroid_select=select,
-                    weighting=weighting, capacity_factor=float(num_experts))
+                    weighting=weighting)
     layer = MoELayer(WIDTH, cfg)
     x = torch.randn(num_tokens, WIDTH, generator=gen)
     x[:, 0] = 3.0  # a constant feature lets the linear gate shut one expert out
@@ -51,8 +53,8 @@ def _layer_and_input(gate, select, weighting, top_k, num_experts, dtype, device,
 
 def _run(layer: MoELayer, x: torch.Tensor, backend: str, grad_y: torch.Tensor, rows: torch.Tensor | None = None):
     layer = copy.deepcopy(layer)
-    layer.cfg = copy.copy(layer.cfg)
-    layer.cfg.backend = backend
+    # capacity factor E: DeepSpeed's capacity ceil(E·k·T/E) ≥ T·k pairs, nothing drops
+    set_moe_backend(layer, backend, capacity_factor=float(layer.cfg.num_experts))
     x = x.detach().clone().requires_grad_(True)
     with poison_outputs():
         y, stats = layer(x)
@@ -79,9 +81,7 @@ def test_backend_matches_torch_reference(device, dtype, backend, gate, select, w
         ref_scores = layer.route(x).scores.float()
         ids_64 = truth_layer.route(x64).expert_ids
         if backend == "triton":
-            from kernels.backends import triton_route
-
-            ids_b = triton_route(layer, x).expert_ids
+            ids_b = layer.route(x, fused=True).expert_ids
         else:
             ids_b = ids_ref  # deepspeed and megablocks use the layer's own router
 
@@ -124,8 +124,7 @@ def test_deepspeed_drops_over_capacity():
     """With a small capacity factor DeepSpeed drops the pairs past each expert's capacity (in token order)."""
     gen = _gen()
     layer, x = _layer_and_input("linear", "nearest", "softmax_topk", 2, 5, torch.float32, "cpu", gen, num_tokens=41)
-    layer.cfg.capacity_factor = 0.5
-    layer.cfg.backend = "deepspeed"
+    set_moe_backend(layer, "deepspeed", capacity_factor=0.5)
     with torch.no_grad():
         y, _ = layer(x)
         routing = layer.route(x)
@@ -138,14 +137,16 @@ def test_deepspeed_drops_over_capacity():
         rank[where] = torch.arange(where.numel())
     kept = (rank < capacity).view(num_tokens, top_k)
     assert (~kept).any(), "the test meant some pairs to be dropped"
-    expected = dispatch_reference(x, Routing(routing.expert_ids, routing.weights * kept, routing.scores), layer.experts)
+    expected = dispatch_reference(x, Routing(routing.expert_ids, routing.weights * kept, routing.scores,
+                                             *dispatch_fields(routing.expert_ids, 5)), layer.experts)
     assert rel_err(y, expected) <= 2e-5
 
 
 def test_megablocks_needs_cuda():
     layer, x = _layer_and_input("linear", "nearest", "softmax_topk", 2, 5, torch.float32, "cpu", _gen())
+    set_moe_backend(layer, "megablocks")
     with pytest.raises(RuntimeError, match="CUDA"):
-        get_backend("megablocks")(layer, x)
+        layer(x)
 
 
 @pytest.mark.gpu
@@ -163,7 +164,16 @@ def test_megablocks_matches_torch_reference(dtype):
         assert rel_err(grads_b[name], grads_r[name]) <= tol, name
 
 
-def test_get_backend_names():
-    assert get_backend("torch") is not get_backend("triton")
+def test_dispatcher_names_and_built_once():
+    assert {"torch", "triton", "deepspeed", "megablocks"} <= set(dispatcher_names())
+    layer, x = _layer_and_input("linear", "nearest", "softmax_topk", 2, 5, torch.float32, "cpu", _gen())
+    assert type(make_dispatcher("torch", layer)) is not type(make_dispatcher("triton", layer))
     with pytest.raises(ValueError, match="unknown MoE backend 'cutlass'"):
-        get_backend("cutlass")
+        make_dispatcher("cutlass", layer)
+    set_moe_backend(layer, "deepspeed", capacity_factor=5.0)
+    moe_before = layer.dispatcher.moe
+    with torch.no_grad():
+        layer(x)
+        layer(x)
+    assert layer.dispatcher.moe is moe_before  # DeepSpeed's MOELayer is built once, not per forward
+    assert set(layer.state_dict()) == {"gate.proj.weight", "experts.w_up", "experts.w_gate", "experts.w_down"}

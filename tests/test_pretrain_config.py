@@ -96,3 +96,35 @@ def test_lr_schedule_warmup_then_cosine_to_min():
 def test_train_flops_per_token():
     # 6 x 100 active parameters + 12 x 2 layers x d_model 8 x 16 positions
     assert train_flops_per_token(100, num_layers=2, d_model=8, seq_len=16) == 600 + 3072
+
+
+def test_old_run_yaml_moves_runtime_keys_to_parallel(tmp_path):
+    f = tmp_path / "old.yaml"
+    f.write_text("model:\n  d_model: 32\n  num_heads: 4\n  moe:\n    backend: deepspeed\n    capacity_factor: 2.0\n")
+    with pytest.warns(FutureWarning, match="runtime choices"):
+        run = load_run_config(f)
+    assert (run.parallel.moe_backend, run.parallel.capacity_factor) == ("deepspeed", 2.0)
+    f.write_text("model:\n  moe:\n    backend: triton\nparallel:\n  moe_backend: torch\n")
+    with pytest.warns(FutureWarning):
+        assert load_run_config(f).parallel.moe_backend == "torch"  # the new section wins
+    f.write_text("parallel:\n  capacity_factor: 0\n")
+    with pytest.raises(ConfigError, match="capacity_factor must be > 0"):
+        load_run_config(f)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "deepspeed"])
+def test_parallel_section_installs_the_dispatcher_on_every_layer(backend):
+    from moe_ts.config import ModelConfig, MoEConfig
+    from pretrain.config import ParallelConfig
+    from pretrain.engine import apply_runtime, build_model
+
+    run = RunConfig(model=ModelConfig(patch_size=4, max_seq_len=8, d_model=16, num_layers=2, num_heads=2,
+                                      moe=MoEConfig(num_experts=3, top_k=1, d_ff=8)),
+                    train=TrainConfig(min_window_patches=2),
+                    parallel=ParallelConfig(moe_backend=backend, capacity_factor=3.0))
+    model = apply_runtime(build_model(run), run)
+    names = [layer.moe.dispatcher.name for layer in model.layers]
+    assert names == [backend, backend]
+    if backend == "deepspeed":
+        assert model.layers[0].moe.dispatcher.gate.capacity_factor == 3.0
+    assert "backend" not in str(model.config)  # runtime choices stay out of the model's config

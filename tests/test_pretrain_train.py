@@ -45,6 +45,7 @@ def workdir(tmp_path_factory):
             cols["target"].append(y.tolist())
             cols["group_id"].append(f"{name}-{i}")
     datasets.Dataset.from_dict(cols).save_to_disk(str(root / "corpus"))
+    (root / "corpus" / "manifest.json").write_text(json.dumps({"complete": True}))  # as `moe-ts prepare` ends
     (root / "run.yaml").write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN}))
     return root
 
@@ -202,10 +203,83 @@ def test_two_process_torchrun(workdir, tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     assert "world size 2" in stdout
     ckpt = out / "checkpoints" / "step-3"
-    assert (ckpt / "trainer_rank0.pt").is_file() and (ckpt / "trainer_rank1.pt").is_file()
-    s0 = torch.load(ckpt / "trainer_rank0.pt", weights_only=False)["sampler"]
-    s1 = torch.load(ckpt / "trainer_rank1.pt", weights_only=False)["sampler"]
+    assert (ckpt / "trainer_rank0.json").is_file() and (ckpt / "trainer_rank1.json").is_file()
+    s0 = json.loads((ckpt / "trainer_rank0.json").read_text())["sampler"]
+    s1 = json.loads((ckpt / "trainer_rank1.json").read_text())["sampler"]
     assert s0["rows"] == s1["rows"] == 3 * 2 * 1  # steps x grad_accum x micro-batch (4 / (2 ranks x 2))
     assert s0["rng"] != s1["rng"]  # the ranks draw different windows
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_resume_with_a_changed_config_is_refused_before_any_file_changes(workdir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(workdir, out, "--stop-at", "2") == 0
+    before = _snapshot(out)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump({"model": {**MODEL, "d_model": 64}, "train": {**TRAIN, "lr": 1e-3}}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        main(["--config", str(changed), "--data", str(workdir / "corpus"), "--out", str(out), "--resume"])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err.strip()
+    assert len(msg.splitlines()) == 1 and "model.d_model" in msg and "train.lr" in msg and "config.yaml" in msg
+    assert _snapshot(out) == before
+
+
+def test_unfinished_run_says_so_and_trainer_state_is_plain_json(workdir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(workdir, out, "--stop-at", "3") == 0
+    assert "UNFINISHED" in capsys.readouterr().out
+    info = json.loads((out / "final" / "training.json").read_text())
+    assert info["step"] == 3 and info["planned_steps"] == 8 and info["finished"] is False
+    assert len(info["corpus_fingerprint"]) == 64 and info["datasets"] == ["sines", "walks"]
+    card = (out / "final" / "README.md").read_text()
+    assert "NOT finished: stopped at step 3 of 8" in card
+    assert "datasets:\n- sines\n- walks" in card.split("---")[1]  # the card's metadata names the training data
+    state = json.loads((out / "checkpoints" / "step-3" / "trainer_rank0.json").read_text())
+    assert state["step"] == 3 and state["planned_steps"] == 8 and state["finished"] is False
+    assert state["corpus_fingerprint"] == info["corpus_fingerprint"]
+    assert not list((out / "checkpoints" / "step-3").glob("trainer_rank*.pt"))
+
+
+def test_corpus_without_a_complete_manifest_is_refused(workdir, tmp_path, capsys):
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(workdir / "corpus", corpus)
+    (corpus / "manifest.json").unlink()
+    with pytest.raises(SystemExit):
+        main(["--config", str(workdir / "run.yaml"), "--data", str(corpus), "--out", str(tmp_path / "o")])
+    msg = capsys.readouterr().err
+    assert "manifest.json" in msg and "moe-ts prepare" in msg and len(msg.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_does_not_unpickle_code_from_a_received_checkpoint(workdir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(workdir, out, "--stop-at", "2") == 0
+    ds = out / "checkpoints" / "step-2" / DS_TAG
+    victim = next(ds.rglob("*optim_states.pt"))
+    torch.save({"optimizer_state_dict": _Payload(tmp_path / "pwned")}, victim)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_main(workdir, out, "--resume")
+    err = capsys.readouterr().err.strip()
+    assert not (tmp_path / "pwned").exists()
+    assert "refused to unpickle" in err and len(err.splitlines()) == 1

@@ -1,4 +1,4 @@
-"""Reference loss curve (DESIGN §11): the debug config's 30 pretraining steps against the saved curve.
+"""Reference loss curve (docs/ARCHITECTURE.md §4): the debug config's 30 pretraining steps against the saved curve.
 
 The run is deterministic on one machine; across x86 CPUs float rounding differs and the curves drift
 apart as training goes on, so steps 1-8 are compared one by one and tightly, later steps as coarse block

@@ -7,7 +7,7 @@ import pytest
 from data_prep.paths import ENV_VAR, REPO_DATA_DIR, resolve_data_dir
 from data_prep.readers.m4_csv import read_m4_file
 from data_prep.readers.tsf import read_tsf
-from eval.registry import (
+from data_prep.registry import (
     LSF_HORIZONS,
     DatasetMissingError,
     all_specs,
@@ -18,7 +18,7 @@ from eval.registry import (
     lsf_train_end,
     lsf_val_span,
 )
-from eval.registry import test_span as span_of  # imported under another name so pytest does not collect it
+from data_prep.registry import test_span as span_of  # imported under another name so pytest does not collect it
 
 OFFLINE = ["m1_yearly", "m1_quarterly", "m1_monthly", "m3_yearly", "m3_quarterly", "m3_monthly", "m3_other",
            "tourism_yearly", "tourism_quarterly", "tourism_monthly", "m4_hourly", "m4_weekly", "nn5_daily", "nn5_weekly",

@@ -1,4 +1,4 @@
-"""Every evaluation dataset of the three suites (DESIGN §7): protocol facts, expected files, loader, test span.
+"""Every evaluation dataset of the suites (docs/ARCHITECTURE.md §6): protocol facts, expected files, loader, test span.
 
 Suites: 'monash' (the 29 sets of the Moirai Monash table), 'zeroshot' (the 10 sets of Moirai-MoE Table 2),
 'lsf' (long-sequence forecasting), and 'monash_extra' (Monash-archive sets outside the 29: M1 yearly/quarterly,

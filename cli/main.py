@@ -4,33 +4,41 @@
     moe-ts check    --corpus CORPUS [...]                   (data_prep.leak_check)
     moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume]   (pretrain.train)
     moe-ts eval     --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR      (eval.run)
-    moe-ts forecast --checkpoint DIR --input FILE.tsf|FILE.csv [--horizon H] --out forecasts.csv (moe_ts.forecast_cli)
-    moe-ts export   --checkpoint DIR --eval EVAL_DIR --out RELEASE                  (moe_ts.export)
+    moe-ts forecast --checkpoint DIR --input FILE.tsf|FILE.csv [--horizon H] --out forecasts.csv (cli.forecast)
+    moe-ts export   --checkpoint DIR --eval EVAL_DIR --out RELEASE                  (cli.export)
+
+Errors in the user's input (missing or malformed files, bad options, mismatched artefacts) are printed as one
+line on stderr with a non-zero exit; `moe-ts --debug COMMAND ...` shows the traceback instead.
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
+from moe_ts.errors import is_user_error, one_line_error
+
 COMMANDS = {
     "prepare": ("data_prep.prepare", "build the Arrow pretraining corpus (drops evaluation test windows)"),
     "check": ("data_prep.leak_check", "prove no evaluation test window is in a corpus"),
     "pretrain": ("pretrain.train", "pretrain a model with DeepSpeed"),
     "eval": ("eval.run", "zero-shot evaluation: results.csv, results.md and plots"),
-    "forecast": ("moe_ts.forecast_cli", "forecast a .tsf or CSV file into a CSV of means and quantiles"),
-    "export": ("moe_ts.export", "release folder: checkpoint + model card with the evaluation table"),
+    "forecast": ("cli.forecast", "forecast a .tsf or CSV file into a CSV of means and quantiles"),
+    "export": ("cli.export", "release folder: checkpoint + model card with the evaluation table"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: moe-ts COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines.append("\n`moe-ts COMMAND --help` shows a command's arguments.")
+    lines.append("\n`moe-ts COMMAND --help` shows a command's arguments; `--debug` shows the traceback of an error.")
+    lines.append("See README.md (\"Using it\") for the whole workflow.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -39,7 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moe-ts: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    result = module.main(rest)
+    try:
+        result = module.main(rest)
+    except SystemExit as exit_:
+        if not isinstance(exit_.code, str):  # argparse and the commands have printed their message already
+            return int(exit_.code or 0)
+        if debug:
+            raise
+        print(f"moe-ts {name}: error: {one_line_error(Exception(exit_.code))}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - reported in one line (see one_line_error), re-raised with --debug
+        if debug or not is_user_error(err):
+            raise
+        print(f"moe-ts {name}: error: {one_line_error(err)}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

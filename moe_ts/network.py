@@ -1,0 +1,103 @@
+"""The decoder network (docs/ARCHITECTURE.md §2): normalised patches → hidden states (+ MoE stats), no loss.
+
+Patch tokens → residual-MLP input projection → pre-norm decoder layers (causal attention with RoPE
+and QK-norm, sparse MoE FFN) → final RMSNorm; the mixture-distribution head (`head`) turns a hidden
+state into the distribution of the next patch. Losses live in `moe_ts.objectives`, sampling in
+`moe_ts.forecasting`, the released class with Hugging Face I/O in `moe_ts.model`.
+
+Shape legend: B batch, N patches, P patch size, D model width, L layers, E experts.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from moe_ts.attention import Attention, LayerCache
+from moe_ts.config import ModelConfig
+from moe_ts.distributions import MixtureHead
+from moe_ts.moe import MoELayer, MoEStats
+
+
+class PatchProjection(nn.Module):
+    """uni2ts' residual MLP input projection: Linear(P→D) → SiLU → Linear(D→D), plus Linear(P→D)."""
+
+    def __init__(self, patch_size: int, d_model: int) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(patch_size, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.res_proj = nn.Linear(patch_size, d_model)
+
+    def forward(self, patches_bnp: Tensor) -> Tensor:
+        return self.out_proj(nn.functional.silu(self.in_proj(patches_bnp))) + self.res_proj(patches_bnp)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)); x + moe(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.rope_base, cfg.norm_eps)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.moe = MoELayer(cfg.d_model, cfg.moe, cfg.init_std)
+
+    def forward(
+        self, x_bnd: Tensor, positions_bn: Tensor, mask_bnl: Tensor, cache: LayerCache | None,
+        token_mask_bn: Tensor | None = None,
+    ) -> tuple[Tensor, LayerCache, MoEStats]:
+        attn_out, new_cache = self.attn(self.attn_norm(x_bnd), positions_bn, mask_bnl, cache)
+        x_bnd = x_bnd + attn_out
+        b, n, d = x_bnd.shape
+        token_mask_t = None if token_mask_bn is None else token_mask_bn.reshape(b * n)
+        ffn_out, stats = self.moe(self.ffn_norm(x_bnd).reshape(b * n, d), token_mask_t)
+        return x_bnd + ffn_out.reshape(b, n, d), new_cache, stats
+
+
+class MoiraiMoENetwork(nn.Module):
+    """Decoder-only sparse-MoE network: `forward`/`encode` give hidden states, `head` the next-patch distribution."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.patch_proj = PatchProjection(config.patch_size, config.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = MixtureHead(config.d_model, config.patch_size * config.predict_patches)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(
+        self, patches_bnp: Tensor, positions_bn: Tensor, mask_bnl: Tensor, caches: list[LayerCache] | None = None,
+        token_mask_bn: Tensor | None = None,
+    ) -> tuple[Tensor, list[LayerCache], list[MoEStats]]:
+        """Hidden states [B, N, D] of normalised patches, given the tokens already in `caches`.
+
+        `token_mask_bn` (True = real patch) keeps padding out of the MoE losses and expert counts.
+        """
+        x = self.patch_proj(patches_bnp)
+        new_caches, all_stats = [], []
+        for i, layer in enumerate(self.layers):
+            x, cache, stats = layer(x, positions_bn, mask_bnl, None if caches is None else caches[i], token_mask_bn)
+            new_caches.append(cache)
+            all_stats.append(stats)
+        return self.final_norm(x), new_caches, all_stats
+
+    def encode(
+        self, patches_bnp: Tensor, positions_bn: Tensor, mask_bnl: Tensor, caches: list[LayerCache] | None = None,
+        token_mask_bn: Tensor | None = None,
+    ) -> tuple[Tensor, list[LayerCache], list[MoEStats]]:
+        """The same as `forward` (the name forecasting and centroid fitting use)."""
+        return self.forward(patches_bnp, positions_bn, mask_bnl, caches, token_mask_bn)
+
+    def num_parameters(self, active: bool = False) -> int:
+        """Total parameters, or those a token uses (top-k of E experts per layer)."""
+        total = sum(p.numel() for p in self.parameters())
+        if not active:
+            return total
+        moe = self.config.moe
+        expert_params = sum(p.numel() for layer in self.layers for p in layer.moe.experts.parameters())
+        return total - expert_params + expert_params * moe.top_k // moe.num_experts

@@ -1,0 +1,77 @@
+"""Training objectives (docs/ARCHITECTURE.md §2): the packed next-patch pretraining loss.
+
+`pretrain_loss` owns everything the network does not: patching, the leading-share statistics,
+standardisation, the next-patch NLL over scored positions and the MoE auxiliary terms. The network
+call goes through `forward` (a DeepSpeed engine in training, so its hooks run; the network itself
+by default).
+
+Shape legend: B batch, N patches, P patch size, D model width, L layers, E experts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from moe_ts.network import MoiraiMoENetwork
+from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
+
+
+@dataclass
+class PretrainOutput:
+    """Losses of one training batch."""
+
+    loss: Tensor  # nll + aux_loss_coef·aux + z_loss_coef·z: what the optimizer minimises
+    nll: Tensor  # mean NLL per observed target value (normalised scale)
+    aux_loss: Tensor  # mean over layers of the load-balancing loss
+    z_loss: Tensor  # mean over layers of the router z-loss
+    expert_counts: Tensor  # [L, E] tokens·k routed per expert
+
+
+def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
+                  forward: Callable | None = None) -> PretrainOutput:
+    """Training loss of packed rows.
+
+    target [B, N·P] raw values (NaN = missing); sample_id [B, N] (0 = padding, 1.. = packed series, at most N).
+    Each sample is standardised with statistics of its leading ⌈stats_ratio·n⌉ patches, which get no
+    loss; every other observed value is scored by the NLL of the predictions made at the K previous patches,
+    except in samples whose statistics are degenerate (see `masked_stats`). `forward` runs the network
+    (default: `model` itself; the trainer passes its DeepSpeed engine).
+    """
+    cfg = model.config
+    forward = model if forward is None else forward
+    values, observed = patchify(target, cfg.patch_size)
+    if sample_id.shape != values.shape[:2]:
+        raise ValueError(f"sample_id shape {tuple(sample_id.shape)} must be [B, N] = {tuple(values.shape[:2])}")
+    layout = PackedLayout.from_sample_id(sample_id)
+    stats_bn = layout.stats_patches(cfg.stats_ratio)
+    loc, scale, informative = masked_stats(values, observed, stats_bn, layout.sample_id, cfg.min_scale)
+    normed = standardise(values, observed, loc, scale, cfg.missing_values)
+
+    hidden, _, moe_stats = forward(normed, layout.position, layout.attention_mask(),
+                                   token_mask_bn=layout.sample_id > 0)
+    # Position j predicts patches j+1..j+K (K = predict_patches) of the same sample, except those that
+    # gave the statistics. Samples whose statistics are degenerate (constant or < 2 values) would score
+    # targets normalised by the scale floor (|z| in the thousands) and swamp the loss: they get none.
+    targets, weights = [], []
+    n = values.shape[1]
+    for k in range(1, cfg.predict_patches + 1):
+        same = (layout.sample_id[:, k:] == layout.sample_id[:, :-k]) & (layout.sample_id[:, k:] > 0)
+        scored_bn = same & ~stats_bn[:, k:] & informative[:, k:]
+        weight_bnp = (observed[:, k:] & scored_bn[..., None]).to(hidden.dtype)
+        pad = n - 1 - weight_bnp.shape[1]  # positions whose patch j+k lies past the row
+        targets.append(torch.nn.functional.pad(normed[:, k:], (0, 0, 0, pad)))
+        weights.append(torch.nn.functional.pad(weight_bnp, (0, 0, 0, pad)))
+    target_bnq = torch.cat(targets, dim=-1)  # [B, N-1, K·P]: patch j+1, ..., patch j+K
+    weight_bnq = torch.cat(weights, dim=-1)
+    distr = model.head.distribution(hidden[:, :-1])
+    log_prob = distr.log_prob(target_bnq)
+    nll = -(log_prob * weight_bnq).sum() / weight_bnq.sum().clamp(min=1.0)
+
+    aux = torch.stack([s.aux_loss for s in moe_stats]).mean()
+    z = torch.stack([s.z_loss for s in moe_stats]).mean()
+    loss = nll + cfg.moe.aux_loss_coef * aux + cfg.moe.z_loss_coef * z
+    counts = torch.stack([s.counts for s in moe_stats])
+    return PretrainOutput(loss=loss, nll=nll, aux_loss=aux, z_loss=z, expert_counts=counts)

@@ -1,0 +1,49 @@
+"""`--resume` compares the run's saved config.yaml with the requested config before anything is touched.
+
+Keys that change how a run is logged, saved or paced (not what it computes) may differ; any other difference
+(model shape, schedule, data mixture, seed, ...) would either crash DeepSpeed's loader or silently produce a
+run that is neither the old one nor the new one, so it is refused with the differing keys named.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from moe_ts.configuration import load_file, to_dict
+from pretrain.checkpoint import CheckpointError
+
+MAY_DIFFER = frozenset({
+    "train.time_budget_s", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.num_threads", "train.peak_tflops", "train.wandb_project", "train.wandb_mode",
+})
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: list(data) if isinstance(data, tuple) else data}
+
+
+def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ (or exist on one side only), except those in MAY_DIFFER."""
+    a, b = _flatten(saved), _flatten(requested)
+    return sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER and a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def check_resume_config(run: Any, out: Path) -> None:
+    """CheckpointError naming the keys when RUN/config.yaml differs from `run` in what it computes."""
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        return
+    saved = load_file(path)
+    requested = to_dict(run)
+    diff = config_differences(saved, requested)
+    if diff:
+        a, b = _flatten(saved), _flatten(requested)
+        shown = "; ".join(f"{k}: saved {a.get(k, '<absent>')!r}, requested {b.get(k, '<absent>')!r}" for k in diff[:4])
+        more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+        raise CheckpointError(f"{path}: --resume with a different config ({shown}{more}); resume with the saved "
+                              f"config or start a new run with another --out")
