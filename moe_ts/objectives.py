@@ -31,14 +31,17 @@ class PretrainOutput:
 
 
 def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
-                  forward: Callable | None = None) -> PretrainOutput:
+                  forward: Callable | None = None, input_noise: float = 0.0) -> PretrainOutput:
     """Training loss of packed rows.
 
     target [B, N·P] raw values (NaN = missing); sample_id [B, N] (0 = padding, 1.. = packed series, at most N).
     Each sample is standardised with statistics of its leading ⌈stats_ratio·n⌉ patches, which get no
     loss; every other observed value is scored by the NLL of the predictions made at the K previous patches,
     except in samples whose statistics are degenerate (see `masked_stats`). `forward` runs the network
-    (default: `model` itself; the trainer passes its DeepSpeed engine).
+    (default: `model` itself; the trainer passes its DeepSpeed engine). `input_noise` > 0 adds Gaussian
+    noise of that standard deviation (normalised units, torch's global RNG) to the observed input values
+    only, never to the targets: a model trained so does not rely on its inputs being exact, as they are
+    not when it decodes its own forecasts.
     """
     cfg = model.config
     forward = model if forward is None else forward
@@ -50,7 +53,10 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
     loc, scale, informative = masked_stats(values, observed, stats_bn, layout.sample_id, cfg.min_scale)
     normed = standardise(values, observed, loc, scale, cfg.missing_values)
 
-    hidden, _, moe_stats = forward(normed, layout.position, layout.attention_mask(),
+    inputs = normed
+    if input_noise > 0:
+        inputs = normed + input_noise * torch.randn_like(normed) * observed
+    hidden, _, moe_stats = forward(inputs, layout.position, layout.attention_mask(),
                                    token_mask_bn=layout.sample_id > 0)
     # Position j predicts patches j+1..j+K (K = predict_patches) of the same sample, except those that
     # gave the statistics. Samples whose statistics are degenerate (constant or < 2 values) would score
