@@ -17,6 +17,7 @@ a .tsf without start dates), mean and the quantiles q0.1 .. q0.9.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a folder written by save_pretrained, or a Hub repo id")
     parser.add_argument("--input", required=True, type=Path, help=".csv or .parquet (long or wide layout), or .tsf")
     parser.add_argument("--out", required=True, type=Path, help="CSV to write (a file; its folder is created)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists already")
     parser.add_argument("--horizon", type=int, help="steps to forecast (default: the .tsf file's @horizon)")
     parser.add_argument("--freq", help="pandas frequency alias of the timestamps (h, D, W-SUN, MS, 15min, ...); "
                                        "default: inferred from each series' timestamps")
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out.is_dir():
         raise IsADirectoryError(f"{args.out}: is a folder; --out names the CSV file to write")
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out}: exists already; pass --overwrite to replace it")
     series, file_horizon = read_input(args.input, args)
     horizon = args.horizon if args.horizon is not None else file_horizon
     if horizon is None:
@@ -117,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     frame = forecast_frame(series, out, horizon, quantile_names=lambda q: f"q{q:g}")
     frame.insert(1, "step", [h + 1 for _ in series for h in range(horizon)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
+    partial = args.out.with_name(f".{args.out.name}.partial")
+    frame.to_csv(partial, index=False)
+    os.replace(partial, args.out)  # a killed run never leaves a half-written CSV under the user's name
     print(f"wrote {len(series)} series x {horizon} steps to {args.out}")
     return 0
 

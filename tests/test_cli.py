@@ -40,6 +40,22 @@ def test_forecast_csv(ckpt, tmp_path):
     assert np.all(np.diff(qs, axis=1) >= 0)
 
 
+def test_forecast_refuses_to_replace_an_existing_file_without_overwrite(ckpt, tmp_path, capsys):
+    frame = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=40, freq="h").strftime("%Y-%m-%d %H:%M"),
+                          "a": np.arange(40.0)})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    users = tmp_path / "out.csv"
+    users.write_text("the user's own file\n")
+    args = ["forecast", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in.csv"), "--horizon", "3",
+            "--num-samples", "5", "--out", str(users)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "exists already" in err and len(err.strip().splitlines()) == 1
+    assert users.read_text() == "the user's own file\n"
+    assert main(args + ["--overwrite"]) == 0
+    assert len(pd.read_csv(users)) == 3 and not list(tmp_path.glob(".*partial"))
+
+
 def test_forecast_tsf_uses_its_horizon_and_pads_short_series_with_a_note(ckpt, tmp_path, capsys):
     tsf = tmp_path / "in.tsf"
     tsf.write_text("@relation t\n@attribute series_name string\n@frequency yearly\n@horizon 3\n"
