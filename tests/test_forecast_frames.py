@@ -27,7 +27,7 @@ def forecast(ckpt, tmp_path, frame, *extra, name="in.csv"):
     else:
         frame.to_csv(path, index=False)
     code = main(["forecast", "--checkpoint", str(ckpt), "--input", str(path), "--horizon", "3", "--num-samples", "4",
-                 "--out", str(tmp_path / "out.csv"), *extra])
+                 "--out", str(tmp_path / "out.csv"), "--overwrite", *extra])
     return code, (pd.read_csv(tmp_path / "out.csv") if code == 0 else None)
 
 
