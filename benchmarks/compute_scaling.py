@@ -50,7 +50,7 @@ def aggregates(eval_dir: Path) -> dict[str, float]:
     return out
 
 
-def one_point(config: Path, steps: int, data: Path, out: Path, log: Path) -> dict:
+def one_point(config: Path, steps: int, data: Path, out: Path, log: Path, suites: list[str]) -> dict:
     """Pretrain `config` for `steps` and evaluate it; reuses finished parts."""
     run_dir = out / f"{config.stem}-{steps}"
     final = run_dir / "final"
@@ -63,7 +63,8 @@ def one_point(config: Path, steps: int, data: Path, out: Path, log: Path) -> dic
         run(cmd, log)
     train_s = time.perf_counter() - t0
     point = {"config": str(config), "steps": steps, "train_seconds_this_call": round(train_s, 1)}
-    for suite, extra in SUITES.items():
+    for suite in suites:
+        extra = SUITES[suite]
         eval_dir = run_dir / f"eval_{suite}"
         if not (eval_dir / "aggregate.csv").is_file():
             run([sys.executable, "-m", "eval.run", "--checkpoint", str(final), "--suite", suite,
@@ -79,13 +80,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", default="5000,15000,45000", help="comma-separated step budgets")
     p.add_argument("--out", type=Path, default=Path("runs/scaling"))
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/compute_scaling.json"))
+    p.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, of {', '.join(SUITES)}")
     args = p.parse_args(argv)
+    suites = [s for s in args.suites.split(",") if s]
+    unknown = sorted(set(suites) - set(SUITES))
+    if unknown:
+        p.error(f"--suites: unknown {unknown}; known: {', '.join(SUITES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "scaling.log"
     points = []
     for config in [Path(c) for c in args.configs.split(",")]:
         for steps in [int(s) for s in args.steps.split(",")]:
-            points.append(one_point(config, steps, args.data, args.out, log))
+            points.append(one_point(config, steps, args.data, args.out, log, suites))
             print(json.dumps(points[-1]), flush=True)
     keys = sorted({k for pt in points for k in pt if " " in k})
     print("\n| config | steps | " + " | ".join(keys) + " |")
