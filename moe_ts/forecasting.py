@@ -12,9 +12,9 @@ What is fed back is the `decode` mode:
   median. The returned samples are independent across steps given that path: each step's
   marginals are the model's, but no path carries its own earlier draws.
 - "mean": like "median" but feeds back the distribution's mean.
-- "sample" (default): ancestral sampling: each of the S paths feeds back its own draw. Per-point draws from a
-  heavy-tailed mixture are unlike any training input, and on small models the paths diverge within
-  a few patches (EXPERIMENTS.md, 2026-12-01).
+- "sample" (default): ancestral sampling: each of the S paths feeds back its own draw. Per-point
+  draws from a heavy-tailed mixture are unlike any training input, and on small models the paths
+  diverge within a few patches (EXPERIMENTS.md, 2026-12-01).
 
 Shape legend: B series, S sample paths, H horizon, N patches, P patch size, D model width.
 """
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 DECODE_MODES = ("median", "mean", "sample")
-MEDIAN_DRAWS = 100  # draws per step for the fed-back median when fewer samples are asked for
+MEDIAN_DRAWS = 100  # draws per step for the fed-back median ("median" mode) when fewer samples are asked for
 
 
 def _as_arrays(contexts: object) -> list[np.ndarray]:
@@ -226,7 +226,7 @@ def prepare_decoder(
 
 def _sample_paths(
     model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int, use_cache: bool,
-    decode: str = "median",
+    decode: str,
 ) -> Tensor:
     """[B, S, horizon_patches·P] sample paths on the original scale."""
     param = next(model.parameters())
@@ -245,7 +245,8 @@ def _sample_paths(
             steps.append(draws_bq)
             fed_bq = draws_bq
         else:
-            draws_sbq = distr.sample((max(num_samples, MEDIAN_DRAWS),)).to(param.dtype)
+            num_draws = max(num_samples, MEDIAN_DRAWS) if decode == "median" else num_samples
+            draws_sbq = distr.sample((num_draws,)).to(param.dtype)
             steps.append(draws_sbq[:num_samples].transpose(0, 1).reshape(-1, draws_sbq.shape[-1]))  # [B·S, K·P]
             fed_bq = draws_sbq.median(dim=0).values if decode == "median" else distr.mean.to(param.dtype)
         if step + 1 < num_steps:
