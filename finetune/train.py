@@ -154,7 +154,7 @@ def finetune(model: nn.Module, splits: Splits, cfg: FinetuneConfig,
             raise FloatingPointError(f"finetune step {step}: loss is {float(loss)}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = validation_loss(model, val, cfg.batch_size)
-            history.append({"step": step, "train": float(loss), "val": v})
+            history.append({"step": step, "train": float(loss.detach()), "val": v})
             log(f"step {step}: train {float(loss):.4f}, validation {v:.4f}")
             if v < best:
                 best, best_step, bad = v, step, 0
