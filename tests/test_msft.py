@@ -28,8 +28,10 @@ def randomise(model: torch.nn.Module, seed: int = 1) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_b" in name or "aggregators" in name:
+            if "lora_b" in name or "aggregators" in name or "scale_logits" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif "adapters" in name or "scale_heads" in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
 
 
 def test_mask_keeps_tokens_in_their_scale_and_causal():
