@@ -155,7 +155,7 @@ def finetune(model: nn.Module, splits: Splits, cfg: FinetuneConfig,
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = validation_loss(model, val, cfg.batch_size)
             history.append({"step": step, "train": float(loss.detach()), "val": v})
-            log(f"step {step}: train {float(loss):.4f}, validation {v:.4f}")
+            log(f"step {step}: train {float(loss.detach()):.4f}, validation {v:.4f}")
             if v < best:
                 best, best_step, bad = v, step, 0
                 best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
