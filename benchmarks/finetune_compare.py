@@ -43,6 +43,27 @@ def evaluate(model, dataset: str, data_dir: str | None, max_windows: int, num_sa
     return out
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Bar chart: mean MSE over the horizons per method and dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    width = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        vals = [next(r["mse_mean"] for r in rows if r["dataset"] == d and r["method"] == m) for d in datasets]
+        ax.bar(np.arange(len(datasets)) + k * width, vals, width, label=m)
+    ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2, datasets)
+    ax.set_ylabel("LSF MSE (mean of 4 horizons)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
@@ -57,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--plot-only", action="store_true", help="redraw OUT's plot (OUT.png) from its JSON and exit")
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"))
+        return 0
     torch.set_num_threads(args.threads)
     base = MoiraiMoEModel.from_pretrained(args.checkpoint)
     rows = []
@@ -104,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1,
                                    default=str) + "\n")
+    plot(rows, args.out.with_suffix(".png"))
     return 0
 
 

@@ -108,7 +108,9 @@ def msft_forecast(net: "MSFTNetwork", contexts: object, prediction_length: int, 
 
     context_length: the most recent points used, a multiple of patch_size·2^K (default
     `default_context_length`); a shorter series is left-padded with missing values, but it must hold
-    at least one patch of the coarsest scale (patch_size·2^K points).
+    at least one patch of the coarsest scale (patch_size·2^K points). Other keyword arguments of
+    `moe_ts.forecasting.forecast` (`decode`, `allow_short_context`, ...) are accepted and ignored: every
+    scale decodes by feeding back its median.
     """
     unit = net.config.patch_size * net.msft.pool
     context_length = default_context_length(net) if context_length is None else context_length
