@@ -9,6 +9,7 @@ Arms (all `--config`'s model size, batch and schedule shape; S = steps-a + steps
 - centroid-nearest / centroid-farthest: `moe-ts centroids` on the linear arm's step-`steps-a` model (its
   experts matched to the clusters), then `moe-ts pretrain --init` for `steps-b` steps;
 - dense: one expert per layer with d_ff = top_k · d_ff (the same active FFN FLOPs), S steps from scratch.
+Every run warms up for min(the config's warmup, steps-b / 5) steps (a continuation restarts its schedule).
 Each final model is evaluated zero-shot on LSF ETTh1/ETTh2 (subsampled test windows, median decoding,
 Seasonal Naive beside it), and run over a fixed corpus sample for the per-layer expert load (min / max
 share × E, normalised entropy) and routing consistency (share of tokens whose top-1 expert is unchanged
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True)
     run = yaml.safe_load(Path(args.config).read_text())
     total = args.steps_a + args.steps_b
+    # every run (including the steps-b continuations) warms up for at most a fifth of the shortest run
+    run["train"]["warmup_steps"] = min(run["train"].get("warmup_steps", 100), max(1, args.steps_b // 5))
     dense = json.loads(json.dumps(run))
     moe = dense["model"]["moe"]
     dense["model"]["moe"] = {**moe, "num_experts": 1, "top_k": 1, "d_ff": moe.get("top_k", 2) * moe["d_ff"]}
