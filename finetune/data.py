@@ -1,15 +1,16 @@
 """Finetuning data (docs/ARCHITECTURE.md §8): a dataset's protocol splits and the windows drawn from them.
 
 An LSF dataset (`--dataset NAME`) is split as its evaluation protocol splits it (ETT: 12 / 4 / 4
-months; other LSF sets 0.7 / 0.1 / 0.2), every channel normalised with its training split's mean and
-standard deviation (the values the evaluation's contexts carry). Training windows are drawn uniformly
+months; other LSF sets 0.7 / 0.1 / 0.2); a user's LSF CSV (`--csv FILE`: a `date` column and one column
+per variate) by the 0.7 / 0.1 / 0.2 rule. Every channel is normalised with its training split's mean
+and standard deviation (the values the evaluation's contexts carry). Training windows are drawn uniformly
 from the training split; validation windows lie wholly inside the validation split (every half window),
 so the early-stopping signal never sees training or test points.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ class Splits:
     train: list[np.ndarray]
     val: list[np.ndarray]
     borders: tuple[int, int, int]  # train end, test start, series length
+    series: list = field(default_factory=list, repr=False)  # the raw channels (data_prep Series), for the test tasks
 
 
 def lsf_splits(name: str, data_dir: str | os.PathLike[str] | None = None) -> Splits:
@@ -40,7 +42,26 @@ def lsf_splits(name: str, data_dir: str | os.PathLike[str] | None = None) -> Spl
     test_start, _ = registry.test_span(spec, length)
     values = [lsf_normalise(s.target, train_end, f"{name} channel {s.item_id!r}").astype(np.float32) for s in series]
     return Splits(spec.name, [v[:train_end] for v in values], [v[train_end:test_start] for v in values],
-                  (train_end, test_start, length))
+                  (train_end, test_start, length), series)
+
+
+def csv_splits(path: str | os.PathLike[str]) -> Splits:
+    """Train / validation splits of a user's LSF CSV by the 0.7 / 0.1 / 0.2 rule (Autoformer's "custom")."""
+    from pathlib import Path
+
+    from data_prep.readers.lsf_csv import read_lsf_csv
+    from eval.protocols import lsf_normalise
+
+    path = Path(path)
+    series = read_lsf_csv(path, dataset=path.stem)
+    lengths = {len(s) for s in series}
+    if len(lengths) != 1:
+        raise ValueError(f"{path}: the columns must share one length, got {sorted(lengths)}")
+    length = lengths.pop()
+    train_end, test_start = int(length * 0.7), length - int(length * 0.2)
+    values = [lsf_normalise(s.target, train_end, f"{path} column {s.item_id!r}").astype(np.float32) for s in series]
+    return Splits(path.stem, [v[:train_end] for v in values], [v[train_end:test_start] for v in values],
+                  (train_end, test_start, length), series)
 
 
 def check_window(splits: Splits, window: int, what: str) -> None:

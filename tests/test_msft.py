@@ -1,6 +1,9 @@
 """MSFT multi-scale finetuning: mask, aggregator, causality, scale weights, frozen weights, LoRA, save/load."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -215,3 +218,51 @@ def test_bad_input_is_rejected_in_one_line(tmp_path, capsys):
                          "--out", str(tmp_path / "o"), *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert code != 0 and len(err) == 1 and message in err[0], (extra, err)
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = DATA if (DATA / "ett" / "ETTh1.csv").is_file() else Path("/work/shared/data")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = ModelConfig(patch_size=16, max_seq_len=64, d_model=16, num_layers=1, num_heads=2,
+                      moe=MoEConfig(num_experts=4, top_k=2, d_ff=16))
+    path = tmp_path_factory.mktemp("ft") / "base"
+    MoiraiMoEModel.from_model_config(cfg).save_pretrained(path)
+    return path
+
+
+def test_finetune_cli_on_etth1_lora_merges_into_a_plain_model(tiny_checkpoint, tmp_path):
+    from cli.main import main as cli_main
+
+    out = tmp_path / "lora"
+    assert cli_main(["finetune", "--checkpoint", str(tiny_checkpoint), "--method", "lora", "--dataset", "etth1",
+                     "--data-dir", str(DATA), "--out", str(out), "--steps", "2", "--eval-every", "1",
+                     "--batch-size", "2", "--eval-max-windows", "1", "--num-samples", "4"]) == 0
+    model = MoiraiMoEModel.from_pretrained(out)  # a plain folder: LoRA merged
+    base = MoiraiMoEModel.from_pretrained(tiny_checkpoint)
+    assert not torch.equal(model.layers[0].attn.q_proj.weight, base.layers[0].attn.q_proj.weight)
+    assert torch.equal(model.layers[0].moe.experts.w_up, base.layers[0].moe.experts.w_up)
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["borders"] == [8640, 11520, 17420] and report["result"]["steps_run"] == 2
+    rows = (out / "eval" / "results.csv").read_text()
+    assert "etth1" in rows and "720" in rows
+
+
+def test_finetune_cli_msft_on_a_users_csv(tiny_checkpoint, tmp_path):
+    import pandas as pd
+
+    from cli.main import main as cli_main
+
+    csv = tmp_path / "mine.csv"
+    pd.read_csv(DATA / "ett" / "ETTh2.csv").iloc[:2400, [0, 1, 7]].to_csv(csv, index=False)
+    out = tmp_path / "msft"
+    assert cli_main(["finetune", "--checkpoint", str(tiny_checkpoint), "--method", "msft", "--csv", str(csv),
+                     "--out", str(out), "--steps", "2", "--eval-every", "1", "--batch-size", "2", "--window", "128",
+                     "--num-scales", "1", "--eval-max-windows", "1", "--num-samples", "4"]) == 0
+    model = MSFTModel.from_pretrained(out)
+    assert model.msft.num_scales == 1
+    results = (out / "eval" / "results.csv").read_text()
+    assert "mine" in results and ",336," in results and ",720," not in results  # 720 does not fit the test split
