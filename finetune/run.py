@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                          num_scales=args.num_scales, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                          train_gates=not args.freeze_gates, train_experts=args.train_experts, seed=args.seed,
                          weight_decay=args.weight_decay)
+    if args.out.resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"--out {args.out}: is the --checkpoint folder; the pretrained model would be replaced")
     check_output_dir(args.out, args.overwrite)
     torch.set_num_threads(args.threads)
     from moe_ts.model import MoiraiMoEModel

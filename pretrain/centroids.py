@@ -83,6 +83,8 @@ def build(checkpoint: str, corpus_path: str, out: Path, *, num_windows: int = 25
 
     if num_windows < 1:
         raise ValueError(f"--num-windows must be >= 1, got {num_windows}")
+    if Path(out).resolve() == Path(checkpoint).resolve():
+        raise ValueError(f"--out {out}: is the --checkpoint folder; the pretrained model would be replaced")
     check_output_dir(out, overwrite)
     t0 = time.time()
     source = MoiraiMoEModel.from_pretrained(checkpoint)

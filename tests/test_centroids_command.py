@@ -144,6 +144,7 @@ def test_bad_inputs_are_one_line(corpus, tmp_path, capsys):
         (["--checkpoint", str(corpus / "moe"), "--num-experts", "8"], "has 4 experts per layer; --num-experts must be 4"),
         (["--checkpoint", str(corpus / "corpus")], "config.json: missing"),
         (["--checkpoint", str(corpus / "moe"), "--num-windows", "0"], "--num-windows must be >= 1"),
+        (["--checkpoint", str(tmp_path / "o")], "is the --checkpoint folder; the pretrained model would be replaced"),
     ]
     for args, message in cases:
         code = cli_main(["centroids", "--data", str(corpus / "corpus"), "--out", str(tmp_path / "o"), *args])

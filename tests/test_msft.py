@@ -212,6 +212,7 @@ def test_bad_input_is_rejected_in_one_line(tmp_path, capsys):
     cases = [
         (["--method", "prompt"], "--method 'prompt': unknown finetuning method (choose from msft, full, head, lora)"),
         (["--method", "msft"], "has no MoE layers (1 expert per layer), so there are no gates to finetune"),
+        (["--method", "head", "--out", str(tmp_path / "dense")], "is the --checkpoint folder"),
     ]
     for extra, message in cases:
         code = cli_main(["finetune", "--checkpoint", str(tmp_path / "dense"), "--dataset", "etth1",
