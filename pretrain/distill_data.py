@@ -2,7 +2,7 @@
 
 A window is (context of L points, truth of the next H points). Where they come from:
 - `--dataset NAME`, LSF set: every channel standardised with its training split's statistics (as the LSF
-  protocol, `eval.protocols.lsf_normalise`); training windows have their targets inside the training split,
+  protocol, `data_prep.registry.lsf_normalise`); training windows have their targets inside the training split,
   validation windows inside the validation split (`data_prep.registry.lsf_val_span`); the test split is
   never read.
 - `--dataset NAME`, Monash / zero-shot set: the part of each series before its test span
@@ -95,7 +95,6 @@ def dataset_windows(name: str, data_dir: str | os.PathLike[str] | None, context:
                     max_windows: int | None = None, max_val: int | None = None) -> DistillData:
     """Windows of a registered dataset (module docstring); its test span is never read."""
     from data_prep import registry
-    from eval.protocols import lsf_normalise
 
     spec = registry.get_spec(name)
     series = registry.load_series(spec, data_dir)
@@ -104,7 +103,7 @@ def dataset_windows(name: str, data_dir: str | os.PathLike[str] | None, context:
         length = len(series[0])
         train_end = registry.lsf_train_end(spec, length)
         val_lo, val_hi = registry.lsf_val_span(spec, length)
-        values = [lsf_normalise(s.target, train_end, f"{spec.name} {s.item_id}")[:val_hi] for s in series]
+        values = [registry.lsf_normalise(s.target, train_end, f"{spec.name} {s.item_id}")[:val_hi] for s in series]
         train = cut_windows(values, [(0, train_end)] * len(values), context, horizon, stride, max_windows)
         val = cut_windows(values, [(val_lo, val_hi)] * len(values), context, horizon, stride, max_val)
         if len(train) == 0:
