@@ -172,6 +172,10 @@ class MLPForecaster(
         """The card template filled with this student's sizes (and `training`, `eval_table` when given)."""
         kwargs.setdefault("architecture", student_summary(self))
         card_data = copy.deepcopy(self._hub_mixin_info.model_card_data)
+        for key in ("license", "datasets"):  # card metadata, as the MoE model's card
+            value = kwargs.pop(key, None)
+            if value:
+                setattr(card_data, key, value)
         return ModelCard.from_template(card_data=card_data, template_str=self._hub_mixin_info.model_card_template,
                                        repo_url=self._hub_mixin_info.repo_url, **kwargs)
 

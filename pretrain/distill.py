@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                             model_card_kwargs={"model_name": args.out.name, "training": training})
     _write_json(args.out / "distill.json", {
         "command": "moe-ts distill " + " ".join(sys.argv[1:] if argv is None else argv),
-        "teacher": str(args.teacher), "teacher_sha256": teacher_fingerprint(teacher), "data": data.description,
+        "summary": training, "teacher": str(args.teacher), "teacher_sha256": teacher_fingerprint(teacher), "data": data.description,
         "config": asdict(cfg), "history": history,
     })
     log(f"wrote student ({student.num_parameters():,} parameters, teacher {teacher.num_parameters():,}) to {args.out}")

@@ -270,6 +270,9 @@ def test_distill_command_writes_a_student_that_eval_and_forecast_use(tmp_path, t
                  "--out", str(tmp_path / "f.csv")]) == 0
     frame = pd.read_csv(tmp_path / "f.csv")
     assert len(frame) == 40 and np.allclose(frame["q0.1"], frame["mean"]) and np.allclose(frame["q0.9"], frame["mean"])
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "release"), "--license", "mit"]) == 0
+    card = (tmp_path / "release" / "README.md").read_text()
+    assert "Distilled from `teacher`" in card and "license: mit" in card
 
 
 def test_distill_bad_inputs_are_one_line_errors(tmp_path, teacher_dir, capsys):
