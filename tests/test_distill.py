@@ -296,3 +296,24 @@ def test_distill_bad_inputs_are_one_line_errors(tmp_path, teacher_dir, capsys):
     MLPForecaster(StudentConfig(context_length=32, horizon=8, hidden=4)).save_pretrained(tmp_path / "stu")
     stu = [a if a != str(teacher_dir) else str(tmp_path / "stu") for a in base] + ["--context", "32", "--horizon", "8"]
     assert "holds a timedistill_mlp model, not a MoE forecaster" in _one_line_error(capsys, stu)
+
+
+def test_lsf_windows_never_read_the_test_split(tmp_path):
+    # ETTh1's layout: train [0, 8640), validation [8640, 11520), test [11520, 14400). Validation values are 1e3
+    # and test values 1e6 (x10 for the second channel): after standardising by the training split, a validation
+    # value is > 100 and a test value > 1e5.
+    from pretrain.distill_data import dataset_windows
+
+    n = 14400
+    rng = np.random.default_rng(0)
+    base = np.sin(np.arange(n) / 5.0) + 0.1 * rng.standard_normal(n)
+    base[8640:11520], base[11520:] = 1e3, 1e6
+    (tmp_path / "ett").mkdir()
+    pd.DataFrame({"date": pd.date_range("2016-07-01", periods=n, freq="h").astype(str), "a": base,
+                  "b": base * 10}).to_csv(tmp_path / "ett" / "ETTh1.csv", index=False)
+    data = dataset_windows("etth1", tmp_path, context=64, horizon=16, stride=8, max_windows=500, max_val=100)
+    assert len(data.train) == 500 and len(data.val) == 100
+    for ws in (data.train, data.val):
+        assert np.abs(ws.contexts).max() < 1e5 and np.abs(ws.truth).max() < 1e5  # no test value anywhere
+    assert np.abs(data.train.truth).max() < 100  # training targets stay inside the training split
+    assert (np.abs(data.val.truth) > 100).all()  # validation targets inside the validation split
