@@ -270,6 +270,16 @@ def test_distill_command_writes_a_student_that_eval_and_forecast_use(tmp_path, t
                  "--out", str(tmp_path / "f.csv")]) == 0
     frame = pd.read_csv(tmp_path / "f.csv")
     assert len(frame) == 40 and np.allclose(frame["q0.1"], frame["mean"]) and np.allclose(frame["q0.9"], frame["mean"])
+    tsf = tmp_path / "toy.tsf"
+    rows = [f"s{i}:2020-01-01 00-00-00:" + ",".join(f"{v:.3f}" for v in np.sin(np.arange(80) / 3.0 + i) * 5 + 10)
+            for i in range(3)]
+    tsf.write_text("@relation toy\n@attribute series_name string\n@attribute start_timestamp date\n@frequency hourly\n"
+                   "@horizon 20\n@missing false\n@equallength true\n@data\n" + "\n".join(rows) + "\n")
+    assert main(["eval", "--checkpoint", str(out), "--tsf", str(tsf), "--out", str(tmp_path / "ev"),
+                 "--plot-series", "0"]) == 0  # horizon 20 > the student's 16: rolled out
+    results = pd.read_csv(tmp_path / "ev" / "results.csv")
+    mae = results[(results["role"] == "model") & (results["metric"] == "MAE") & (results["status"] == "ok")]
+    assert len(mae) == 1 and np.isfinite(mae["value"]).all()
     assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "release"), "--license", "mit"]) == 0
     card = (tmp_path / "release" / "README.md").read_text()
     assert "Distilled from `teacher`" in card and "license: mit" in card
