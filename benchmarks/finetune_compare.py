@@ -1,4 +1,4 @@
-"""Finetuning methods compared on LSF datasets from one pretrained checkpoint (issue 9; docs/ARCHITECTURE.md §8).
+"""Finetuning methods compared on LSF datasets from one pretrained checkpoint (issue 9; docs/ARCHITECTURE.md §9).
 
     python benchmarks/finetune_compare.py --checkpoint runs/b/final --datasets etth1,etth2 \
         --steps 100 --batch-size 16 --max-windows 6 --out benchmarks/results/finetune_compare.json

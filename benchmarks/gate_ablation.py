@@ -1,4 +1,4 @@
-"""Gate ablation (issue 9; docs/ARCHITECTURE.md §8): linear router vs centroid (nearest) vs centroid (farthest)
+"""Gate ablation (issue 9; docs/ARCHITECTURE.md §9): linear router vs centroid (nearest) vs centroid (farthest)
 vs dense at equal active compute, same corpus, same number of optimizer steps.
 
     python benchmarks/gate_ablation.py --corpus runs/demo/corpus --config configs/tiny.yaml \

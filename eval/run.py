@@ -45,16 +45,9 @@ def load_forecaster(checkpoint: str) -> tuple[Forecaster, str, dict[str, Any]]:
     path = Path(checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: not a folder (nor 'naive' / 'seasonal_naive')")
-    import json
+    from moe_ts.loading import load_forecaster as load_folder
 
-    from moe_ts.model import MoiraiMoEModel
-
-    config = path / "config.json"
-    if config.is_file() and "msft" in json.loads(config.read_text()):  # written by `moe-ts finetune --method msft`
-        from moe_ts.msft_model import MSFTModel
-
-        return MSFTModel.from_pretrained(path), path.resolve().name, {}
-    model = MoiraiMoEModel.from_pretrained(path)
+    model = load_folder(path)  # a MoE model, a distilled MLP student or an MSFT model (config.json's model_type)
     # Monash / GIFT-Eval series can be shorter than one patch: the model left-pads them with missing values.
     return model, path.resolve().name, {"allow_short_context": True}
 

@@ -1,4 +1,4 @@
-"""Finetuning data (docs/ARCHITECTURE.md §8): a dataset's protocol splits and the windows drawn from them.
+"""Finetuning data (docs/ARCHITECTURE.md §9): a dataset's protocol splits and the windows drawn from them.
 
 An LSF dataset (`--dataset NAME`) is split as its evaluation protocol splits it (ETT: 12 / 4 / 4
 months; other LSF sets 0.7 / 0.1 / 0.2); a user's LSF CSV (`--csv FILE`: a `date` column and one column
@@ -30,7 +30,7 @@ class Splits:
 def lsf_splits(name: str, data_dir: str | os.PathLike[str] | None = None) -> Splits:
     """Train / validation splits of a registered LSF dataset (raises naming the dataset when it is not one)."""
     from data_prep import registry
-    from eval.protocols import lsf_normalise
+    from data_prep.registry import lsf_normalise
 
     spec = registry.get_spec(name)
     if "lsf" not in spec.suites:
@@ -50,7 +50,7 @@ def csv_splits(path: str | os.PathLike[str]) -> Splits:
     from pathlib import Path
 
     from data_prep.readers.lsf_csv import read_lsf_csv
-    from eval.protocols import lsf_normalise
+    from data_prep.registry import lsf_normalise
 
     path = Path(path)
     series = read_lsf_csv(path, dataset=path.stem)

@@ -1,4 +1,4 @@
-"""Finetune a pretrained model on one dataset and evaluate it on the test split (docs/ARCHITECTURE.md §8).
+"""Finetune a pretrained model on one dataset and evaluate it on the test split (docs/ARCHITECTURE.md §9).
 
     moe-ts finetune --checkpoint DIR --method msft|full|head|lora --dataset NAME|--csv FILE --out OUT
         [--data-dir DIR] [--steps N] [--batch-size B] [--lr LR] [--window W] [--eval-every N] [--patience N]

@@ -1,4 +1,4 @@
-"""The finetuning methods and loop (docs/ARCHITECTURE.md §8).
+"""The finetuning methods and loop (docs/ARCHITECTURE.md §9).
 
 Methods, all from the same pretrained model:
 - `msft`: `moe_ts.msft.MSFTNetwork` (K extra scales, per-scale LoRA, aggregator, heads, learnt scale

@@ -1,4 +1,4 @@
-"""MSFT multi-scale finetuning modules (docs/ARCHITECTURE.md §8), adapted to the decoder.
+"""MSFT multi-scale finetuning modules (docs/ARCHITECTURE.md §9), adapted to the decoder.
 
 The method of "Multi-Scale Finetuning for Encoder-based Time Series Foundation Models" (arXiv 2506.14087)
 on our causal decoder:

@@ -1,4 +1,4 @@
-"""Forecasting with an MSFT-finetuned network (docs/ARCHITECTURE.md §8): every scale forecasts, the
+"""Forecasting with an MSFT-finetuned network (docs/ARCHITECTURE.md §9): every scale forecasts, the
 scales' forecasts are upsampled to full resolution and combined with the learnt weights softmax(w).
 
 Decoding runs on the fine scale's clock. At fine step t (patch t of scale 0 to be predicted) the

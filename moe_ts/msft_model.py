@@ -1,12 +1,12 @@
-"""The released MSFT-finetuned forecaster (docs/ARCHITECTURE.md §8): `MSFTNetwork` + Hugging Face I/O + `forecast`.
+"""The released MSFT-finetuned forecaster (docs/ARCHITECTURE.md §9): `MSFTNetwork` + Hugging Face I/O + `forecast`.
 
-Its folder holds config.json ({"model": ModelConfig, "msft": MSFTConfig}), model.safetensors (the
+Its folder holds config.json ({"model_type": "msft", "model": ModelConfig, "msft": MSFTConfig}), model.safetensors (the
 pretrained weights under `base.`, the MSFT modules beside them) and a model card.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from huggingface_hub import ModelHubMixin
 
@@ -19,12 +19,16 @@ from moe_ts.msft_forecast import msft_forecast
 from moe_ts.network import MoiraiMoENetwork
 
 
+MSFT_MODEL_TYPE = "msft"
+
+
 @dataclass
 class FinetunedConfig:
     """The pretrained model's config and what MSFT added."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     msft: MSFTConfig = field(default_factory=MSFTConfig)
+    model_type: Literal["msft"] = MSFT_MODEL_TYPE  # what `moe_ts.loading` dispatches on
 
 
 def _encode(cfg: FinetunedConfig) -> dict:

@@ -1,4 +1,4 @@
-"""From a pretrained model to a centroid-gated MoE model (docs/ARCHITECTURE.md §3, "Gates").
+"""From a pretrained model to a centroid-gated MoE model (docs/ARCHITECTURE.md §9).
 
     moe-ts centroids --checkpoint PRETRAINED --data CORPUS --out DIR [--num-windows N]
         [--num-experts E] [--top-k K] [--select nearest|farthest] [--iters I] [--batch-size B]

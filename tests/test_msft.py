@@ -265,5 +265,8 @@ def test_finetune_cli_msft_on_a_users_csv(tiny_checkpoint, tmp_path):
                      "--num-scales", "1", "--eval-max-windows", "1", "--num-samples", "4"]) == 0
     model = MSFTModel.from_pretrained(out)
     assert model.msft.num_scales == 1
+    from moe_ts.loading import load_forecaster  # what `moe-ts eval` / `moe-ts forecast` load a folder with
+
+    assert isinstance(load_forecaster(out), MSFTModel)
     results = (out / "eval" / "results.csv").read_text()
     assert "mine" in results and ",336," in results and ",720," not in results  # 720 does not fit the test split
