@@ -14,7 +14,7 @@ from pretrain.checkpoint import CheckpointError
 
 MAY_DIFFER = frozenset({
     "train.time_budget_s", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.num_threads", "train.peak_tflops", "train.wandb_project", "train.wandb_mode",
+    "train.num_threads", "train.peak_tflops", "train.wandb_project", "train.wandb_mode", "parallel.timeout_s",
 })
 
 
