@@ -241,6 +241,8 @@ def exportable_model(model: torch.nn.Module, run: RunConfig) -> torch.nn.Module:
     full.load_state_dict(state, strict=True)
     return full
 
+
+def main(argv: list[str] | None = None) -> int:
     """CLI entry point; configuration and corpus problems exit with a one-line error."""
     t_start = time.time()
     args = parse_args(argv)
