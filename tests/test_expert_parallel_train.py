@@ -41,13 +41,13 @@ def _run(gate: str, zero_stage: int, ep_size: int, **train) -> RunConfig:
                                            "wandb_mode": "disabled", **train}})
 
 
-def _init(rank: int, world: int, port: int):
+def _init(rank: int, world: int, port: int, timeout_s: float = 120):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
     torch.set_num_threads(1)
     from pretrain.engine import setup_distributed
 
-    return setup_distributed(timeout_s=120)
+    return setup_distributed(timeout_s=timeout_s)
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -155,3 +155,35 @@ def test_ep_size_must_divide_the_experts_and_the_world_size():
         from_dict(RunConfig, {"model": MODEL, "parallel": {"ep_size": 2, "moe_backend": "triton"}})
     with pytest.raises(ConfigError, match="parallel.ep_size must be an integer >= 1"):
         from_dict(RunConfig, {"model": MODEL, "parallel": {"ep_size": 0}})
+
+
+def _stalled_peer_worker(rank: int, world: int, port: int, result_path: str) -> None:
+    import time
+
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    _init(rank, world, port, timeout_s=3)
+
+    groups._create_expert_and_data_parallel(2)
+    ep_group = groups._get_expert_parallel_group("ep_size_2")
+    if rank == 1:
+        time.sleep(12)  # alive but stuck: never joins the collective
+        return
+    t0 = time.time()
+    try:
+        dist.all_reduce(torch.ones(1), group=ep_group)
+        outcome = "no error"
+    except Exception as err:  # noqa: BLE001 - the backend's own exception type
+        outcome = type(err).__name__ + ": " + str(err).splitlines()[0]
+    with open(result_path, "w") as f:
+        f.write(f"{time.time() - t0:.1f}\n{outcome}")
+
+
+@pytest.mark.dist
+def test_a_stuck_rank_fails_the_collective_after_parallel_timeout_s(tmp_path):
+    """The timeout reaches DeepSpeed's expert-parallel group (created by `new_group`, which has its own default)."""
+    result = tmp_path / "result"
+    mp.spawn(_stalled_peer_worker, args=(2, _free_port(), str(result)), nprocs=2, join=True)
+    elapsed, outcome = result.read_text().split("\n", 1)
+    assert outcome != "no error" and float(elapsed) < 9, (elapsed, outcome)
