@@ -205,20 +205,24 @@ def local_expert_state(model: nn.Module) -> dict[str, Tensor]:
             for name, layer in moe_layers(model) for w in EXPERT_WEIGHTS}
 
 
-def gather_experts(model: nn.Module) -> dict[str, Tensor]:
-    """Every expert of every layer, {state-dict key: [E, ...]}, gathered over the expert-parallel group
-    (collective over that group; a model that is not sharded returns its own weights)."""
+def gather_experts(model: nn.Module) -> dict[str, Tensor] | None:
+    """Every expert of every layer, {state-dict key: [E, ...]} on the CPU, gathered onto the first rank of the
+    expert-parallel group (collective over that group; None on its other ranks). A model that is not sharded
+    returns its own weights."""
     group = expert_parallel_group(model)
     local = local_expert_state(model)
     if group is None:
         return local
+    device = next(model.parameters()).device
+    first = dist.get_rank(group) == 0
     full = {}
     for key, w_local in local.items():
-        device_w = w_local.to(next(model.parameters()).device)
-        parts = [torch.empty_like(device_w) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, device_w, group=group)
-        full[key] = torch.cat(parts, 0).cpu()
-    return full
+        w_dev = w_local.to(device)
+        parts = [torch.empty_like(w_dev) for _ in range(dist.get_world_size(group))] if first else None
+        dist.gather(w_dev, parts, dst=dist.get_global_rank(group, 0), group=group)
+        if first:
+            full[key] = torch.cat(parts, 0).cpu()
+    return full if first else None
 
 
 def expert_shard_name(ep_rank: int, ep_size: int) -> str:

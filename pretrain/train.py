@@ -227,14 +227,17 @@ def parameter_counts(run: RunConfig) -> tuple[int, int]:
 
 
 def exportable_model(model: torch.nn.Module, run: RunConfig) -> torch.nn.Module:
-    """`model` itself, or with sharded experts a copy holding every expert (gathered over the
-    expert-parallel group: every rank must call this)."""
+    """What the main rank saves as RUN/final: `model` itself, or with sharded experts a copy holding every
+    expert, gathered over the main rank's expert-parallel group (whose ranks must all call this)."""
     from moe_ts.model import MoiraiMoEModel
     from pretrain.expert_parallel import expert_parallel_group, gather_experts
 
-    if expert_parallel_group(model) is None:
-        return model
+    group = expert_parallel_group(model)
+    if group is None or 0 not in torch.distributed.get_process_group_ranks(group):
+        return model  # not sharded, or another copy of the experts (the main rank's group exports)
     experts = gather_experts(model)
+    if experts is None:
+        return model
     full = MoiraiMoEModel.from_model_config(run.model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in full.state_dict()}
     state.update(experts)

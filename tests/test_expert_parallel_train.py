@@ -187,3 +187,18 @@ def test_a_stuck_rank_fails_the_collective_after_parallel_timeout_s(tmp_path):
     mp.spawn(_stalled_peer_worker, args=(2, _free_port(), str(result)), nprocs=2, join=True)
     elapsed, outcome = result.read_text().split("\n", 1)
     assert outcome != "no error" and float(elapsed) < 9, (elapsed, outcome)
+
+
+def test_a_run_saved_before_ep_size_existed_resumes_as_ep_size_1(tmp_path):
+    import yaml
+
+    from moe_ts.configuration import to_dict
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.resume_check import check_resume_config
+
+    saved = to_dict(_run("linear", 1, ep_size=1))
+    del saved["parallel"]["ep_size"], saved["parallel"]["timeout_s"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resume_config(_run("linear", 1, ep_size=1), tmp_path)
+    with pytest.raises(CheckpointError, match="parallel.ep_size: saved 1, requested 2"):
+        check_resume_config(_run("linear", 1, ep_size=2), tmp_path)
