@@ -36,7 +36,8 @@ from torch import nn
 from moe_ts.provenance import TRAINING_FILE
 from pretrain.engine import DistInfo, barrier
 from pretrain.errors import CheckpointError  # noqa: F401  (re-exported: pretrain.checkpoint.CheckpointError)
-from pretrain.expert_parallel import expert_parallel_group, load_expert_shard, save_expert_shard
+from pretrain.expert_parallel import expert_parallel_group
+from pretrain.expert_shards import load_expert_shard, save_expert_shard
 from pretrain.safe_load import restrict_deepspeed_loads
 
 DS_TAG = "ds"

@@ -14,8 +14,7 @@ expert parameters are marked `allreduce=False` with their `group_name`, and the 
 groups are split with `split_params_into_different_moe_groups_for_optimizer`, so DeepSpeed (ZeRO 0/1/2)
 reduces expert gradients only inside the expert-data-parallel group, averaged over the whole data-parallel
 world like every other gradient. `DeepSpeedMoEMarker` tells the engine that the model has MoE layers.
-Checkpoints keep one expert shard file per expert-parallel rank (`save_expert_shard`, pretrain/checkpoint.py);
-`gather_experts` rebuilds the full [E, ...] tensors for the exported Hugging Face folder.
+Checkpoint shards and the gather for the export: pretrain/expert_shards.py.
 
 The split sizes need one device→host read per layer (the collective takes host lists).
 
@@ -24,7 +23,6 @@ k top-k, P = T·k pairs, R rows received.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -197,72 +195,3 @@ def expert_parallel_group(model: nn.Module) -> dist.ProcessGroup | None:
         if isinstance(layer.dispatcher, ExpertParallelDispatcher):
             return layer.dispatcher.group
     return None
-
-
-def local_expert_state(model: nn.Module) -> dict[str, Tensor]:
-    """This rank's expert weights: {state-dict key: [El, ...] tensor} (detached, on the CPU)."""
-    return {f"{name}.experts.{w}": getattr(layer.experts, w).detach().cpu().contiguous()
-            for name, layer in moe_layers(model) for w in EXPERT_WEIGHTS}
-
-
-def gather_experts(model: nn.Module) -> dict[str, Tensor] | None:
-    """Every expert of every layer, {state-dict key: [E, ...]} on the CPU, gathered onto the first rank of the
-    expert-parallel group (collective over that group; None on its other ranks). A model that is not sharded
-    returns its own weights."""
-    group = expert_parallel_group(model)
-    local = local_expert_state(model)
-    if group is None:
-        return local
-    device = next(model.parameters()).device
-    first = dist.get_rank(group) == 0
-    full = {}
-    for key, w_local in local.items():
-        w_dev = w_local.to(device)
-        parts = [torch.empty_like(w_dev) for _ in range(dist.get_world_size(group))] if first else None
-        dist.gather(w_dev, parts, dst=dist.get_global_rank(group, 0), group=group)
-        if first:
-            full[key] = torch.cat(parts, 0).cpu()
-    return full if first else None
-
-
-def expert_shard_name(ep_rank: int, ep_size: int) -> str:
-    """File name of expert-parallel rank `ep_rank`'s expert weights inside a checkpoint."""
-    return f"experts_ep{ep_rank}_of{ep_size}.safetensors"
-
-
-def save_expert_shard(model: nn.Module, folder: Path) -> Path | None:
-    """Write this rank's experts into `folder` if it is the first of its expert-data-parallel group
-    (one file per expert-parallel rank); None when the model is not sharded or another rank writes it."""
-    from safetensors.torch import save_file
-
-    from deepspeed.utils import groups
-
-    group = expert_parallel_group(model)
-    if group is None:
-        return None
-    ep_size = dist.get_world_size(group)
-    if groups._get_expert_data_parallel_rank(expert_group_name(ep_size)) != 0:
-        return None
-    path = Path(folder) / expert_shard_name(dist.get_rank(group), ep_size)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(local_expert_state(model), str(tmp))
-    tmp.replace(path)
-    return path
-
-
-def load_expert_shard(model: nn.Module, folder: Path) -> Path | None:
-    """Copy this rank's saved experts from `folder` into `model` (None when the model is not sharded)."""
-    from safetensors.torch import load_file
-
-    group = expert_parallel_group(model)
-    if group is None:
-        return None
-    path = Path(folder) / expert_shard_name(dist.get_rank(group), dist.get_world_size(group))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no expert shard for this expert-parallel rank")
-    saved = load_file(str(path))
-    with torch.no_grad():
-        for name, layer in moe_layers(model):
-            for w in EXPERT_WEIGHTS:
-                getattr(layer.experts, w).copy_(saved[f"{name}.experts.{w}"])
-    return path

@@ -230,7 +230,8 @@ def exportable_model(model: torch.nn.Module, run: RunConfig) -> torch.nn.Module:
     """What the main rank saves as RUN/final: `model` itself, or with sharded experts a copy holding every
     expert, gathered over the main rank's expert-parallel group (whose ranks must all call this)."""
     from moe_ts.model import MoiraiMoEModel
-    from pretrain.expert_parallel import expert_parallel_group, gather_experts
+    from pretrain.expert_parallel import expert_parallel_group
+    from pretrain.expert_shards import gather_experts
 
     group = expert_parallel_group(model)
     if group is None or 0 not in torch.distributed.get_process_group_ranks(group):
