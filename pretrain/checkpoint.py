@@ -217,12 +217,11 @@ def load_checkpoint(engine: Any, ckpt: Path, dist: DistInfo) -> dict[str, Any]:
 
 
 def _restore_expert_shard(engine: Any, ckpt: Path) -> None:
-    """Sharded experts: DeepSpeed's model file holds rank 0's shard only, so every rank copies in its own
-    (ZeRO 1/2 also restored them from its optimizer partitions; the fp32 copies are refreshed to match)."""
-    try:
-        path = load_expert_shard(engine.module, ckpt)
-    except FileNotFoundError as err:
-        raise CheckpointError(str(err)) from None
+    """Sharded experts: DeepSpeed's model file holds rank 0's shard only, and its loader copies that into every
+    rank's module (ZeRO restores each rank's own fp32 master copy, but the next forward uses the module's
+    weights). So each rank copies in its own shard, and the fp32 copies are refreshed from it (without this,
+    a resumed run's losses leave the uninterrupted run's from the first step after the checkpoint)."""
+    path = load_expert_shard(engine.module, ckpt)
     if path is not None and hasattr(engine.optimizer, "refresh_fp32_params"):
         engine.optimizer.refresh_fp32_params()
 

@@ -193,5 +193,5 @@ def expert_parallel_group(model: nn.Module) -> dist.ProcessGroup | None:
     """The expert-parallel group of `model`'s sharded experts (None: not sharded)."""
     for _, layer in moe_layers(model):
         if isinstance(layer.dispatcher, ExpertParallelDispatcher):
-            return layer.dispatcher.group
+            return dist.group.WORLD if layer.dispatcher.group is None else layer.dispatcher.group
     return None

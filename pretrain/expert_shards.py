@@ -9,12 +9,14 @@ Shape legend: E experts, El = E/S local experts of one rank.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from pretrain.errors import CheckpointError
 from pretrain.expert_parallel import EXPERT_WEIGHTS, expert_group_name, expert_parallel_group, moe_layers
 
 
@@ -65,6 +67,8 @@ def save_expert_shard(model: nn.Module, folder: Path) -> Path | None:
     path = Path(folder) / expert_shard_name(dist.get_rank(group), ep_size)
     tmp = path.with_name(path.name + ".tmp")
     save_file(local_expert_state(model), str(tmp))
+    with open(tmp, "rb+") as f:  # on disk before the checkpoint folder is renamed into place
+        os.fsync(f.fileno())
     tmp.replace(path)
     return path
 
@@ -78,10 +82,17 @@ def load_expert_shard(model: nn.Module, folder: Path) -> Path | None:
         return None
     path = Path(folder) / expert_shard_name(dist.get_rank(group), dist.get_world_size(group))
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no expert shard for this expert-parallel rank")
-    saved = load_file(str(path))
+        raise CheckpointError(f"{path}: no expert shard for this expert-parallel rank")
+    try:
+        saved = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError / OSError
+        raise CheckpointError(f"{path}: unreadable expert shard ({err})") from None
     with torch.no_grad():
         for name, layer in moe_layers(model):
             for w in EXPERT_WEIGHTS:
-                getattr(layer.experts, w).copy_(saved[f"{name}.experts.{w}"])
+                key, param = f"{name}.experts.{w}", getattr(layer.experts, w)
+                if key not in saved or saved[key].shape != param.shape:
+                    found = tuple(saved[key].shape) if key in saved else "nothing"
+                    raise CheckpointError(f"{path}: expected {key} of shape {tuple(param.shape)}, found {found}")
+                param.copy_(saved[key])
     return path

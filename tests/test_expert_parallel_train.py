@@ -202,3 +202,27 @@ def test_a_run_saved_before_ep_size_existed_resumes_as_ep_size_1(tmp_path):
     check_resume_config(_run("linear", 1, ep_size=1), tmp_path)
     with pytest.raises(CheckpointError, match="parallel.ep_size: saved 1, requested 2"):
         check_resume_config(_run("linear", 1, ep_size=2), tmp_path)
+
+
+def test_a_bad_expert_shard_file_is_a_one_line_checkpoint_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from moe_ts.model import MoiraiMoEModel
+    from pretrain.engine import setup_distributed
+    from pretrain.errors import CheckpointError
+    from pretrain.expert_parallel import shard_experts
+    from pretrain.expert_shards import expert_shard_name, load_expert_shard, local_expert_state
+
+    setup_distributed()  # one process: an expert-parallel group of 1
+    model = MoiraiMoEModel.from_model_config(_run("linear", 1, ep_size=1).model)
+    shard_experts(model)
+    with pytest.raises(CheckpointError, match="no expert shard for this expert-parallel rank"):
+        load_expert_shard(model, tmp_path)
+    state = local_expert_state(model)
+    key = next(iter(state))
+    save_file({**state, key: state[key][:1].contiguous()}, str(tmp_path / expert_shard_name(0, 1)))
+    with pytest.raises(CheckpointError, match=f"expected {key} of shape \\(4, .*found \\(1, "):
+        load_expert_shard(model, tmp_path)
+    (tmp_path / expert_shard_name(0, 1)).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="unreadable expert shard"):
+        load_expert_shard(model, tmp_path)
