@@ -164,7 +164,7 @@ def compare_curves(reference: dict[str, Any], curve: list[dict[str, float]], sum
     they differ from those stored in the reference, that is said first, as the likely cause.
     """
     problems = []
-    ref_config, run_config = with_parallel_defaults(reference.get("run_config")), with_parallel_defaults(run_config)
+    ref_config, run_config = with_defaults(reference.get("run_config")), with_defaults(run_config)
     if run_config is not None and ref_config not in (None, run_config):
         changed = sorted(_changed_keys(ref_config, run_config))
         problems.append(f"the run config differs from the one the reference was written with: {', '.join(changed)}")
@@ -215,16 +215,20 @@ def _summaries_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return True
 
 
-def with_parallel_defaults(run_config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A stored run config with the `parallel:` keys added since it was written set to their defaults
-    (runtime choices such as ep_size / timeout_s, whose defaults compute what the reference computed)."""
-    if run_config is None or not isinstance(run_config.get("parallel"), dict):
-        return run_config
+def with_defaults(run_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored run config with the keys added to the run config since it was written (e.g. train.self_feed,
+    parallel.ep_size) set to their defaults, which compute what the code computed before they existed."""
+    if run_config is None:
+        return None
     from moe_ts.configuration import to_dict
-    from pretrain.config import ParallelConfig
+    from pretrain.config import RunConfig
 
-    defaults = json.loads(json.dumps(to_dict(ParallelConfig())))
-    return {**run_config, "parallel": {**defaults, **run_config["parallel"]}}
+    def fill(stored: Any, defaults: Any) -> Any:
+        if not (isinstance(stored, dict) and isinstance(defaults, dict)):
+            return stored
+        return {**defaults, **{k: fill(v, defaults.get(k)) for k, v in stored.items()}}
+
+    return fill(run_config, json.loads(json.dumps(to_dict(RunConfig()))))
 
 
 def config_dict(config: Path) -> dict[str, Any]:

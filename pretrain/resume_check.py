@@ -42,10 +42,10 @@ def check_resume_config(run: Any, out: Path) -> None:
         return
     saved = load_file(path)
     requested = to_dict(run)
-    parallel_defaults = {"parallel": to_dict(type(run.parallel)())}  # runtime keys added after a run was saved
-    diff = config_differences(saved, requested, parallel_defaults)
+    defaults = to_dict(type(run)())  # keys added since the run was saved count as their defaults
+    diff = config_differences(saved, requested, defaults)
     if diff:
-        a, b = {**_flatten(parallel_defaults), **_flatten(saved)}, _flatten(requested)
+        a, b = {**_flatten(defaults), **_flatten(saved)}, _flatten(requested)
         shown = "; ".join(f"{k}: saved {a.get(k, '<absent>')!r}, requested {b.get(k, '<absent>')!r}" for k in diff[:4])
         more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
         raise CheckpointError(f"{path}: --resume with a different config ({shown}{more}); resume with the saved "
