@@ -17,6 +17,12 @@ uni2ts is not installed here, so its step is not measured in the same run; see B
 ratio to the pre-change path relates to the issue's uni2ts figure. Prints a table and writes JSON.
 
     python benchmarks/pretrain_throughput.py --out benchmarks/results/pretrain_throughput_cpu.json
+
+`--parallel`: instead, full DeepSpeed training steps (`pretrain.engine.train_step`, ZeRO-1, fp32, gloo on
+CPU) of the tiny config on the same global batch with 1 process, 2 processes data-parallel and 2 processes
+with `parallel.ep_size=2`; patches/s over the whole job and each row's ratio to the 1-process row.
+
+    python benchmarks/pretrain_throughput.py --parallel --out benchmarks/results/pretrain_parallel_cpu.json
 """
 from __future__ import annotations
 
@@ -131,6 +137,64 @@ def time_variants(models: dict[str, MoiraiMoEModel], target: Tensor, sample_id: 
     return {v: (statistics.median(f for f, _ in ts), statistics.median(s for _, s in ts)) for v, ts in times.items()}
 
 
+PARALLEL_ROWS = (("1 process", 1, 1), ("2 processes, data parallel", 2, 1), ("2 processes, ep_size=2", 2, 2))
+
+
+def _parallel_worker(rank: int, world: int, port: int, ep_size: int, rows: int, steps: int, warmup: int,
+                     result: str) -> None:
+    """One rank of a `--parallel` row: `warmup` + `steps` train steps on its share of the global batch."""
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+    torch.set_num_threads(1)
+    from moe_ts.configuration import from_dict, load_file
+    from pretrain.config import RunConfig
+    from pretrain.engine import build_engine, setup_distributed, train_step
+
+    data = load_file(CASES["tiny"][0])
+    data["train"] = {**data["train"], "batch_size": rows, "steps": warmup + steps, "warmup_steps": 0,
+                     "zero_stage": 1, "wandb_mode": "disabled", "time_budget_s": None}
+    data["parallel"] = {"ep_size": ep_size}
+    run = from_dict(RunConfig, data)
+    info = setup_distributed(run.parallel.timeout_s)
+    engine = build_engine(run, info)
+    target, sample_id = packed_batch(run.model, rows, seed=0)
+    share = slice(rank * rows // world, (rank + 1) * rows // world)
+    batch = {"target": target[share], "sample_id": sample_id[share]}
+    times, tokens = [], 0
+    for i in range(warmup + steps):
+        torch.distributed.barrier()
+        t0 = time.perf_counter()
+        stats = train_step(engine, [batch], info.device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            tokens = stats.tokens
+    if rank == 0:
+        Path(result).write_text(json.dumps({"step_s": statistics.median(times), "tokens": tokens}))
+
+
+def parallel_rows(rows: int, steps: int, warmup: int) -> list[dict]:
+    """The `--parallel` table: one row per PARALLEL_ROWS entry, ratios against the first (1 process)."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    results = []
+    for label, world, ep_size in PARALLEL_ROWS:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            mp.spawn(_parallel_worker, args=(world, port, ep_size, rows, steps, warmup, str(out)), nprocs=world)
+            measured = json.loads(out.read_text())
+        results.append({"config": "tiny", "rows": rows, "variant": label, "processes": world, "ep_size": ep_size,
+                        "step_s": measured["step_s"], "tokens_per_s": measured["tokens"] / measured["step_s"]})
+    for r in results:
+        r["tokens_per_s_vs_1_process"] = r["tokens_per_s"] / results[0]["tokens_per_s"]
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(CASES), choices=list(CASES))
@@ -139,8 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--parallel", action="store_true",
+                        help="DeepSpeed steps of the tiny config: 1 process, 2 data-parallel, 2 with ep_size=2")
+    parser.add_argument("--steps", type=int, default=20, help="--parallel: timed steps per row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.parallel:
+        return main_parallel(args)
     variants = ["pre-change experts", "default", "dense FFN"]
     results = []
     for name in args.configs:
@@ -174,6 +243,26 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
                 "machine": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}",
                 "baseline": "pre-change experts"}
+        args.out.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main_parallel(args: argparse.Namespace) -> int:
+    """`--parallel`: print and save the 1-process / data-parallel / expert-parallel table."""
+    rows = args.rows or 16
+    results = parallel_rows(rows, args.steps, max(args.warmup, 2))
+    header = f"{'run':<28} {'step s':>8} {'patches/s':>10} {'x 1 process':>11}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(f"{r['variant']:<28} {r['step_s']:8.4f} {r['tokens_per_s']:10.0f} {r['tokens_per_s_vs_1_process']:11.2f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+                "torch": torch.__version__, "threads_per_process": 1, "timed_steps": args.steps,
+                "machine": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs",
+                "baseline": "1 process"}
         args.out.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0

@@ -3,9 +3,13 @@
 Layout of a run directory:
     RUN/checkpoints/step-N/ds/...              DeepSpeed engine state (weights, optimizer, LR schedule)
     RUN/checkpoints/step-N/trainer_rankR.json  step, planned steps, finished?, corpus fingerprint, sampler
-                                               state, python/numpy/torch RNG states of rank R (plain JSON:
-                                               reading it runs no code, unlike a pickle; DeepSpeed's own
-                                               files are read with weights_only=True, pretrain/safe_load.py)
+                                               state, python/numpy/torch RNG states of rank R, world and
+                                               expert-parallel sizes (plain JSON: reading it runs no code,
+                                               unlike a pickle; DeepSpeed's own files are read with
+                                               weights_only=True, pretrain/safe_load.py)
+    RUN/checkpoints/step-N/experts_epG_ofS.safetensors  with parallel.ep_size = S > 1: the experts held by
+                                               expert-parallel rank G (written by the first rank of its
+                                               expert-data-parallel group; pretrain/expert_parallel.py)
     RUN/checkpoints/latest                     name of the newest complete checkpoint ("step-N")
     RUN/final/                                 model.save_pretrained output (what from_pretrained loads)
 
@@ -32,6 +36,8 @@ from torch import nn
 from moe_ts.provenance import TRAINING_FILE
 from pretrain.engine import DistInfo, barrier
 from pretrain.errors import CheckpointError  # noqa: F401  (re-exported: pretrain.checkpoint.CheckpointError)
+from pretrain.expert_parallel import expert_parallel_group
+from pretrain.expert_shards import load_expert_shard, save_expert_shard
 from pretrain.safe_load import restrict_deepspeed_loads
 
 DS_TAG = "ds"
@@ -141,8 +147,9 @@ def save_checkpoint(engine: Any, run_dir: Path, step: int, sampler_state: dict[s
             shutil.rmtree(tmp)
     barrier()
     engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step})
-    trainer_state = {**(progress or {}), "step": step, "world_size": dist.world_size, "sampler": sampler_state,
-                     "rng": rng_state()}
+    save_expert_shard(engine.module, tmp)
+    trainer_state = {**(progress or {}), "step": step, "world_size": dist.world_size,
+                     "ep_size": _ep_size(engine.module), "sampler": sampler_state, "rng": rng_state()}
     with open(tmp / trainer_state_name(dist.rank), "w") as f:
         json.dump(trainer_state, f)
         f.flush()
@@ -158,6 +165,30 @@ def save_checkpoint(engine: Any, run_dir: Path, step: int, sampler_state: dict[s
             _remove_dir(old)
     barrier()
     return final
+
+
+def _ep_size(model: nn.Module) -> int:
+    group = expert_parallel_group(model)
+    return 1 if group is None else torch.distributed.get_world_size(group)
+
+
+def check_checkpoint_layout(ckpt: Path, world_size: int, ep_size: int) -> None:
+    """CheckpointError (one line, both values) when `ckpt` was saved by a job of another world size or ep_size.
+
+    Reads rank 0's trainer state, which every job has, so every rank reaches the same verdict before any
+    collective (a mismatch must fail the job, not hang it)."""
+    state_file = ckpt / trainer_state_name(0)
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt}: no {state_file.name}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{state_file}: not valid JSON ({err})") from None
+    saved_world, saved_ep = state.get("world_size"), state.get("ep_size", 1)
+    if saved_world != world_size or saved_ep != ep_size:
+        raise CheckpointError(f"{ckpt}: saved with world size {saved_world} and parallel.ep_size {saved_ep}, "
+                              f"resumed with world size {world_size} and parallel.ep_size {ep_size}; resume with "
+                              f"the saved sizes")
 
 
 def load_checkpoint(engine: Any, ckpt: Path, dist: DistInfo) -> dict[str, Any]:
@@ -180,8 +211,19 @@ def load_checkpoint(engine: Any, ckpt: Path, dist: DistInfo) -> dict[str, Any]:
                                           load_lr_scheduler_states=True)
     if load_path is None:
         raise CheckpointError(f"{ckpt}: DeepSpeed found no engine state under tag '{DS_TAG}'")
+    _restore_expert_shard(engine, ckpt)
     set_rng_state(state["rng"])
     return state
+
+
+def _restore_expert_shard(engine: Any, ckpt: Path) -> None:
+    """Sharded experts: DeepSpeed's model file holds rank 0's shard only, and its loader copies that into every
+    rank's module (ZeRO restores each rank's own fp32 master copy, but the next forward uses the module's
+    weights). So each rank copies in its own shard, and the fp32 copies are refreshed from it (without this,
+    a resumed run's losses leave the uninterrupted run's from the first step after the checkpoint)."""
+    path = load_expert_shard(engine.module, ckpt)
+    if path is not None and hasattr(engine.optimizer, "refresh_fp32_params"):
+        engine.optimizer.refresh_fp32_params()
 
 
 def save_final(model: nn.Module, run_dir: Path, training: dict[str, Any] | None = None) -> Path:

@@ -116,10 +116,27 @@ class ParallelConfig:
 
     moe_backend: Literal["torch", "triton", "deepspeed", "megablocks"] = "torch"  # moe_ts.dispatch
     capacity_factor: float = 1.25  # moe_backend "deepspeed" only (capacity-based; drops past capacity)
+    # Ranks that share one copy of the experts, each holding num_experts/ep_size of them (pretrain/expert_parallel.py);
+    # 1: every rank holds every expert. Must divide model.moe.num_experts and the world size.
+    ep_size: int = 1
+    # Seconds a collective may wait for the other ranks before the job fails (a dead or stuck rank).
+    timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.capacity_factor <= 0:
             raise ConfigError(f"parallel.capacity_factor must be > 0, got {self.capacity_factor}")
+        if isinstance(self.ep_size, bool) or not isinstance(self.ep_size, int) or self.ep_size < 1:
+            raise ConfigError(f"parallel.ep_size must be an integer >= 1, got {self.ep_size!r}")
+        if self.ep_size > 1 and self.moe_backend != "torch":
+            raise ConfigError(f"parallel.ep_size={self.ep_size} needs parallel.moe_backend 'torch' (the expert-parallel "
+                              f"dispatcher replaces the local one), got {self.moe_backend!r}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"parallel.timeout_s must be > 0, got {self.timeout_s}")
+
+    def check_world_size(self, world_size: int) -> None:
+        """ConfigError unless the job's `world_size` is a multiple of ep_size."""
+        if world_size % self.ep_size:
+            raise ConfigError(f"parallel.ep_size={self.ep_size} must divide the world size ({world_size} processes)")
 
 
 @dataclass
@@ -134,6 +151,9 @@ class RunConfig:
         if self.train.min_window_patches > self.model.max_seq_len:
             raise ConfigError(f"train.min_window_patches={self.train.min_window_patches} exceeds "
                               f"model.max_seq_len={self.model.max_seq_len}")
+        if self.model.moe.num_experts % self.parallel.ep_size:
+            raise ConfigError(f"parallel.ep_size={self.parallel.ep_size} must divide "
+                              f"model.moe.num_experts={self.model.moe.num_experts}")
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -2,12 +2,14 @@
 
 Runs as one process (gloo on CPU over an in-memory store; no launcher needed) or under
 `deepspeed` / `torchrun` with several processes. deepspeed and torch.distributed stay here, out of
-`moe_ts/`. No expert parallelism yet: every rank holds all experts (plain data parallelism + ZeRO).
+`moe_ts/`. `parallel.ep_size > 1` shards the experts over DeepSpeed's expert-parallel groups
+(pretrain/expert_parallel.py); otherwise every rank holds all experts (data parallelism + ZeRO).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -30,12 +32,14 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup_distributed() -> DistInfo:
+def setup_distributed(timeout_s: float | None = None) -> DistInfo:
     """Initialise torch.distributed for DeepSpeed (gloo on CPU, nccl on CUDA); idempotent.
 
     Under a launcher (RANK in the env) the launcher's rendezvous is used. Without one this is a
     one-process group over an in-memory store: no port, and no RANK/MASTER_* left in the env for child
     processes to trip over (only LOCAL_RANK=0, which `deepspeed.initialize` insists on).
+    `timeout_s` (parallel.timeout_s): how long a collective waits for the other ranks before it raises,
+    for the world group and for every group created later (DeepSpeed's data/expert groups).
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -52,10 +56,24 @@ def setup_distributed() -> DistInfo:
     if on_cuda:
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
+        timeout = timedelta(seconds=1800 if timeout_s is None else timeout_s)
+        if timeout_s is not None:
+            _set_default_group_timeout(timeout)
         if "RANK" not in os.environ:
-            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
-        deepspeed.init_distributed(dist_backend=backend)
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1,
+                                                 timeout=timeout)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+def _set_default_group_timeout(timeout: timedelta) -> None:
+    """Make `timeout` the default of groups created without one: DeepSpeed's `new_group` calls pass none,
+    and torch would give them its own 30-minute (gloo) / 10-minute (nccl) default, not the world group's."""
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    if hasattr(distributed_c10d, "default_pg_nccl_timeout"):
+        distributed_c10d.default_pg_nccl_timeout = timeout
 
 
 def barrier() -> None:
@@ -74,12 +92,19 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices, none on vectors (biases, norm gains)."""
+    """AdamW groups: weight decay on matrices, none on vectors (biases, norm gains). Expert-parallel
+    expert weights go into groups of their own (DeepSpeed's MoE split), reduced over their expert-data group."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    if any(getattr(p, "allreduce", True) is False for p in decay + no_decay):
+        from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+
+        groups = [g for g in split_params_into_different_moe_groups_for_optimizer(groups) if g["params"]]
+    return groups
 
 
 def build_model(run: RunConfig) -> nn.Module:
@@ -107,6 +132,11 @@ def build_engine(run: RunConfig, dist: DistInfo, model: nn.Module | None = None)
     if model is None:
         model = build_model(run)
     apply_runtime(model, run)
+    if run.parallel.ep_size > 1:
+        from pretrain.expert_parallel import setup_expert_parallel
+
+        run.parallel.check_world_size(dist.world_size)
+        setup_expert_parallel(model, run.parallel.ep_size)
     model.to(dist.device)
     train = run.train
 

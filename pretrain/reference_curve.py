@@ -164,8 +164,9 @@ def compare_curves(reference: dict[str, Any], curve: list[dict[str, float]], sum
     they differ from those stored in the reference, that is said first, as the likely cause.
     """
     problems = []
-    if run_config is not None and reference.get("run_config") not in (None, run_config):
-        changed = sorted(_changed_keys(reference["run_config"], run_config))
+    ref_config, run_config = with_defaults(reference.get("run_config")), with_defaults(run_config)
+    if run_config is not None and ref_config not in (None, run_config):
+        changed = sorted(_changed_keys(ref_config, run_config))
         problems.append(f"the run config differs from the one the reference was written with: {', '.join(changed)}")
     ref_summary = reference.get("corpus")
     if ref_summary is not None and not _summaries_match(ref_summary, summary):
@@ -212,6 +213,22 @@ def _summaries_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
             if not math.isclose(x[key], y[key], rel_tol=1e-6, abs_tol=1e-6):
                 return False
     return True
+
+
+def with_defaults(run_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored run config with the keys added to the run config since it was written (e.g. train.self_feed,
+    parallel.ep_size) set to their defaults, which compute what the code computed before they existed."""
+    if run_config is None:
+        return None
+    from moe_ts.configuration import to_dict
+    from pretrain.config import RunConfig
+
+    def fill(stored: Any, defaults: Any) -> Any:
+        if not (isinstance(stored, dict) and isinstance(defaults, dict)):
+            return stored
+        return {**defaults, **{k: fill(v, defaults.get(k)) for k, v in stored.items()}}
+
+    return fill(run_config, json.loads(json.dumps(to_dict(RunConfig()))))
 
 
 def config_dict(config: Path) -> dict[str, Any]:

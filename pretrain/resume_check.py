@@ -14,7 +14,7 @@ from pretrain.checkpoint import CheckpointError
 
 MAY_DIFFER = frozenset({
     "train.time_budget_s", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.num_threads", "train.peak_tflops", "train.wandb_project", "train.wandb_mode",
+    "train.num_threads", "train.peak_tflops", "train.wandb_project", "train.wandb_mode", "parallel.timeout_s",
 })
 
 
@@ -27,9 +27,11 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(data) if isinstance(data, tuple) else data}
 
 
-def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ (or exist on one side only), except those in MAY_DIFFER."""
-    a, b = _flatten(saved), _flatten(requested)
+def config_differences(saved: dict[str, Any], requested: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> list[str]:
+    """Dotted keys whose values differ (or exist on one side only), except those in MAY_DIFFER. A key absent
+    from `saved` counts as its value in `defaults` (a run saved before that key existed, e.g. parallel.ep_size)."""
+    a, b = {**_flatten(defaults or {}), **_flatten(saved)}, _flatten(requested)
     return sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER and a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
@@ -40,9 +42,10 @@ def check_resume_config(run: Any, out: Path) -> None:
         return
     saved = load_file(path)
     requested = to_dict(run)
-    diff = config_differences(saved, requested)
+    defaults = to_dict(type(run)())  # keys added since the run was saved count as their defaults
+    diff = config_differences(saved, requested, defaults)
     if diff:
-        a, b = _flatten(saved), _flatten(requested)
+        a, b = {**_flatten(defaults), **_flatten(saved)}, _flatten(requested)
         shown = "; ".join(f"{k}: saved {a.get(k, '<absent>')!r}, requested {b.get(k, '<absent>')!r}" for k in diff[:4])
         more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
         raise CheckpointError(f"{path}: --resume with a different config ({shown}{more}); resume with the saved "

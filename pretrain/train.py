@@ -3,7 +3,8 @@
     moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume] [--init MODEL_DIR]
         [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP]
 
-Multi-process: `torchrun --nproc_per_node=2 -m pretrain.train ...` or `deepspeed --num_gpus=2 pretrain/train.py ...`.
+Multi-process: `torchrun --nproc_per_node=2 -m pretrain.train ...` or `deepspeed --num_gpus=2 pretrain/train.py ...`
+(multi-node and expert parallelism, `parallel.ep_size`: README "Multi-node pretraining").
 Writes RUN/checkpoints/step-N (atomic), RUN/metrics.jsonl, RUN/config.yaml and, at the end, RUN/final
 (the Hugging Face folder `MoiraiMoEModel.from_pretrained` loads, with training.json saying how far the
 run got and whether it finished). `--resume` continues from the newest complete checkpoint with the same
@@ -29,8 +30,8 @@ import torch
 from moe_ts.configuration import ConfigError, save_file, to_dict
 from moe_ts.hub import CheckpointError as HubCheckpointError
 from moe_ts.output_dir import OutputDirError, check_output_dir, mark
-from pretrain.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                 remove_leftovers, save_checkpoint, save_final)
+from pretrain.checkpoint import (CheckpointError, check_checkpoint_layout, latest_checkpoint, list_checkpoints,
+                                 load_checkpoint, remove_leftovers, save_checkpoint, save_final)
 from pretrain.config import RunConfig, load_run_config, train_flops_per_token
 from pretrain.data import Corpus, CorpusError, WindowSampler, load_corpus
 from pretrain.manifest import check_manifest, corpus_fingerprint
@@ -106,12 +107,15 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     tc = run.train
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    dist = setup_distributed()
+    dist = setup_distributed(run.parallel.timeout_s)
     say = print if dist.is_main else (lambda *a, **k: None)
+    run.parallel.check_world_size(dist.world_size)
     if not resume and list_checkpoints(out):
         raise CheckpointError(f"{out}: holds checkpoints already; pass --resume to continue it or pick a new --out")
     if resume:
         check_resume_config(run, out)  # before anything under `out` changes
+        if latest_checkpoint(out) is not None:  # every rank, before any collective: a mismatch fails, not hangs
+            check_checkpoint_layout(latest_checkpoint(out), dist.world_size, run.parallel.ep_size)
     if not resume or not list_checkpoints(out):  # config.yaml, metrics.jsonl... must not replace a user's files
         check_output_dir(out, remedy="pass --resume if it is a run to continue")
     fingerprint = corpus_fingerprint(corpus.path)
@@ -138,6 +142,7 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     if init_model is not None:
         say(f"initialised from {init_path}")
     model = unwrap(engine)
+    total_params, active = parameter_counts(run)
 
     step = 0
     ckpt = latest_checkpoint(out) if resume else None
@@ -149,8 +154,8 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     elif resume:
         say(f"no checkpoint in {out / 'checkpoints'}; starting at step 0")
     start_step = step
-    active = model.num_parameters(active=True)
-    say(f"model: {model.num_parameters():,} parameters ({active:,} active); world size {dist.world_size}, "
+    ep = f", experts sharded over {run.parallel.ep_size} ranks" if run.parallel.ep_size > 1 else ""
+    say(f"model: {total_params:,} parameters ({active:,} active); world size {dist.world_size}{ep}, "
         f"ZeRO-{tc.zero_stage}, {tc.dtype}; {tc.steps} steps of {tc.batch_size} x {run.model.max_seq_len} patches")
 
     # MFU counts every position the model computes (padding included), over all ranks.
@@ -213,8 +218,9 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
                 "exclude_eval": _manifest_field(corpus.path, "exclude_eval")}
     if init_path is not None:
         training["init"] = str(init_path)
+    export = exportable_model(model, run)  # collective when the experts are sharded
     if dist.is_main:
-        final = save_final(model, out, training)
+        final = save_final(export, out, training)
     elapsed = time.time() - t_start
     summary = {
         "start_step": start_step, "step": step, "steps": tc.steps, "reason": reason,
@@ -231,6 +237,35 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         say(f"NOTE: {final} holds an UNFINISHED run (step {step} of {tc.steps}, {reason}); "
             f"its training.json and model card say so; continue with --resume")
     return summary
+
+
+def parameter_counts(run: RunConfig) -> tuple[int, int]:
+    """(all, active) parameters of the whole model, whatever share of the experts this rank holds."""
+    from moe_ts.model import MoiraiMoEModel
+
+    with torch.device("meta"):
+        full = MoiraiMoEModel.from_model_config(run.model)
+    return full.num_parameters(), full.num_parameters(active=True)
+
+
+def exportable_model(model: torch.nn.Module, run: RunConfig) -> torch.nn.Module:
+    """What the main rank saves as RUN/final: `model` itself, or with sharded experts a copy holding every
+    expert, gathered over the main rank's expert-parallel group (whose ranks must all call this)."""
+    from moe_ts.model import MoiraiMoEModel
+    from pretrain.expert_parallel import expert_parallel_group
+    from pretrain.expert_shards import gather_experts
+
+    group = expert_parallel_group(model)
+    if group is None or 0 not in torch.distributed.get_process_group_ranks(group):
+        return model  # not sharded, or another copy of the experts (the main rank's group exports)
+    experts = gather_experts(model)
+    if experts is None:
+        return model
+    full = MoiraiMoEModel.from_model_config(run.model)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in full.state_dict()}
+    state.update(experts)
+    full.load_state_dict(state, strict=True)
+    return full
 
 
 def main(argv: list[str] | None = None) -> int:
