@@ -97,20 +97,39 @@ def _left_pad(arrays: Sequence[np.ndarray], patch_size: int) -> tuple[Tensor, Te
     return torch.from_numpy(target), torch.from_numpy(sample_id)
 
 
+def observed_time_ids(observed_bnp: Tensor, sample_id_bn: Tensor) -> Tensor:
+    """[B, N] uni2ts' time ids for one left-padded series per row: patches before the first patch with an
+    observed value get 0, like that patch; from there on each patch counts one (padding gets 0)."""
+    seen_bn = ((observed_bnp.any(-1)) & (sample_id_bn > 0)).long().cummax(dim=1).values
+    return (seen_bn.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def time_causal_mask(sample_id_bn: Tensor, time_bn: Tensor) -> Tensor:
+    """[B, N, N] True where query i may attend key j: same sample and time[j] <= time[i]; padding sees itself.
+
+    With time = position within the sample this is `PackedLayout.attention_mask`."""
+    n = sample_id_bn.shape[1]
+    same = sample_id_bn[:, :, None] == sample_id_bn[:, None, :]
+    earlier = time_bn[:, None, :] <= time_bn[:, :, None]
+    real = (sample_id_bn > 0)[:, None, :]
+    return (same & earlier & real) | torch.eye(n, dtype=torch.bool, device=sample_id_bn.device)
+
+
 class _Decoder:
     """Runs the model over a growing sequence, with or without the KV cache."""
 
-    def __init__(self, model: "MoiraiMoEModel", normed_bnp: Tensor, layout: PackedLayout, use_cache: bool) -> None:
+    def __init__(self, model: "MoiraiMoEModel", normed_bnp: Tensor, layout: PackedLayout, use_cache: bool,
+                 positions_bn: Tensor | None = None) -> None:
         self.model = model
         self.use_cache = use_cache
         self.tokens = normed_bnp
-        self.positions = layout.position
+        self.positions = layout.position if positions_bn is None else positions_bn
         self.key_valid = layout.sample_id > 0
         self.caches: list[LayerCache] | None = None
 
     def prefill(self) -> Tensor:
         """Hidden state of the last context patch [B, D]."""
-        mask = PackedLayout.from_sample_id(self.key_valid.long()).attention_mask()
+        mask = time_causal_mask(self.key_valid.long(), self.positions)
         hidden, caches, _ = self.model.encode(self.tokens, self.positions, mask)
         self.caches = caches if self.use_cache else None
         return hidden[:, -1]
@@ -212,6 +231,7 @@ def prepare_decoder(
     """Left-pad and standardise `arrays` with the whole context's statistics → (decoder, loc, scale).
 
     loc and scale are [B, N, 1]; the decoder holds the normalised context and is ready for `prefill()`.
+    With `time_ids: observed` (converted uni2ts models) the patches are numbered by `observed_time_ids`.
     Forecasting and the test tying it to the training objective both start here.
     """
     cfg = model.config
@@ -221,7 +241,8 @@ def prepare_decoder(
     layout = PackedLayout.from_sample_id(sample_id.to(param.device))
     loc, scale, _ = masked_stats(values, observed, layout.sample_id > 0, layout.sample_id, cfg.min_scale)
     normed = standardise(values, observed, loc, scale, cfg.missing_values).to(param.dtype)
-    return _Decoder(model, normed, layout, use_cache), loc, scale
+    positions = observed_time_ids(observed, layout.sample_id) if cfg.time_ids == "observed" else None
+    return _Decoder(model, normed, layout, use_cache, positions), loc, scale
 
 
 def _sample_paths(

@@ -1,0 +1,188 @@
+"""Write the uni2ts golden fixture: a small Moirai-MoE with random weights and uni2ts' own outputs on fixed inputs.
+
+The fixture proves `moe-ts convert --from uni2ts` (`moe_ts/convert_uni2ts.py`) without uni2ts in CI:
+`tests/test_convert_uni2ts.py` converts the checkpoint written here and matches uni2ts' one-step
+predictive distribution case by case. A regenerated fixture is a reviewed change.
+
+uni2ts 2.0.0 runs in its own virtual environment (its pins clash with ours; see README "Converting
+uni2ts checkpoints"). Exact install commands, on the CPU machine (Python 3.11):
+
+    python3.11 -m venv /work/uni2ts-venv
+    printf 'torch==2.13.0\\n' > /tmp/uni2ts-constraints.txt
+    /work/uni2ts-venv/bin/pip install -c /tmp/uni2ts-constraints.txt torch==2.13.0 'einops==0.7.*' \\
+        'gluonts~=0.14.3' 'hydra-core==1.3.*' 'jaxtyping~=0.2.24' 'jax[cpu]' lightning 'numpy~=1.26' \\
+        'scipy~=1.11' safetensors orjson multiprocess python-dotenv huggingface_hub
+    /work/uni2ts-venv/bin/pip install --no-deps uni2ts==2.0.0
+
+Then, from the repository root (the script imports nothing of moe-ts):
+
+    /work/uni2ts-venv/bin/python tools/uni2ts_golden.py --out tests/data
+
+It writes `uni2ts_moe_tiny/` (uni2ts' own `save_pretrained` folder: config.json + model.safetensors)
+and `uni2ts_moe_tiny_cases.safetensors` + `uni2ts_moe_tiny_cases.json`. Each case is a batch of series
+(NaN = missing; a series shorter than the case's context length is left-padded, `past_is_pad`, as
+GluonTS' instance splitter does) run through `MoiraiMoEForecast._convert` and `MoiraiMoEModule.forward`
+with missing values entering as raw 0 (no GluonTS imputation). Recorded per case, for the first
+forecast patch (the distribution at the last context token): the domain-mapped mixture parameters,
+the scaler's loc and scale, and the log-probability of three fixed patches y (original scale).
+
+Shape legend: B series, T context length, P patch size, K mixture components, Y probe patches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PATCH = 16
+D_MODEL = 128  # uni2ts fixes num_heads = d_model // 64: two heads
+D_FF = 8  # keeps 2 layers x 32 experts small (the fixture is about 1.3 MB)
+NUM_LAYERS = 2
+SEED = 0
+PARAM_NAMES = ("weights_logits", "t_df", "t_loc", "t_scale", "normal_loc", "nb_total_count", "nb_logits",
+               "ln_loc", "ln_scale")
+
+
+def build_module():
+    """A MoiraiMoEModule with the released models' structure and random weights (norms and centroids too)."""
+    from uni2ts.distribution import (LogNormalOutput, MixtureOutput, NegativeBinomialOutput,
+                                     NormalFixedScaleOutput, StudentTOutput)
+    from uni2ts.model.moirai_moe import MoiraiMoEModule
+
+    torch.manual_seed(SEED)
+    distr = MixtureOutput([StudentTOutput(), NormalFixedScaleOutput(), NegativeBinomialOutput(), LogNormalOutput()])
+    module = MoiraiMoEModule(distr_output=distr, d_model=D_MODEL, d_ff=D_FF, num_layers=NUM_LAYERS,
+                             patch_sizes=(PATCH,), max_seq_len=512, attn_dropout_p=0.0, dropout_p=0.0)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("norm.weight") or ".norm" in name or name.endswith("_norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))  # norms start at ones: make a swapped mapping visible
+            elif "var_attn_bias" in name:
+                p.copy_(torch.randn_like(p))
+        module.encoder.centroid.copy_(torch.randn_like(module.encoder.centroid))  # torch.empty in uni2ts
+    return module.eval()
+
+
+def _series(rng: np.random.Generator, length: int, level: float, amp: float) -> np.ndarray:
+    t = np.arange(length)
+    return (level + amp * np.sin(2 * np.pi * t / 24) + 0.3 * amp * rng.standard_normal(length)).astype(np.float32)
+
+
+def make_cases(rng: np.random.Generator) -> dict[str, dict]:
+    """Each case: list of 1-D series (NaN = missing), the context length T, and probe patches [B, Y, P]."""
+    cases: dict[str, dict] = {}
+    cases["clean"] = {"series": [_series(rng, 128, lv, amp) for lv, amp in [(0.0, 1.0), (50.0, 5.0), (-3.0, 0.2)]],
+                      "context_length": 128}
+    missing = [_series(rng, 128, lv, amp) for lv, amp in [(10.0, 2.0), (1.0, 1.0), (100.0, 30.0)]]
+    missing[0][[5, 17, 40, 41, 90]] = np.nan
+    missing[1][32:48] = np.nan  # one whole interior patch
+    missing[2][rng.choice(128, 30, replace=False)] = np.nan
+    cases["interior_missing"] = {"series": missing, "context_length": 128}
+    cases["short"] = {"series": [_series(rng, n, lv, amp) for n, lv, amp in [(40, 5.0, 1.0), (16, 0.5, 0.1),
+                                                                            (100, 20.0, 4.0)]],
+                      "context_length": 128}
+    lead = [_series(rng, 128, lv, amp) for lv, amp in [(3.0, 1.0), (-20.0, 2.0), (0.0, 1.0)]]
+    lead[0][:40] = np.nan  # two fully missing leading patches, then a partial one
+    lead[1][:16] = np.nan
+    lead[2][:64] = np.nan
+    lead[2][70] = np.nan
+    cases["leading_missing"] = {"series": lead, "context_length": 128}
+    for case in cases.values():
+        b = len(case["series"])
+        last = np.array([np.nanmean(s[-PATCH:]) for s in case["series"]], dtype=np.float32)
+        spread = np.array([np.nanstd(s) + 0.1 for s in case["series"]], dtype=np.float32)
+        probes = last[:, None, None] + spread[:, None, None] * rng.standard_normal((b, 3, PATCH)).astype(np.float32)
+        probes[:, 2] = np.abs(probes[:, 2]) + 1e-3  # one probe patch in the NB / log-normal support
+        case["probes"] = probes
+    return cases
+
+
+def run_uni2ts(module, series: list[np.ndarray], context_length: int, probes_byp: np.ndarray) -> dict[str, torch.Tensor]:
+    """uni2ts' one-step predictive distribution at the last context token, for a left-padded batch."""
+    from uni2ts.model.moirai_moe import MoiraiMoEForecast
+
+    fc = MoiraiMoEForecast(prediction_length=PATCH, target_dim=1, feat_dynamic_real_dim=0, past_feat_dynamic_real_dim=0,
+                           context_length=context_length, module=module, patch_size=PATCH, num_samples=1)
+    b = len(series)
+    past = np.zeros((b, context_length), dtype=np.float32)
+    is_pad = np.ones((b, context_length), dtype=bool)
+    for i, s in enumerate(series):
+        past[i, context_length - len(s):] = s
+        is_pad[i, context_length - len(s):] = False
+    observed = ~np.isnan(past) & ~is_pad
+    past = np.where(observed, past, 0.0).astype(np.float32)  # missing values enter as raw 0 (zero_raw)
+    captured: dict[str, object] = {}
+    hooks = [module.param_proj.register_forward_hook(lambda _m, _a, out: captured.__setitem__("params", out)),
+             module.scaler.register_forward_hook(lambda _m, _a, out: captured.__setitem__("loc_scale", out))]
+    try:
+        with torch.no_grad():
+            target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
+                PATCH, torch.from_numpy(past)[..., None], torch.from_numpy(observed)[..., None],
+                torch.from_numpy(is_pad))
+            patch_size = torch.full_like(time_id, PATCH)
+            distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, patch_size)
+            last = math.ceil(context_length / PATCH) - 1
+            n = target.shape[1]
+            log_probs = []
+            for y in range(probes_byp.shape[1]):
+                full = torch.zeros(b, n, PATCH)
+                full[:, last] = torch.from_numpy(probes_byp[:, y])
+                log_probs.append(distr.log_prob(full)[:, last])
+    finally:
+        for h in hooks:
+            h.remove()
+    params = captured["params"]
+    comps = params["components"]
+    flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
+            comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
+    out = {name: t[:, last].contiguous() for name, t in zip(PARAM_NAMES, flat)}
+    loc, scale = captured["loc_scale"]
+    out["loc"] = loc[:, last, 0].contiguous()
+    out["scale"] = scale[:, last, 0].contiguous()
+    out["log_prob"] = torch.stack(log_probs, dim=1).contiguous()  # [B, Y, P]
+    out["time_id"] = time_id[:, : last + 1].contiguous()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="tests/data", help="folder for the fixture (default tests/data)")
+    args = parser.parse_args(argv)
+    import uni2ts
+    from safetensors.torch import save_file
+
+    out = Path(args.out)
+    module = build_module()
+    module.save_pretrained(out / "uni2ts_moe_tiny")
+    readme = out / "uni2ts_moe_tiny" / "README.md"
+    if readme.exists():
+        readme.unlink()  # huggingface_hub's generic card: nothing the fixture needs
+    rng = np.random.default_rng(SEED)
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, dict] = {}
+    for name, case in make_cases(rng).items():
+        series, t_len = case["series"], case["context_length"]
+        padded = np.full((len(series), t_len), np.nan, dtype=np.float32)
+        for i, s in enumerate(series):
+            padded[i, t_len - len(s):] = s
+        tensors[f"{name}.context"] = torch.from_numpy(padded)
+        tensors[f"{name}.length"] = torch.tensor([len(s) for s in series], dtype=torch.int64)
+        tensors[f"{name}.probes"] = torch.from_numpy(case["probes"])
+        for key, value in run_uni2ts(module, series, t_len, case["probes"]).items():
+            tensors[f"{name}.uni2ts.{key}"] = value
+        meta[name] = {"context_length": t_len, "num_series": len(series)}
+    save_file(tensors, str(out / "uni2ts_moe_tiny_cases.safetensors"))
+    info = {"uni2ts_version": uni2ts.__version__, "torch_version": torch.__version__, "seed": SEED,
+            "command": "tools/uni2ts_golden.py --out " + str(args.out), "patch_size": PATCH, "cases": meta,
+            "params": list(PARAM_NAMES)}
+    (out / "uni2ts_moe_tiny_cases.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"wrote {out / 'uni2ts_moe_tiny'} and {len(meta)} cases")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
