@@ -1,0 +1,188 @@
+"""`moe-ts convert --from uni2ts` against uni2ts' own outputs (fixture by tools/uni2ts_golden.py; uni2ts not needed).
+
+The fixture holds a small uni2ts Moirai-MoE (random weights, uni2ts' own save_pretrained folder) and, per
+case, uni2ts 2.0.0's one-step predictive distribution at the last context token: its domain-mapped mixture
+parameters, its scaler's loc/scale and the log-probabilities of three probe patches. The converted model must
+reproduce them to 1e-5 on every case.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cli.convert import CONVERSION_FILE
+from cli.main import main
+from moe_ts.config import ModelConfig
+from moe_ts.convert_uni2ts import (Uni2tsConversionError, convert_uni2ts_folder, map_uni2ts_state_dict,
+                                   model_config_from_uni2ts, read_uni2ts_folder)
+from moe_ts.distributions import Mixture, ScaledMixture
+from moe_ts.forecasting import observed_time_ids, prepare_decoder, time_causal_mask
+from moe_ts.model import MoiraiMoEModel
+from moe_ts.scaling import PackedLayout, patchify
+
+DATA = Path(__file__).parent / "data"
+SOURCE = DATA / "uni2ts_moe_tiny"
+CASES = load_file(str(DATA / "uni2ts_moe_tiny_cases.safetensors"))
+CASE_NAMES = list(json.loads((DATA / "uni2ts_moe_tiny_cases.json").read_text())["cases"])
+PARAMS = ("weights_logits", "t_df", "t_loc", "t_scale", "normal_loc", "nb_total_count", "nb_logits", "ln_loc", "ln_scale")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> MoiraiMoEModel:
+    out = tmp_path_factory.mktemp("conv") / "model"
+    assert main(["convert", "--from", "uni2ts", str(SOURCE), "--out", str(out)]) == 0
+    return MoiraiMoEModel.from_pretrained(out)
+
+
+def case_arrays(case: str) -> list:
+    context, length = CASES[f"{case}.context"], CASES[f"{case}.length"]
+    t_len = context.shape[1]
+    return [context[i, t_len - int(n):].numpy() for i, n in enumerate(length)]
+
+
+@torch.no_grad()
+def one_step(model: MoiraiMoEModel, case: str) -> dict[str, torch.Tensor]:
+    """Our one-step predictive distribution for a fixture case, in the fixture's layout."""
+    decoder, loc, scale = prepare_decoder(model, case_arrays(case))
+    params = model.head(decoder.prefill())  # [B, P]
+    distr = ScaledMixture(Mixture(params), loc[:, -1], scale[:, -1])
+    probes_ybp = CASES[f"{case}.probes"].transpose(0, 1)
+    out = {name: getattr(params, name) for name in PARAMS}
+    out.update(loc=loc[:, -1, 0], scale=scale[:, -1, 0], log_prob=distr.log_prob(probes_ybp).transpose(0, 1))
+    return out
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_converted_model_matches_uni2ts(converted, case):
+    ours = one_step(converted, case)
+    for name, value in ours.items():
+        torch.testing.assert_close(value, CASES[f"{case}.uni2ts.{name}"], atol=1e-5, rtol=0, msg=f"{case}: {name}")
+
+
+def test_fixture_has_the_cases_the_issue_asks_for():
+    assert set(CASE_NAMES) >= {"clean", "interior_missing", "short", "leading_missing"}
+    assert bool(torch.isnan(CASES["interior_missing.context"]).any())
+    assert int(CASES["short.length"].min()) < CASES["short.context"].shape[1]
+    assert bool((CASES["leading_missing.uni2ts.time_id"][:, :2] == 0).all())  # leading patches share time id 0
+
+
+def test_leading_missing_needs_uni2ts_time_ids(converted):
+    """With our own numbering (time_ids: position) only the leading-missing case departs from uni2ts."""
+    plain = MoiraiMoEModel(ModelConfig(**{**converted.config.__dict__, "time_ids": "position"}))
+    plain.load_state_dict(converted.state_dict())
+    plain.eval()
+    for case in CASE_NAMES:
+        err = (one_step(plain, case)["log_prob"] - CASES[f"{case}.uni2ts.log_prob"]).abs().max()
+        assert (err > 1e-3) if case == "leading_missing" else (err < 1e-5), (case, float(err))
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_observed_time_ids_are_uni2ts_time_ids(case):
+    context = CASES[f"{case}.context"]  # every case is left-padded to the same 8 patches as uni2ts saw it
+    values, observed = patchify(context, 16)
+    sample_id = observed.any(-1).long().cummax(dim=1).values  # padding patches: 0, then the series: 1
+    assert torch.equal(observed_time_ids(observed, sample_id), CASES[f"{case}.uni2ts.time_id"])
+
+
+def test_time_causal_mask_with_positions_is_the_packed_mask():
+    """Our own models' forecasting mask is unchanged: with positions as time ids it is PackedLayout's."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        sample_id = torch.sort(torch.randint(0, 4, (3, 12), generator=gen), dim=1).values
+        layout = PackedLayout.from_sample_id(sample_id)
+        assert torch.equal(time_causal_mask(layout.sample_id, layout.position), layout.attention_mask())
+
+
+def test_every_source_tensor_is_mapped_or_listed():
+    config, tensors = read_uni2ts_folder(SOURCE)
+    conversion = convert_uni2ts_folder(SOURCE)
+    cfg = conversion.config
+    assert (cfg.moe.gate, cfg.moe.centroid_select, cfg.missing_values, cfg.time_ids) == \
+        ("centroid", "farthest", "zero_raw", "observed")
+    assert conversion.unused == [f"encoder.layers.{i}.self_attn.var_attn_bias.emb.weight" for i in range(2)]
+    n_src = sum(t.numel() for k, t in tensors.items() if k not in conversion.unused)
+    assert sum(t.numel() for t in conversion.state_dict.values()) == n_src  # nothing dropped, nothing invented
+    # Expert weights are transposed per expert and stacked in expert order.
+    torch.testing.assert_close(conversion.state_dict["layers.1.moe.experts.w_down"][5],
+                               tensors["encoder.layers.1.ffn.experts.5.fc2.weight"].t())
+    torch.testing.assert_close(conversion.state_dict["layers.0.moe.gate.centroids"],
+                               tensors["encoder.centroid"][0].float())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.update({"encoder.layers.0.ffn.gate.weight": torch.zeros(32, 128)}),
+     "cannot map tensor 'encoder.layers.0.ffn.gate.weight'"),
+    (lambda t: t.pop("encoder.layers.1.ffn.experts.31.fc1.weight"),
+     "tensor 'encoder.layers.1.ffn.experts.31.fc1.weight' is missing"),
+    (lambda t: t.update({"encoder.layers.0.self_attn.q_proj.weight": torch.zeros(128, 64)}),
+     "tensor 'encoder.layers.0.self_attn.q_proj.weight' gives layers.0.attn.q_proj.weight shape (128, 64)"),
+    (lambda t: t.update({"in_proj.weight": torch.zeros(2, 128, 16)}), "tensor 'in_proj.weight' has shape (2, 128, 16)"),
+])
+def test_unmappable_tensors_are_refused_by_name(edit, message):
+    config, tensors = read_uni2ts_folder(SOURCE)
+    cfg = model_config_from_uni2ts(config, tensors)
+    edit(tensors)
+    with pytest.raises(Uni2tsConversionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        map_uni2ts_state_dict(tensors, cfg)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(patch_sizes=[8, 16]), "patch_sizes [8, 16] must hold exactly one size"),
+    (lambda c: c.update(scaling=False), "scaling=false"),
+    (lambda c: c.update(num_heads=4), "unknown key(s) ['num_heads']"),
+    (lambda c: c["distr_output"]["components"].pop(), "distr_output components"),
+    (lambda c: c["distr_output"]["components"][1].update(scale=0.01), "NormalFixedScaleOutput scale 0.01"),
+])
+def test_unsupported_configs_are_refused(edit, message):
+    config, tensors = read_uni2ts_folder(SOURCE)
+    edit(config)
+    with pytest.raises(Uni2tsConversionError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        model_config_from_uni2ts(config, tensors)
+
+
+def test_dense_moirai_is_refused_naming_the_weights(tmp_path):
+    src = tmp_path / "dense"
+    src.mkdir()
+    shutil.copy(SOURCE / "config.json", src / "config.json")
+    tensors = load_file(str(SOURCE / "model.safetensors"))
+    tensors.pop("encoder.centroid")
+    save_file(tensors, str(src / "model.safetensors"))
+    with pytest.raises(Uni2tsConversionError, match=f"{src / 'model.safetensors'}: no tensor 'encoder.centroid'"):
+        convert_uni2ts_folder(src)
+
+
+def test_cli_writes_a_credited_folder_and_refuses_a_foreign_one(tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert main(["convert", "--from", "uni2ts", str(SOURCE), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "uni2ts" in card and str(SOURCE) in card and "Salesforce" in card and "did not train" in card
+    record = json.loads((out / CONVERSION_FILE).read_text())
+    assert record["from"] == "uni2ts" and len(record["source_weights_sha256"]) == 64
+    assert main(["convert", "--from", "uni2ts", str(SOURCE), "--out", str(out)]) == 0  # ours: replaced
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert main(["convert", "--from", "uni2ts", str(SOURCE), "--out", str(foreign)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not written by moe-ts" in err[0]
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("{tmp}/nowhere", "{tmp}/nowhere: uni2ts checkpoint folder not found"),
+    ("Salesforce/no-such-model-offline", "Salesforce/no-such-model-offline: not a local folder, and the Hub download"),
+    ("{tmp}/empty", "{tmp}/empty/config.json: missing"),
+])
+def test_bad_sources_are_one_line_errors(source, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "empty").mkdir()
+    code = main(["convert", "--from", "uni2ts", source.format(tmp=tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
+    assert not (tmp_path / "out").exists()
