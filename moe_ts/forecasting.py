@@ -15,19 +15,24 @@ What is fed back is the `decode` mode:
 - "sample" (default): ancestral sampling: each of the S paths feeds back its own draw. Per-point
   draws from a heavy-tailed mixture are unlike any training input, and on small models the paths
   diverge within a few patches (EXPERIMENTS.md, 2026-12-01).
+- "uni2ts": ancestral sampling as uni2ts' Moirai-MoE forecaster decodes: each path re-standardises its
+  whole sequence with statistics that include its own sampled patches and re-encodes it at every step
+  (no KV cache: every token's normalisation changes). For converted uni2ts checkpoints; it costs the
+  prefix at each step (docs/ARCHITECTURE.md §2, "Forecasting").
 
 Shape legend: B series, S sample paths, H horizon, N patches, P patch size, D model width.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from moe_ts.attention import LayerCache
+from moe_ts.distributions import ScaledMixture
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
 
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
     from moe_ts.network import MoiraiMoENetwork as MoiraiMoEModel  # forecasting needs only the network
 
 
-DECODE_MODES = ("median", "mean", "sample")
+DECODE_MODES = ("median", "mean", "sample", "uni2ts")
 MEDIAN_DRAWS = 100  # draws per step for the fed-back median ("median" mode) when fewer samples are asked for
 
 
@@ -250,6 +255,8 @@ def _sample_paths(
     decode: str,
 ) -> Tensor:
     """[B, S, horizon_patches·P] sample paths on the original scale."""
+    if decode == "uni2ts":
+        return uni2ts_paths(model, arrays, horizon_patches, num_samples)
     param = next(model.parameters())
     decoder, loc, scale = prepare_decoder(model, arrays, use_cache)
     hidden = decoder.prefill()
@@ -278,3 +285,54 @@ def _sample_paths(
     loc_b = loc[:, -1, 0].float().view(b, 1, 1)
     scale_b = scale[:, -1, 0].float().view(b, 1, 1)
     return (loc_b + scale_b * paths).cpu()
+
+
+def _restandardised_step(
+    model: "MoiraiMoEModel", values_bnp: Tensor, observed_bnp: Tensor, sample_id_bn: Tensor, time_bn: Tensor
+) -> ScaledMixture:
+    """Statistics over every observed value (context and sampled patches), standardise, encode the whole
+    sequence: the next-patch distribution [B, K·P] on the original scale (uni2ts' per-step computation)."""
+    cfg = model.config
+    param = next(model.parameters())
+    loc, scale, _ = masked_stats(values_bnp, observed_bnp, sample_id_bn > 0, sample_id_bn, cfg.min_scale)
+    normed = standardise(values_bnp, observed_bnp, loc, scale, cfg.missing_values).to(param.dtype)
+    hidden, _, _ = model.encode(normed, time_bn, time_causal_mask(sample_id_bn, time_bn))
+    return ScaledMixture(model.head.distribution(hidden[:, -1]), loc[:, -1].float(), scale[:, -1].float())
+
+
+def uni2ts_paths(
+    model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int,
+    draw: Callable[[ScaledMixture, int], Tensor] | None = None,
+) -> Tensor:
+    """[B, S, horizon_patches·P] sample paths decoded as uni2ts does (`decode="uni2ts"`).
+
+    `draw(distribution, n)` returns n draws [n, rows, K·P] on the original scale (default: sampling);
+    tests pass fixed patches to compare each step with uni2ts.
+    """
+    cfg = model.config
+    device = next(model.parameters()).device
+    draw = draw or (lambda distr, n: distr.sample((n,)))
+    target, sample_id = _left_pad(arrays, cfg.patch_size)
+    values, observed = patchify(target.to(device), cfg.patch_size)
+    sample_id = sample_id.to(device)
+    layout = PackedLayout.from_sample_id(sample_id)
+    time_bn = observed_time_ids(observed, sample_id) if cfg.time_ids == "observed" else layout.position
+    per_step = cfg.predict_patches
+    num_steps = math.ceil(horizon_patches / per_step)
+    steps = []
+    for step in range(num_steps):
+        distr = _restandardised_step(model, values, observed, sample_id, time_bn)
+        if step == 0:  # the context is shared by the S paths: one encoding, S draws, then one row per path
+            fed_rq = draw(distr, num_samples).float().transpose(0, 1).reshape(len(arrays) * num_samples, -1)
+            values, observed, sample_id, time_bn = (t.repeat_interleave(num_samples, 0)
+                                                    for t in (values, observed, sample_id, time_bn))
+        else:
+            fed_rq = draw(distr, 1)[0].float()
+        steps.append(fed_rq)
+        fed_rkp = fed_rq.unflatten(-1, (per_step, cfg.patch_size)).to(values.dtype)
+        values = torch.cat((values, fed_rkp), dim=1)
+        observed = torch.cat((observed, torch.ones_like(fed_rkp, dtype=torch.bool)), dim=1)
+        sample_id = torch.cat((sample_id, sample_id[:, -1:].expand(-1, per_step)), dim=1)
+        time_bn = torch.cat((time_bn, time_bn[:, -1:] + torch.arange(1, per_step + 1, device=device)), dim=1)
+    paths = torch.cat(steps, dim=-1)[:, :horizon_patches * cfg.patch_size]
+    return paths.view(len(arrays), num_samples, -1).cpu()

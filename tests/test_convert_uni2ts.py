@@ -186,3 +186,40 @@ def test_bad_sources_are_one_line_errors(source, message, tmp_path, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_uni2ts_decoding_steps_match_uni2ts(converted):
+    """decode="uni2ts" with the draws fixed: steps 2 and 3 re-standardise with the fed patches as uni2ts does."""
+    from moe_ts.forecasting import uni2ts_paths
+
+    fed_bkp = CASES["clean.probes"][:, :2]
+    seen = []
+
+    def fixed_draw(distr, n):  # record the step's distribution, feed back the fixture's patch
+        seen.append(distr)
+        step = len(seen) - 1
+        return (fed_bkp[:, step] if step < 2 else torch.zeros_like(fed_bkp[:, 0]))[None].expand(n, -1, -1)
+
+    paths = uni2ts_paths(converted, case_arrays("clean"), horizon_patches=3, num_samples=1, draw=fixed_draw)
+    assert torch.equal(paths[:, 0, :32], fed_bkp.reshape(3, 32))
+    probe_bp = CASES["clean.probes"][:, 2]
+    for k in (1, 2):  # seen[k] is the distribution of forecast patch k+1, after k fed patches
+        distr = seen[k]
+        ref = {name: CASES[f"decode.uni2ts.step{k}.{name}"] for name in (*PARAMS, "loc", "scale", "log_prob")}
+        for name in PARAMS:
+            torch.testing.assert_close(getattr(distr.base.params, name), ref[name], atol=1e-5, rtol=0,
+                                       msg=f"step {k + 1}: {name}")
+        torch.testing.assert_close(distr.loc[:, 0], ref["loc"], atol=1e-5, rtol=1e-6)
+        torch.testing.assert_close(distr.scale[:, 0], ref["scale"], atol=1e-5, rtol=1e-6)
+        torch.testing.assert_close(distr.log_prob(probe_bp), ref["log_prob"], atol=1e-5, rtol=0)
+    # The re-standardisation matters: the KV-cache decoder keeps the context's statistics and differs.
+    assert (seen[2].scale[:, 0] - seen[0].scale[:, 0]).abs().max() > 1e-3
+
+
+def test_uni2ts_decode_mode_samples_through_forecast(converted):
+    arrays = case_arrays("interior_missing")
+    out = converted.forecast(arrays, prediction_length=40, num_samples=4, seed=3, decode="uni2ts")
+    again = converted.forecast(arrays, prediction_length=40, num_samples=4, seed=3, decode="uni2ts")
+    assert out.samples.shape == (3, 4, 40) and bool(torch.isfinite(torch.from_numpy(out.samples)).all())
+    assert (out.samples == again.samples).all()
+    assert len({tuple(row) for row in out.samples[0, :, 20:].round(4)}) == 4  # paths differ after the first patch

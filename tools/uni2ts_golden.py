@@ -24,7 +24,9 @@ and `uni2ts_moe_tiny_cases.safetensors` + `uni2ts_moe_tiny_cases.json`. Each cas
 GluonTS' instance splitter does) run through `MoiraiMoEForecast._convert` and `MoiraiMoEModule.forward`
 with missing values entering as raw 0 (no GluonTS imputation). Recorded per case, for the first
 forecast patch (the distribution at the last context token): the domain-mapped mixture parameters,
-the scaler's loc and scale, and the log-probability of three fixed patches y (original scale).
+the scaler's loc and scale, and the log-probability of three fixed patches y (original scale). The
+`decode` entry holds uni2ts' second and third decoding steps on the clean contexts with two fixed patches
+fed back (its forecaster's loop with the draws replaced), for `decode="uni2ts"`.
 
 Shape legend: B series, T context length, P patch size, K mixture components, Y probe patches.
 """
@@ -148,6 +150,54 @@ def run_uni2ts(module, series: list[np.ndarray], context_length: int, probes_byp
     return out
 
 
+def run_uni2ts_decode(module, series: list[np.ndarray], context_length: int, fed_bkp: np.ndarray,
+                      probes_bp: np.ndarray) -> dict[str, torch.Tensor]:
+    """uni2ts' decoding steps with fixed draws: for k = 1..K, the distribution its forecaster computes after
+    assigning the first k forecast patches (`MoiraiMoEForecast.forward`'s loop: assigned tokens leave the
+    prediction mask, so the scaler and every token's normalisation include them)."""
+    from uni2ts.model.moirai_moe import MoiraiMoEForecast
+
+    b, num_fed, _ = fed_bkp.shape
+    fc = MoiraiMoEForecast(prediction_length=(num_fed + 1) * PATCH, target_dim=1, feat_dynamic_real_dim=0,
+                           past_feat_dynamic_real_dim=0, context_length=context_length, module=module,
+                           patch_size=PATCH, num_samples=1)
+    past = np.stack(series).astype(np.float32)
+    observed = ~np.isnan(past)
+    past = np.where(observed, past, 0.0).astype(np.float32)
+    ctx_tokens = math.ceil(context_length / PATCH)
+    out: dict[str, torch.Tensor] = {}
+    for k in range(1, num_fed + 1):
+        captured: dict[str, object] = {}
+        hooks = [module.param_proj.register_forward_hook(lambda _m, _a, o: captured.__setitem__("params", o)),
+                 module.scaler.register_forward_hook(lambda _m, _a, o: captured.__setitem__("loc_scale", o))]
+        try:
+            with torch.no_grad():
+                target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
+                    PATCH, torch.from_numpy(past)[..., None], torch.from_numpy(observed)[..., None],
+                    torch.zeros(past.shape, dtype=torch.bool))
+                for j in range(k):
+                    target[:, ctx_tokens + j] = torch.from_numpy(fed_bkp[:, j])
+                    pred_mask[:, ctx_tokens + j] = False
+                distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
+                at = ctx_tokens + k - 1
+                full = torch.zeros(target.shape)
+                full[:, at] = torch.from_numpy(probes_bp)
+                log_prob = distr.log_prob(full)[:, at]
+        finally:
+            for h in hooks:
+                h.remove()
+        params, comps = captured["params"], captured["params"]["components"]
+        flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
+                comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
+        for name, t in zip(PARAM_NAMES, flat):
+            out[f"step{k}.{name}"] = t[:, at].contiguous()
+        loc, scale = captured["loc_scale"]
+        out[f"step{k}.loc"] = loc[:, at, 0].contiguous()
+        out[f"step{k}.scale"] = scale[:, at, 0].contiguous()
+        out[f"step{k}.log_prob"] = log_prob.contiguous()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="tests/data", help="folder for the fixture (default tests/data)")
@@ -175,9 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in run_uni2ts(module, series, t_len, case["probes"]).items():
             tensors[f"{name}.uni2ts.{key}"] = value
         meta[name] = {"context_length": t_len, "num_series": len(series)}
+    # Decoding steps 2 and 3 with fixed draws (the clean contexts; fed patches = the first two probes).
+    clean = [tensors["clean.context"][i].numpy() for i in range(3)]
+    fed = tensors["clean.probes"][:, :2].numpy()
+    for key, value in run_uni2ts_decode(module, clean, 128, fed, tensors["clean.probes"][:, 2].numpy()).items():
+        tensors[f"decode.uni2ts.{key}"] = value
+    decode_meta = {"context": "clean", "fed": "clean.probes[:, :2]", "probe": "clean.probes[:, 2]", "steps": [2, 3]}
     save_file(tensors, str(out / "uni2ts_moe_tiny_cases.safetensors"))
     info = {"uni2ts_version": uni2ts.__version__, "torch_version": torch.__version__, "seed": SEED,
             "command": "tools/uni2ts_golden.py --out " + str(args.out), "patch_size": PATCH, "cases": meta,
+            "decode": decode_meta,
             "params": list(PARAM_NAMES)}
     (out / "uni2ts_moe_tiny_cases.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"wrote {out / 'uni2ts_moe_tiny'} and {len(meta)} cases")
