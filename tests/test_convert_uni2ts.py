@@ -223,3 +223,16 @@ def test_uni2ts_decode_mode_samples_through_forecast(converted):
     assert out.samples.shape == (3, 4, 40) and bool(torch.isfinite(torch.from_numpy(out.samples)).all())
     assert (out.samples == again.samples).all()
     assert len({tuple(row) for row in out.samples[0, :, 20:].round(4)}) == 4  # paths differ after the first patch
+
+
+def test_uni2ts_decode_keeps_each_path_with_its_series(converted):
+    """Draws [S, B, ...] become rows b·S + s: every path of series b continues series b."""
+    from moe_ts.forecasting import uni2ts_paths
+
+    def level_draw(distr, n):  # each row's own loc: the series' level, so a mix-up is visible
+        return distr.loc[None].expand(n, -1, 16)
+
+    paths = uni2ts_paths(converted, case_arrays("interior_missing"), horizon_patches=2, num_samples=3, draw=level_draw)
+    loc = CASES["interior_missing.uni2ts.loc"]
+    torch.testing.assert_close(paths[:, :, 0], loc[:, None].expand(-1, 3))
+    assert bool((paths[:, :, 16:] == paths[:, :1, 16:]).all())  # identical fed patches, identical continuations
