@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from moe_ts.config import ModelConfig, MoEConfig
-from moe_ts.distributions import NORMAL_FIXED_SCALE, uni2ts_key_map
+from moe_ts.distributions import NORMAL_FIXED_SCALE, NUM_COMPONENTS, uni2ts_key_map
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -175,7 +175,7 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes[f"{ours}attn.{name}.weight"] = (d, d)
     for ours in uni2ts_key_map().values():
         name, kind = ours[len("proj."):].rsplit(".", 1)
-        rows = 4 * p if name == "weights_logits" else p
+        rows = NUM_COMPONENTS * p if name == "weights_logits" else p
         shapes["head." + ours] = (rows, d) if kind == "weight" else (rows,)
     return shapes
 
