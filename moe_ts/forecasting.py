@@ -182,7 +182,7 @@ def forecast(
     contexts: list of 1-D arrays / pandas Series / tensors (any lengths, NaN = missing) or a 2-D array.
     context_length: the most recent points used, at most max_seq_len·patch_size (default: what fits the
     model's max_seq_len together with the horizon's patches, and at least half of it).
-    decode: what each step feeds back, "median" | "mean" | "sample" (see the module docstring).
+    decode: what each step feeds back, "median" | "mean" | "sample" | "uni2ts" (see the module docstring).
     progress: show a progress bar over the batches (on a terminal).
     Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H].
     """
