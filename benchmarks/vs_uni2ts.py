@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
                 names = [k for k in task if k != "task"]
                 for name in (names if rep % 2 == 0 else names[::-1]):
                     times.setdefault((task["task"], name), []).append(task[name]())
+                    print(f"repeat {rep}: {task['task']}, {name}: {times[(task['task'], name)][-1]:.2f} s",
+                          file=sys.stderr, flush=True)
     finally:
         worker.close()
     rows = []
