@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from moe_ts.model import MoiraiMoEModel
+from moe_ts.loading import load_forecaster
 from moe_ts.model_card import card_eval_table, training_data_summary
 from moe_ts.output_dir import check_output_dir
 from moe_ts.provenance import TRAINING_FILE, check_eval_source, read_training_info, training_summary
@@ -22,10 +22,13 @@ def export(checkpoint: str | Path, out: str | Path, eval_dir: str | Path | None 
            overwrite: bool = False, license: str | None = None) -> Path:
     """Write `out` (config.json, model.safetensors, README.md with the eval table); optionally push it."""
     check_output_dir(out, overwrite)
-    model = MoiraiMoEModel.from_pretrained(checkpoint)
+    model = load_forecaster(checkpoint)  # a MoE model or a distilled student
     info = read_training_info(checkpoint)
     card_kwargs: dict = {"model_name": Path(out).name, "training": training_summary(info),
                          "training_data": training_data_summary(info)}
+    distill_record = Path(checkpoint) / "distill.json"  # a student's training record (pretrain/distill.py)
+    if info is None and distill_record.is_file():
+        card_kwargs["training"] = json.loads(distill_record.read_text()).get("summary", "")
     if info and info.get("datasets"):
         card_kwargs["datasets"] = list(info["datasets"])
     if license:

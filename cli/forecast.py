@@ -101,14 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     if not series:
         parser.error(f"{args.input}: no series")
 
-    from moe_ts.model import MoiraiMoEModel
+    from moe_ts.loading import load_forecaster
 
-    model = MoiraiMoEModel.from_pretrained(args.checkpoint)
-    patch = model.config.patch_size
+    model = load_forecaster(args.checkpoint)  # a MoE model or a distilled MLP student (point forecasts)
+    # The MoE model needs one patch; the student reads a fixed window. Shorter series are left-padded.
+    patch = getattr(model.config, "patch_size", None) or model.config.context_length
+    what = "one patch" if hasattr(model.config, "patch_size") else "the student's context"
     short = [s.item_id for s in series if len(s.values) < patch]
     if short:
         shown = ", ".join(repr(i) for i in short[:5]) + (", ..." if len(short) > 5 else "")
-        print(f"note: {len(short)} series shorter than one patch ({patch} points) are left-padded with missing "
+        print(f"note: {len(short)} series shorter than {what} ({patch} points) are left-padded with missing "
               f"values: {shown}", file=sys.stderr)
     try:
         out = model.forecast([s.values for s in series], horizon, num_samples=args.num_samples, seed=args.seed,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from data_prep.frequency import monash_seasonality, seasonality
 from data_prep.paths import resolve_data_dir
 from data_prep.series import Series
@@ -348,6 +350,18 @@ def lsf_train_end(spec: DatasetSpec | str, length: int) -> int:
     if spec.test_rule == LSF_RATIO:
         return int(length * 0.7)
     raise ValueError(f"{spec.name}: not an LSF dataset (test rule {spec.test_rule!r})")
+
+
+def lsf_normalise(target: np.ndarray, train_end: int, where: str) -> np.ndarray:
+    """(x - mean) / std with the observed mean/std (ddof 0, as sklearn's StandardScaler) of target[:train_end]."""
+    train = np.asarray(target[:train_end], dtype=np.float64)
+    train = train[~np.isnan(train)]
+    if train.size == 0:
+        raise ValueError(f"{where}: no observed value in the LSF training split [0, {train_end})")
+    std = float(train.std())
+    if std == 0.0:
+        raise ValueError(f"{where}: constant training split (std 0), cannot normalise")
+    return (np.asarray(target, dtype=np.float64) - float(train.mean())) / std
 
 
 def lsf_val_span(spec: DatasetSpec | str, length: int) -> tuple[int, int]:

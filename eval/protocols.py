@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.registry import lsf_normalise  # noqa: F401 - LSF scaling, shared with distillation
 from data_prep.series import Series
 from eval.metrics import seasonal_scale
 
@@ -172,18 +173,6 @@ def last_window_task(
         seasonality=seasonality, context_length=context_length, values=values, item_ids=[s.item_id for s in used],
         series_index=si_a, starts=st_a, sampling=sampling, with_scaled=True,
     )
-
-
-def lsf_normalise(target: np.ndarray, train_end: int, where: str) -> np.ndarray:
-    """(x - mean) / std with the observed mean/std (ddof 0, as sklearn's StandardScaler) of target[:train_end]."""
-    train = np.asarray(target[:train_end], dtype=np.float64)
-    train = train[~np.isnan(train)]
-    if train.size == 0:
-        raise ValueError(f"{where}: no observed value in the LSF training split [0, {train_end})")
-    std = float(train.std())
-    if std == 0.0:
-        raise ValueError(f"{where}: constant training split (std 0), cannot normalise")
-    return (np.asarray(target, dtype=np.float64) - float(train.mean())) / std
 
 
 def lsf_starts(test_start: int, test_end: int, horizon: int, stride: int, max_windows: int | None) -> tuple[np.ndarray, int]:

@@ -45,9 +45,9 @@ def load_forecaster(checkpoint: str) -> tuple[Forecaster, str, dict[str, Any]]:
     path = Path(checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: not a folder (nor 'naive' / 'seasonal_naive')")
-    from moe_ts.model import MoiraiMoEModel
+    from moe_ts.loading import load_forecaster as load_folder
 
-    model = MoiraiMoEModel.from_pretrained(path)
+    model = load_folder(path)  # a MoE model or a distilled MLP student (config.json's model_type)
     # Monash / GIFT-Eval series can be shorter than one patch: the model left-pads them with missing values.
     return model, path.resolve().name, {"allow_short_context": True}
 

@@ -31,7 +31,8 @@ class PretrainOutput:
 
 
 def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
-                  forward: Callable | None = None, input_noise: float = 0.0) -> PretrainOutput:
+                  forward: Callable | None = None, input_noise: float = 0.0,
+                  self_feed: float = 0.0) -> PretrainOutput:
     """Training loss of packed rows.
 
     target [B, N·P] raw values (NaN = missing); sample_id [B, N] (0 = padding, 1.. = packed series, at most N).
@@ -41,7 +42,10 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
     (default: `model` itself; the trainer passes its DeepSpeed engine). `input_noise` > 0 adds Gaussian
     noise of that standard deviation (normalised units, torch's global RNG) to the observed input values
     only, never to the targets: a model trained so does not rely on its inputs being exact, as they are
-    not when it decodes its own forecasts.
+    not when it decodes its own forecasts. `self_feed` > 0 is scheduled sampling: each scorable input
+    patch is, with that probability, replaced by one draw from the model's own prediction of it (from a
+    first, gradient-free pass over the true inputs), the input that sample-path decoding feeds back; the
+    targets stay the true values, so the model learns to forecast from its own imperfect patches.
     """
     cfg = model.config
     forward = model if forward is None else forward
@@ -54,6 +58,8 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
     normed = standardise(values, observed, loc, scale, cfg.missing_values)
 
     inputs = normed
+    if self_feed > 0:
+        inputs = _feed_own_predictions(model, inputs, observed, layout, stats_bn, self_feed)
     if input_noise > 0:
         inputs = normed + input_noise * torch.randn_like(normed) * observed
     hidden, _, moe_stats = forward(inputs, layout.position, layout.attention_mask(),
@@ -81,3 +87,22 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
     loss = nll + cfg.moe.aux_loss_coef * aux + cfg.moe.z_loss_coef * z
     counts = torch.stack([s.counts for s in moe_stats])
     return PretrainOutput(loss=loss, nll=nll, aux_loss=aux, z_loss=z, expert_counts=counts)
+
+
+def _feed_own_predictions(model: MoiraiMoENetwork, normed: Tensor, observed: Tensor, layout: PackedLayout,
+                          stats_bn: Tensor, rate: float) -> Tensor:
+    """normed [B, N, P] with each non-statistics patch j+1 of a sample replaced, with probability `rate`,
+    by a draw from the prediction made at patch j over the true inputs (observed values only; missing
+    values keep their fill). The pass runs the network module directly, without gradients, so it needs
+    every parameter present on this rank (ZeRO stage 0-2, not 3). Uses torch's global RNG."""
+    P = normed.shape[-1]
+    with torch.no_grad():
+        hidden, _, _ = model(normed, layout.position, layout.attention_mask(), token_mask_bn=layout.sample_id > 0)
+        draw_bnp = model.head.distribution(hidden[:, :-1]).sample()[..., :P]  # patch j+1 as predicted at j
+    sid = layout.sample_id
+    replaceable_bn = (sid[:, 1:] == sid[:, :-1]) & (sid[:, 1:] > 0) & ~stats_bn[:, 1:]
+    chosen_bn = replaceable_bn & (torch.rand(replaceable_bn.shape, device=normed.device) < rate)
+    swap_bnp = chosen_bn[..., None] & observed[:, 1:]
+    fed = normed.clone()
+    fed[:, 1:] = torch.where(swap_bnp, draw_bnp.to(normed.dtype), normed[:, 1:])
+    return fed

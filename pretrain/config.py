@@ -58,6 +58,7 @@ class TrainConfig:
     max_windows_per_series: int = 16
     min_window_patches: int = 2  # shortest window drawn from a long enough series (1 stats + 1 scored)
     input_noise: float = 0.0  # std of Gaussian noise on the normalised inputs (not the targets); see objectives
+    self_feed: float = 0.0  # scheduled sampling: share of input patches replaced by the model's own draws
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.input_noise < 0:
             raise ConfigError(f"train.input_noise must be >= 0, got {self.input_noise}")
+        if not 0.0 <= self.self_feed <= 1.0:
+            raise ConfigError(f"train.self_feed must be in [0, 1], got {self.self_feed}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

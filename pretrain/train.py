@@ -152,7 +152,7 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         while step < tc.steps:
             t0 = time.perf_counter()
             batches = [sampler.next_batch(micro) for _ in range(tc.grad_accum)]
-            last = train_step(engine, batches, dist.device, tc.input_noise)
+            last = train_step(engine, batches, dist.device, tc.input_noise, tc.self_feed)
             dt = time.perf_counter() - t0
             step += 1
             if not np.isfinite(last.loss):
