@@ -6,8 +6,8 @@ SRC is a local uni2ts folder (config.json + model.safetensors, e.g. a downloaded
 `Salesforce/moirai-moe-1.0-R-small`) or, with network access, a Hugging Face Hub repo id (only those two
 files are fetched). Every tensor is mapped or refused by name (see `moe_ts/convert_uni2ts.py`); the
 converted model is loaded back strictly before it is written. DIR gets config.json, model.safetensors,
-a model card crediting the source and conversion.json (source, its weights' SHA-256, what was not
-carried over). An existing DIR is replaced only when moe-ts wrote it, or with --overwrite.
+a model card crediting the source and conversion.json (source, its weights' SHA-256, the
+compatibility settings). An existing DIR is replaced only when moe-ts wrote it, or with --overwrite.
 """
 from __future__ import annotations
 
@@ -41,16 +41,14 @@ def resolve_source(src: str) -> Path:
                                     f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
 
 
-def source_card_text(src: str, unused: list[str]) -> str:
-    """The model card's origin paragraph: where the weights come from and what the conversion changed."""
-    dropped = (f" The {len(unused)} per-layer variate attention-bias tensors are not carried over: they act only "
-               "on multivariate inputs, which this model does not take." if unused else "")
+def source_card_text(src: str) -> str:
+    """The model card's origin paragraph: where the weights come from and what the conversion set."""
     return (f"Weights converted from the uni2ts Moirai-MoE checkpoint `{src}` (Salesforce AI Research, "
             "[uni2ts](https://github.com/SalesforceAIResearch/uni2ts); Liu et al., \"Moirai-MoE: Empowering Time "
             "Series Foundation Models with Sparse Mixture of Experts\", 2024) by `moe-ts convert --from uni2ts`. "
             "moe-ts did not train these weights; the source's licence and terms of use apply. The config mirrors "
             "uni2ts: centroid gate selecting the farthest experts, missing values entering as raw 0, uni2ts' time "
-            f"ids.{dropped}")
+            "ids, and its variate attention bias for a group of series forecast jointly.")
 
 
 def convert(source: str, src_format: str, out: str | Path, overwrite: bool = False, license: str | None = None) -> Path:
@@ -63,7 +61,7 @@ def convert(source: str, src_format: str, out: str | Path, overwrite: bool = Fal
     model = MoiraiMoEModel(conversion.config)
     model.load_state_dict(conversion.state_dict, strict=True)
     model.eval()
-    origin = source_card_text(source, conversion.unused)
+    origin = source_card_text(source)
     card_kwargs: dict = {"model_name": Path(out).name, "origin": origin,
                          "training": "None by moe-ts: the weights are converted (see the top of this card)."}
     if license:
@@ -71,9 +69,8 @@ def convert(source: str, src_format: str, out: str | Path, overwrite: bool = Fal
     model.save_pretrained(out, model_card_kwargs=card_kwargs, overwrite=overwrite)
     digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
     record = {"from": "uni2ts", "source": source, "source_weights_sha256": digest,
-              "unused_source_tensors": conversion.unused,
               "compatibility": {"moe.gate": "centroid", "moe.centroid_select": "farthest",
-                                "missing_values": "zero_raw", "time_ids": "observed"}}
+                                "missing_values": "zero_raw", "time_ids": "observed", "variate_bias": True}}
     (Path(out) / CONVERSION_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return Path(out)
 

@@ -2,9 +2,8 @@
 
 Reads a uni2ts `MoiraiMoEModule` folder (config.json + model.safetensors, as Salesforce's
 `moirai-moe-1.0-R-*` releases and uni2ts' `save_pretrained` write it) with plain json/safetensors:
-uni2ts itself is never imported. Every source tensor is accounted for: mapped, or (the per-layer
-variate attention bias) listed as having no effect on univariate inputs; anything else, a missing
-tensor or a wrong shape fails naming the tensor.
+uni2ts itself is never imported. Every source tensor is mapped; anything else, a missing tensor or a
+wrong shape fails naming the tensor.
 
     uni2ts                                              ours
     in_proj / res_proj .weight [1, D, P], .bias [1, D]  patch_proj.in_proj / res_proj (patch-size index 0)
@@ -18,20 +17,20 @@ tensor or a wrong shape fails naming the tensor.
     encoder.centroid [L, E, D] float64                  layers.i.moe.gate.centroids [E, D] (float32, select farthest)
     encoder.norm                                        final_norm
     param_proj.proj.<name> .weight [1, n·P, D]          head.proj.<name> (`moe_ts.distributions.uni2ts_key_map`)
-    encoder.layers.i.self_attn.var_attn_bias.emb [2, H] not used (univariate: a constant per query, softmax-invariant)
+    encoder.layers.i.self_attn.var_attn_bias.emb [2, H] layers.i.attn.var_bias (any-variate inputs; `variate_bias`)
 
 Compatibility settings written into the config: centroid gate with `select: farthest` (uni2ts ranks
 experts by the largest distance), softmax over the top-2 distances, `missing_values: zero_raw`
 (uni2ts feeds a missing value as raw 0 before standardising), RMSNorm eps 1e-5, RoPE base 10000 on
 half of each head (uni2ts' `partial_factor=(0, 0.5)`), min_scale 1e-5, and `time_ids: observed`
 (a series' leading fully-missing patches share time id 0 with its first observed patch, as uni2ts'
-forecaster numbers them).
+forecaster numbers them), `variate_bias: true` (for one variate the bias adds the same number to every
+logit of a query, so univariate forecasts do not depend on it).
 """
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,7 +52,6 @@ MIXTURE_COMPONENTS = (
 )
 KNOWN_CONFIG_KEYS = {"distr_output", "d_model", "d_ff", "num_layers", "patch_sizes", "max_seq_len",
                      "attn_dropout_p", "dropout_p", "scaling"}
-UNUSED_FOR_UNIVARIATE = re.compile(r"encoder\.layers\.\d+\.self_attn\.var_attn_bias\.emb\.weight")
 
 
 class Uni2tsConversionError(ValueError):
@@ -62,11 +60,10 @@ class Uni2tsConversionError(ValueError):
 
 @dataclass
 class Conversion:
-    """The result of mapping a uni2ts checkpoint: our config, our state dict, and what was not carried over."""
+    """The result of mapping a uni2ts checkpoint: our config and our state dict."""
 
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
-    unused: list[str] = field(default_factory=list)  # source tensors with no effect on univariate inputs
 
 
 def read_uni2ts_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -135,7 +132,7 @@ def model_config_from_uni2ts(config: dict, tensors: dict[str, torch.Tensor], whe
     return ModelConfig(patch_size=int(patch_sizes[0]), max_seq_len=int(config["max_seq_len"]), d_model=d_model,
                        num_layers=num_layers, num_heads=max(1, d_model // UNI2TS_HEAD_DIM), moe=moe,
                        rope_base=10000.0, norm_eps=1e-5, min_scale=1e-5, missing_values="zero_raw",
-                       time_ids="observed")
+                       time_ids="observed", variate_bias=True)
 
 
 def _key_map(cfg: ModelConfig) -> dict[str, tuple[str, str]]:
@@ -150,6 +147,7 @@ def _key_map(cfg: ModelConfig) -> dict[str, tuple[str, str]]:
         keys[src + "norm2.weight"] = (ours + "ffn_norm.weight", "copy")
         for name in ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"):
             keys[f"{src}self_attn.{name}.weight"] = (f"{ours}attn.{name}.weight", "copy")
+        keys[f"{src}self_attn.var_attn_bias.emb.weight"] = (f"{ours}attn.var_bias.weight", "copy")
         for e in range(cfg.moe.num_experts):
             for fc, w in (("fc_gate", "w_gate"), ("fc1", "w_up"), ("fc2", "w_down")):
                 keys[f"{src}ffn.experts.{e}.{fc}.weight"] = (f"{ours}moe.experts.{w}", f"expert:{e}")
@@ -170,7 +168,8 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes.update({ours + "attn_norm.weight": (d,), ours + "ffn_norm.weight": (d,),
                        ours + "attn.q_norm.weight": (h,), ours + "attn.k_norm.weight": (h,),
                        ours + "moe.experts.w_gate": (e, d, f), ours + "moe.experts.w_up": (e, d, f),
-                       ours + "moe.experts.w_down": (e, f, d), ours + "moe.gate.centroids": (e, d)})
+                       ours + "moe.experts.w_down": (e, f, d), ours + "moe.gate.centroids": (e, d),
+                       ours + "attn.var_bias.weight": (2, cfg.num_heads)})
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
             shapes[f"{ours}attn.{name}.weight"] = (d, d)
     for ours in uni2ts_key_map().values():
@@ -181,14 +180,13 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def map_uni2ts_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig,
-                          where: str = WEIGHTS_NAME) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Our state dict from uni2ts tensors, and the source tensors left unused (variate bias only).
+                          where: str = WEIGHTS_NAME) -> dict[str, torch.Tensor]:
+    """Our state dict from uni2ts tensors.
 
     Raises Uni2tsConversionError naming the first unexpected, missing or wrongly shaped tensor.
     """
     key_map = _key_map(cfg)
-    unused = sorted(k for k in tensors if UNUSED_FOR_UNIVARIATE.fullmatch(k))
-    unexpected = sorted(set(tensors) - set(key_map) - set(unused) - {"encoder.centroid"})
+    unexpected = sorted(set(tensors) - set(key_map) - {"encoder.centroid"})
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         raise Uni2tsConversionError(f"{where}: cannot map tensor {unexpected[0]!r}{more}")
@@ -221,12 +219,11 @@ def map_uni2ts_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig,
                                         f"expected {shapes[ours]} from the config")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise Uni2tsConversionError(f"{where}: a tensor mapped to {ours} holds NaN or inf")
-    return {k: v.to(torch.float32).contiguous() for k, v in out.items()}, unused
+    return {k: v.to(torch.float32).contiguous() for k, v in out.items()}
 
 
 def convert_uni2ts_folder(folder: str | Path) -> Conversion:
     """Map a local uni2ts Moirai-MoE checkpoint folder to our config and state dict."""
     config, tensors = read_uni2ts_folder(folder)
     cfg = model_config_from_uni2ts(config, tensors, str(Path(folder) / CONFIG_NAME), str(Path(folder) / WEIGHTS_NAME))
-    state, unused = map_uni2ts_state_dict(tensors, cfg, str(Path(folder) / WEIGHTS_NAME))
-    return Conversion(cfg, state, unused)
+    return Conversion(cfg, map_uni2ts_state_dict(tensors, cfg, str(Path(folder) / WEIGHTS_NAME)))

@@ -102,10 +102,9 @@ def test_every_source_tensor_is_mapped_or_listed():
     config, tensors = read_uni2ts_folder(SOURCE)
     conversion = convert_uni2ts_folder(SOURCE)
     cfg = conversion.config
-    assert (cfg.moe.gate, cfg.moe.centroid_select, cfg.missing_values, cfg.time_ids) == \
-        ("centroid", "farthest", "zero_raw", "observed")
-    assert conversion.unused == [f"encoder.layers.{i}.self_attn.var_attn_bias.emb.weight" for i in range(2)]
-    n_src = sum(t.numel() for k, t in tensors.items() if k not in conversion.unused)
+    assert (cfg.moe.gate, cfg.moe.centroid_select, cfg.missing_values, cfg.time_ids, cfg.variate_bias) == \
+        ("centroid", "farthest", "zero_raw", "observed", True)
+    n_src = sum(t.numel() for t in tensors.values())
     assert sum(t.numel() for t in conversion.state_dict.values()) == n_src  # nothing dropped, nothing invented
     # Expert weights are transposed per expert and stacked in expert order.
     torch.testing.assert_close(conversion.state_dict["layers.1.moe.experts.w_down"][5],
@@ -236,3 +235,73 @@ def test_uni2ts_decode_keeps_each_path_with_its_series(converted):
     loc = CASES["interior_missing.uni2ts.loc"]
     torch.testing.assert_close(paths[:, :, 0], loc[:, None].expand(-1, 3))
     assert bool((paths[:, :, 16:] == paths[:, :1, 16:]).all())  # identical fed patches, identical continuations
+
+
+
+@torch.no_grad()
+def group_one_step(model: MoiraiMoEModel, g: int):
+    from moe_ts.forecasting import _group_step, pack_group
+
+    row = pack_group(CASES["group.context"][g].numpy(), 16)
+    n = row["values"].shape[1] // 3
+    return row, _group_step(model, row, (torch.arange(3) * n + n - 1)[None])
+
+
+@pytest.mark.parametrize("g", [0, 1])
+def test_group_of_series_matches_uni2ts_any_variate(converted, g):
+    """A group of 3 series packed as uni2ts packs them (variate ids, shared time ids, variate bias) matches
+    uni2ts' per-variate one-step distribution."""
+    row, distr = group_one_step(converted, g)
+    n = row["values"].shape[1] // 3
+    assert torch.equal(row["time"][0, torch.arange(3) * n + n - 1], CASES["group.uni2ts.time_id"][g])
+    for name in PARAMS:
+        torch.testing.assert_close(getattr(distr.base.params, name)[0], CASES[f"group.uni2ts.{name}"][g], atol=1e-5,
+                                   rtol=0, msg=f"group {g}: {name}")
+    torch.testing.assert_close(distr.loc[0, :, 0], CASES["group.uni2ts.loc"][g], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(distr.scale[0, :, 0], CASES["group.uni2ts.scale"][g], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(distr.log_prob(CASES["group.probes"][g][None])[0], CASES["group.uni2ts.log_prob"][g],
+                               atol=1e-5, rtol=0)
+
+
+def test_group_needs_the_variate_bias(converted):
+    """Without the converted variate bias (both rows equal) the group no longer matches: the bias is in use."""
+    plain = MoiraiMoEModel(converted.config)
+    plain.load_state_dict(converted.state_dict())
+    with torch.no_grad():
+        for layer in plain.layers:
+            layer.attn.var_bias.weight.zero_()
+    plain.eval()
+    _, distr = group_one_step(plain, 0)
+    assert (distr.log_prob(CASES["group.probes"][0][None])[0] - CASES["group.uni2ts.log_prob"][0]).abs().max() > 1e-3
+    # ... while a univariate series is unaffected by it (one variate: the same bias on every logit).
+    torch.testing.assert_close(one_step(plain, "clean")["log_prob"], CASES["clean.uni2ts.log_prob"], atol=1e-5, rtol=0)
+
+
+def test_forecast_group_samples_jointly(converted):
+    from moe_ts.forecasting import forecast_group
+
+    group = CASES["group.context"][1].numpy()
+    out = forecast_group(converted, group, prediction_length=20, num_samples=4, seed=1)
+    again = forecast_group(converted, group, prediction_length=20, num_samples=4, seed=1)
+    assert out.samples.shape == (3, 4, 20) and (out.samples == again.samples).all()
+    assert bool(torch.isfinite(torch.from_numpy(out.samples)).all())
+    with pytest.raises(ValueError, match="one length"):
+        forecast_group(converted, [group[0], group[1][:-3]], prediction_length=4)
+    own = MoiraiMoEModel(ModelConfig(d_model=64, num_layers=1, num_heads=2))
+    with pytest.raises(ValueError, match="no variate attention bias"):
+        forecast_group(own, group, prediction_length=4)
+
+
+def test_group_steps_feed_one_patch_per_variate_at_the_next_time(converted):
+    from moe_ts.forecasting import group_paths
+
+    seen = []
+
+    def level_draw(distr, n):  # feed each variate its own level: a mix-up of variates or paths is visible
+        seen.append(distr)
+        return distr.loc[None].expand(n, -1, -1, 16)
+
+    paths = group_paths(converted, CASES["group.context"][0].numpy(), horizon_patches=3, num_samples=2, draw=level_draw)
+    assert paths.shape == (3, 2, 48)
+    torch.testing.assert_close(paths[:, :, 0], CASES["group.uni2ts.loc"][0][:, None].expand(-1, 2))
+    assert len(seen) == 3 and seen[1].loc.shape == (2, 3, 1)

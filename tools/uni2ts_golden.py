@@ -26,7 +26,9 @@ with missing values entering as raw 0 (no GluonTS imputation). Recorded per case
 forecast patch (the distribution at the last context token): the domain-mapped mixture parameters,
 the scaler's loc and scale, and the log-probability of three fixed patches y (original scale). The
 `decode` entry holds uni2ts' second and third decoding steps on the clean contexts with two fixed patches
-fed back (its forecaster's loop with the draws replaced), for `decode="uni2ts"`.
+fed back (its forecaster's loop with the draws replaced), for `decode="uni2ts"`. The `group` entry holds
+two multivariate groups of three series (`target_dim=3`, any-variate packing) and each variate's one-step
+distribution, for `forecast_group`.
 
 Shape legend: B series, T context length, P patch size, K mixture components, Y probe patches.
 """
@@ -198,6 +200,58 @@ def run_uni2ts_decode(module, series: list[np.ndarray], context_length: int, fed
     return out
 
 
+def run_uni2ts_group(module, groups_bvt: np.ndarray, probes_bvp: np.ndarray) -> dict[str, torch.Tensor]:
+    """uni2ts' one-step distribution of each variate of B multivariate groups (target_dim = V, any-variate)."""
+    from uni2ts.model.moirai_moe import MoiraiMoEForecast
+
+    b, v, t_len = groups_bvt.shape
+    fc = MoiraiMoEForecast(prediction_length=PATCH, target_dim=v, feat_dynamic_real_dim=0, past_feat_dynamic_real_dim=0,
+                           context_length=t_len, module=module, patch_size=PATCH, num_samples=1)
+    past = np.ascontiguousarray(groups_bvt.transpose(0, 2, 1))  # [B, T, V]
+    observed = ~np.isnan(past)
+    past = np.where(observed, past, 0.0).astype(np.float32)
+    captured: dict[str, object] = {}
+    hooks = [module.param_proj.register_forward_hook(lambda _m, _a, o: captured.__setitem__("params", o)),
+             module.scaler.register_forward_hook(lambda _m, _a, o: captured.__setitem__("loc_scale", o))]
+    try:
+        with torch.no_grad():
+            target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
+                PATCH, torch.from_numpy(past), torch.from_numpy(observed), torch.zeros(b, t_len, dtype=torch.bool))
+            distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
+            n = math.ceil(t_len / PATCH)
+            last = torch.arange(v) * n + n - 1
+            full = torch.zeros(target.shape)
+            full[:, last] = torch.from_numpy(probes_bvp)
+            log_prob = distr.log_prob(full)[:, last]
+    finally:
+        for h in hooks:
+            h.remove()
+    params, comps = captured["params"], captured["params"]["components"]
+    flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
+            comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
+    out = {name: t[:, last].contiguous() for name, t in zip(PARAM_NAMES, flat)}
+    loc, scale = captured["loc_scale"]
+    out.update(loc=loc[:, last, 0].contiguous(), scale=scale[:, last, 0].contiguous(), log_prob=log_prob.contiguous(),
+               time_id=time_id[:, last].contiguous(), variate_id=variate_id[:, last].contiguous())
+    return out
+
+
+def make_groups(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two groups of three related series (shared seasonality, different levels), with missing values."""
+    t = np.arange(128)
+    groups = np.empty((2, 3, 128), dtype=np.float32)
+    for g in range(2):
+        common = np.sin(2 * np.pi * t / (12 + 12 * g)) + 0.2 * rng.standard_normal(128)
+        for v, (lv, amp) in enumerate([(0.0, 1.0), (20.0, 5.0), (-4.0, 0.5)]):
+            groups[g, v] = lv + amp * (common + 0.3 * rng.standard_normal(128))
+    groups[0, 1, 30:50] = np.nan
+    groups[1, 2, :24] = np.nan  # one variate starts late (its leading patch is missing; others are observed)
+    groups[1, 0, [3, 77, 101]] = np.nan
+    spread = np.nanstd(groups, axis=2, keepdims=True) + 0.1
+    probes = np.nanmean(groups[..., -PATCH:], axis=2, keepdims=True) + spread * rng.standard_normal((2, 3, PATCH))
+    return groups, probes.astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="tests/data", help="folder for the fixture (default tests/data)")
@@ -231,10 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in run_uni2ts_decode(module, clean, 128, fed, tensors["clean.probes"][:, 2].numpy()).items():
         tensors[f"decode.uni2ts.{key}"] = value
     decode_meta = {"context": "clean", "fed": "clean.probes[:, :2]", "probe": "clean.probes[:, 2]", "steps": [2, 3]}
+    groups, group_probes = make_groups(rng)
+    tensors["group.context"] = torch.from_numpy(groups)
+    tensors["group.probes"] = torch.from_numpy(group_probes)
+    for key, value in run_uni2ts_group(module, groups, group_probes).items():
+        tensors[f"group.uni2ts.{key}"] = value
     save_file(tensors, str(out / "uni2ts_moe_tiny_cases.safetensors"))
     info = {"uni2ts_version": uni2ts.__version__, "torch_version": torch.__version__, "seed": SEED,
             "command": "tools/uni2ts_golden.py --out " + str(args.out), "patch_size": PATCH, "cases": meta,
-            "decode": decode_meta,
+            "decode": decode_meta, "group": {"groups": 2, "variates": 3, "context_length": 128},
             "params": list(PARAM_NAMES)}
     (out / "uni2ts_moe_tiny_cases.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"wrote {out / 'uni2ts_moe_tiny'} and {len(meta)} cases")
