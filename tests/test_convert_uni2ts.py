@@ -305,3 +305,27 @@ def test_group_steps_feed_one_patch_per_variate_at_the_next_time(converted):
     assert paths.shape == (3, 2, 48)
     torch.testing.assert_close(paths[:, :, 0], CASES["group.uni2ts.loc"][0][:, None].expand(-1, 2))
     assert len(seen) == 3 and seen[1].loc.shape == (2, 3, 1)
+
+
+@pytest.mark.parametrize("g", [0, 1])
+def test_group_second_step_matches_uni2ts(converted, g):
+    """forecast_group's decoding with every variate's first patch fixed: step 2 re-standardises each variate
+    with its fed patch and lets the variates of a time step see each other, as uni2ts' loop does."""
+    from moe_ts.forecasting import group_paths
+
+    fed_vp = CASES["group.probes"][g]
+    seen = []
+
+    def fixed_draw(distr, n):
+        seen.append(distr)
+        return fed_vp[None, None].expand(n, 1, -1, -1) if len(seen) == 1 else torch.zeros(n, *distr.loc.shape[:2], 16)
+
+    group_paths(converted, CASES["group.context"][g].numpy(), horizon_patches=2, num_samples=1, draw=fixed_draw)
+    distr = seen[1]
+    for name in PARAMS:
+        torch.testing.assert_close(getattr(distr.base.params, name)[0], CASES[f"group.uni2ts.step1.{name}"][g],
+                                   atol=1e-5, rtol=0, msg=f"group {g} step 2: {name}")
+    torch.testing.assert_close(distr.loc[0, :, 0], CASES["group.uni2ts.step1.loc"][g], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(distr.scale[0, :, 0], CASES["group.uni2ts.step1.scale"][g], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(distr.log_prob(CASES["group.probes2"][g][None])[0],
+                               CASES["group.uni2ts.step1.log_prob"][g], atol=1e-5, rtol=0)

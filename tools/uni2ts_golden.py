@@ -28,7 +28,8 @@ the scaler's loc and scale, and the log-probability of three fixed patches y (or
 `decode` entry holds uni2ts' second and third decoding steps on the clean contexts with two fixed patches
 fed back (its forecaster's loop with the draws replaced), for `decode="uni2ts"`. The `group` entry holds
 two multivariate groups of three series (`target_dim=3`, any-variate packing) and each variate's one-step
-distribution, for `forecast_group`.
+distribution, plus its second decoding step with every variate's first forecast patch fixed to the group's
+probes, for `forecast_group`.
 
 Shape legend: B series, T context length, P patch size, K mixture components, Y probe patches.
 """
@@ -236,6 +237,46 @@ def run_uni2ts_group(module, groups_bvt: np.ndarray, probes_bvp: np.ndarray) -> 
     return out
 
 
+def run_uni2ts_group_decode(module, groups_bvt: np.ndarray, fed_bvp: np.ndarray,
+                            probes_bvp: np.ndarray) -> dict[str, torch.Tensor]:
+    """uni2ts' second decoding step of each variate of B groups, the first forecast patch of every variate
+    fixed to `fed_bvp` (its forecaster's loop with the draw replaced: those tokens leave the prediction mask)."""
+    from uni2ts.model.moirai_moe import MoiraiMoEForecast
+
+    b, v, t_len = groups_bvt.shape
+    fc = MoiraiMoEForecast(prediction_length=2 * PATCH, target_dim=v, feat_dynamic_real_dim=0,
+                           past_feat_dynamic_real_dim=0, context_length=t_len, module=module, patch_size=PATCH,
+                           num_samples=1)
+    past = np.ascontiguousarray(groups_bvt.transpose(0, 2, 1))
+    observed = ~np.isnan(past)
+    past = np.where(observed, past, 0.0).astype(np.float32)
+    captured: dict[str, object] = {}
+    hooks = [module.param_proj.register_forward_hook(lambda _m, _a, o: captured.__setitem__("params", o)),
+             module.scaler.register_forward_hook(lambda _m, _a, o: captured.__setitem__("loc_scale", o))]
+    try:
+        with torch.no_grad():
+            target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
+                PATCH, torch.from_numpy(past), torch.from_numpy(observed), torch.zeros(b, t_len, dtype=torch.bool))
+            first_future = v * math.ceil(t_len / PATCH) + torch.arange(v) * 2  # future tokens are variate-major too
+            target[:, first_future] = torch.from_numpy(fed_bvp)
+            pred_mask[:, first_future] = False
+            distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
+            full = torch.zeros(target.shape)
+            full[:, first_future] = torch.from_numpy(probes_bvp)
+            log_prob = distr.log_prob(full)[:, first_future]
+    finally:
+        for h in hooks:
+            h.remove()
+    params, comps = captured["params"], captured["params"]["components"]
+    flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
+            comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
+    out = {name: t[:, first_future].contiguous() for name, t in zip(PARAM_NAMES, flat)}
+    loc, scale = captured["loc_scale"]
+    out.update(loc=loc[:, first_future, 0].contiguous(), scale=scale[:, first_future, 0].contiguous(),
+               log_prob=log_prob.contiguous())
+    return out
+
+
 def make_groups(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two groups of three related series (shared seasonality, different levels), with missing values."""
     t = np.arange(128)
@@ -290,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     tensors["group.probes"] = torch.from_numpy(group_probes)
     for key, value in run_uni2ts_group(module, groups, group_probes).items():
         tensors[f"group.uni2ts.{key}"] = value
+    second_probes = (group_probes + rng.standard_normal(group_probes.shape)).astype(np.float32)
+    tensors["group.probes2"] = torch.from_numpy(second_probes)
+    for key, value in run_uni2ts_group_decode(module, groups, group_probes, second_probes).items():
+        tensors[f"group.uni2ts.step1.{key}"] = value
     save_file(tensors, str(out / "uni2ts_moe_tiny_cases.safetensors"))
     info = {"uni2ts_version": uni2ts.__version__, "torch_version": torch.__version__, "seed": SEED,
             "command": "tools/uni2ts_golden.py --out " + str(args.out), "patch_size": PATCH, "cases": meta,
