@@ -329,3 +329,29 @@ def test_group_second_step_matches_uni2ts(converted, g):
     torch.testing.assert_close(distr.scale[0, :, 0], CASES["group.uni2ts.step1.scale"][g], atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(distr.log_prob(CASES["group.probes2"][g][None])[0],
                                CASES["group.uni2ts.step1.log_prob"][g], atol=1e-5, rtol=0)
+
+
+def test_cli_forecasts_a_wide_file_as_one_group(converted, tmp_path, capsys):
+    import pandas as pd
+
+    from moe_ts.forecasting import forecast_group
+
+    model_dir = tmp_path / "model"
+    assert main(["convert", "--from", "uni2ts", str(SOURCE), "--out", str(model_dir)]) == 0
+    group = CASES["group.context"][0].numpy()
+    frame = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=128, freq="h")})
+    for v, name in enumerate(["a", "b", "c"]):
+        frame[name] = group[v]
+    frame.to_csv(tmp_path / "wide.csv", index=False)
+    out = tmp_path / "f.csv"
+    args = ["forecast", "--checkpoint", str(model_dir), "--input", str(tmp_path / "wide.csv"), "--horizon", "8",
+            "--num-samples", "3", "--seed", "2", "--out", str(out)]
+    assert main(args + ["--group"]) == 0
+    written = pd.read_csv(out)
+    assert list(written["item_id"].unique()) == ["a", "b", "c"] and len(written) == 24
+    expected = forecast_group(converted, group, prediction_length=8, num_samples=3, seed=2)
+    torch.testing.assert_close(torch.tensor(written["mean"].to_numpy()), torch.tensor(expected.mean.reshape(-1)),
+                               atol=1e-4, rtol=1e-5, check_dtype=False)
+    frame["c"] = frame["c"].where(frame.index >= 5)  # still one length: missing values are fine
+    frame.to_csv(tmp_path / "wide.csv", index=False)
+    assert main(args + ["--group", "--overwrite"]) == 0
