@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Pretrain, evaluate and release Moirai-MoE-style sparse mixture-of-experts forecasters",
     python_requires=">=3.10",
-    packages=find_packages(include=["moe_ts*", "kernels*", "pretrain*", "eval*", "data_prep*", "cli*"]),
+    packages=find_packages(include=["moe_ts*", "kernels*", "pretrain*", "eval*", "data_prep*", "finetune*", "cli*"]),
     install_requires=[
         "torch",  # pinned to the CPU build by constraints.txt (see README)
         "triton",

@@ -6,6 +6,8 @@
     moe-ts eval     --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR      (eval.run)
     moe-ts forecast --checkpoint DIR --input FILE.tsf|FILE.csv [--horizon H] --out forecasts.csv (cli.forecast)
     moe-ts export   --checkpoint DIR --eval EVAL_DIR --out RELEASE                  (cli.export)
+    moe-ts centroids --checkpoint DIR --data CORPUS --out DIR [--num-windows N]     (pretrain.centroids)
+    moe-ts finetune --checkpoint DIR --method msft|full|head|lora --dataset NAME|--csv FILE --out DIR (finetune.run)
     moe-ts distill  --teacher DIR --dataset NAME|--data CORPUS --context L --horizon H --out DIR (pretrain.distill)
     moe-ts convert  --from uni2ts SRC --out DIR                                     (cli.convert)
 
@@ -26,6 +28,8 @@ COMMANDS = {
     "eval": ("eval.run", "zero-shot evaluation: results.csv, results.md and plots"),
     "forecast": ("cli.forecast", "forecast a .tsf or CSV file into a CSV of means and quantiles"),
     "export": ("cli.export", "release folder: checkpoint + model card with the evaluation table"),
+    "centroids": ("pretrain.centroids", "centroid-gated MoE model from a pretrained one (k-means of FFN inputs)"),
+    "finetune": ("finetune.run", "finetune a model on one dataset (MSFT multi-scale, full, head or LoRA)"),
     "distill": ("pretrain.distill", "distil a model into an MLP student (TimeDistill) for cheap serving"),
     "convert": ("cli.convert", "convert a released uni2ts Moirai-MoE checkpoint into a moe-ts model folder"),
 }

@@ -47,7 +47,7 @@ def load_forecaster(checkpoint: str) -> tuple[Forecaster, str, dict[str, Any]]:
         raise FileNotFoundError(f"--checkpoint {checkpoint}: not a folder (nor 'naive' / 'seasonal_naive')")
     from moe_ts.loading import load_forecaster as load_folder
 
-    model = load_folder(path)  # a MoE model or a distilled MLP student (config.json's model_type)
+    model = load_folder(path)  # a MoE model, a distilled MLP student or an MSFT model (config.json's model_type)
     # Monash / GIFT-Eval series can be shorter than one patch: the model left-pads them with missing values.
     return model, path.resolve().name, {"allow_short_context": True}
 

@@ -1,7 +1,7 @@
 """Load any forecaster folder (docs/ARCHITECTURE.md §8): dispatch on config.json's `model_type`.
 
 A MoE model's config.json has no `model_type` (folders written before the student existed have none
-either); a distilled student's says `timedistill_mlp`. Both load strictly through `moe_ts.hub`.
+either); a distilled student's says `timedistill_mlp`, an MSFT-finetuned model's `msft`. Both load strictly through `moe_ts.hub`.
 """
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Union
 
 from moe_ts.hub import CONFIG_NAME, CheckpointError, check_local_folder
 from moe_ts.model import MoiraiMoEModel
+from moe_ts.msft_model import MSFT_MODEL_TYPE, MSFTModel
 from moe_ts.student import STUDENT_MODEL_TYPE, MLPForecaster
 
 MOE_MODEL_TYPE = "moirai_moe"  # what a config.json without `model_type` is
-FORECASTERS = {MOE_MODEL_TYPE: MoiraiMoEModel, STUDENT_MODEL_TYPE: MLPForecaster}
-Forecaster = Union[MoiraiMoEModel, MLPForecaster]
+FORECASTERS = {MOE_MODEL_TYPE: MoiraiMoEModel, STUDENT_MODEL_TYPE: MLPForecaster, MSFT_MODEL_TYPE: MSFTModel}
+Forecaster = Union[MoiraiMoEModel, MLPForecaster, MSFTModel]
 
 
 def model_type(folder: str | Path) -> str:
@@ -34,7 +35,7 @@ def model_type(folder: str | Path) -> str:
 
 
 def load_forecaster(folder: str | Path) -> Forecaster:
-    """The forecaster saved in `folder` (MoE model or distilled student), ready for `forecast`.
+    """The forecaster saved in `folder` (MoE model, distilled student or MSFT model), ready for `forecast`.
 
     A name that is not a local path (a Hub repo id) loads as a MoE model, as `MoiraiMoEModel.from_pretrained`.
     """

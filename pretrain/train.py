@@ -1,6 +1,6 @@
 """Pretrain a Moirai-MoE-style model with DeepSpeed (docs/ARCHITECTURE.md §4).
 
-    moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume]
+    moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume] [--init MODEL_DIR]
         [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP]
 
 Multi-process: `torchrun --nproc_per_node=2 -m pretrain.train ...` or `deepspeed --num_gpus=2 pretrain/train.py ...`.
@@ -8,7 +8,10 @@ Writes RUN/checkpoints/step-N (atomic), RUN/metrics.jsonl, RUN/config.yaml and, 
 (the Hugging Face folder `MoiraiMoEModel.from_pretrained` loads, with training.json saying how far the
 run got and whether it finished). `--resume` continues from the newest complete checkpoint with the same
 batches and the same loss curve, after checking that the requested config matches RUN/config.yaml.
-CLI flags override the YAML. CORPUS must be a finished `moe-ts prepare` output (complete manifest.json).
+`--init MODEL_DIR` starts from the weights of a
+Hugging Face folder (e.g. one written by `moe-ts centroids`) instead of a fresh model; the model
+config is then MODEL_DIR's config.json and the YAML's `model:` section is replaced by it (config.yaml
+records what ran). CLI flags override the YAML. CORPUS must be a finished `moe-ts prepare` output (complete manifest.json).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from moe_ts.configuration import ConfigError, save_file, to_dict
+from moe_ts.hub import CheckpointError as HubCheckpointError
 from moe_ts.output_dir import OutputDirError, check_output_dir, mark
 from pretrain.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                  remove_leftovers, save_checkpoint, save_final)
@@ -42,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="corpus folder written by `moe-ts prepare`")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--init", help="Hugging Face model folder to start from (its config replaces model:)")
     p.add_argument("--steps", type=int, help="override train.steps (the schedule length)")
     p.add_argument("--time-budget", type=float, help="override train.time_budget_s (seconds, from start)")
     p.add_argument("--seed", type=int, help="override train.seed")
@@ -81,9 +86,22 @@ def _manifest_field(corpus_path: Path, key: str) -> object:
         return None
 
 
+def load_init(run: RunConfig, init: str) -> tuple[RunConfig, torch.nn.Module]:
+    """The model of folder `init` and the run config with its model config in place of the YAML's."""
+    from moe_ts.model import MoiraiMoEModel
+
+    model = MoiraiMoEModel.from_pretrained(init)
+    model.train()
+    return dataclasses.replace(run, model=model.config), model
+
+
 def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, stop_at: int | None = None,
-          t_start: float | None = None) -> dict:
-    """The training loop; returns a summary dict (steps, final loss, seconds, paths)."""
+          t_start: float | None = None, init_model: torch.nn.Module | None = None,
+          init_path: str | None = None) -> dict:
+    """The training loop; returns a summary dict (steps, final loss, seconds, paths).
+
+    `init_model` (with `run.model` equal to its config, see `load_init`) replaces the fresh model.
+    """
     t_start = time.time() if t_start is None else t_start
     tc = run.train
     if tc.num_threads:
@@ -116,7 +134,9 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
         say(f"corpus: {sampler.num_unusable} series are empty or all-missing and are never sampled")
     random.seed(tc.seed + dist.rank)
     np.random.seed(tc.seed + dist.rank)
-    engine = build_engine(run, dist)
+    engine = build_engine(run, dist, init_model)
+    if init_model is not None:
+        say(f"initialised from {init_path}")
     model = unwrap(engine)
 
     step = 0
@@ -191,6 +211,8 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
                 "reason": "finished" if finished else reason, "corpus": corpus.path.name,
                 "corpus_fingerprint": fingerprint, "datasets": list(sampler.dataset_names),
                 "exclude_eval": _manifest_field(corpus.path, "exclude_eval")}
+    if init_path is not None:
+        training["init"] = str(init_path)
     if dist.is_main:
         final = save_final(model, out, training)
     elapsed = time.time() - t_start
@@ -217,10 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run = apply_overrides(load_run_config(args.config), args)
+        init_model = None
+        if args.init is not None:
+            run, init_model = load_init(run, args.init)
         corpus = load_corpus(args.data)
         check_manifest(args.data)
-        train(run, corpus, Path(args.out), resume=args.resume, stop_at=args.stop_at, t_start=t_start)
-    except (ConfigError, CorpusError, CheckpointError, OutputDirError) as err:
+        train(run, corpus, Path(args.out), resume=args.resume, stop_at=args.stop_at, t_start=t_start,
+              init_model=init_model, init_path=args.init)
+    except (ConfigError, CorpusError, CheckpointError, OutputDirError, HubCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     return 0

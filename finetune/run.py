@@ -1,0 +1,130 @@
+"""Finetune a pretrained model on one dataset and evaluate it on the test split (docs/ARCHITECTURE.md §9).
+
+    moe-ts finetune --checkpoint DIR --method msft|full|head|lora --dataset NAME|--csv FILE --out OUT
+        [--data-dir DIR] [--steps N] [--batch-size B] [--lr LR] [--window W] [--eval-every N] [--patience N]
+        [--num-scales K] [--lora-rank R] [--lora-alpha A] [--freeze-gates] [--train-experts] [--seed S]
+        [--no-eval] [--eval-max-windows N] [--eval-stride N] [--num-samples S] [--overwrite]
+
+NAME is a registered LSF dataset (ETTh1, ETTh2, ...): the model trains on its training split, stops
+early on its validation split, and is evaluated on its test split by `moe-ts eval` (OUT/eval:
+results.csv, results.md; plain models decode with their median, as MSFT does). FILE is a user's LSF CSV (a `date` column, one column per variate), split
+0.7 / 0.1 / 0.2 and evaluated by the same LSF protocol (`eval.protocols.lsf_tasks`) at the horizons
+96/192/336/720 that fit its test split. OUT is a Hugging Face folder: `MSFTModel` for msft (config.json holds
+{"model", "msft"}), a plain `MoiraiMoEModel` for full, head and lora (LoRA merged into Q/K/V);
+OUT/finetune.json records the run (method, trainable parameters, time per step, validation history).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from finetune.data import Splits, csv_splits, lsf_splits
+from finetune.train import METHODS, FinetuneConfig, finetune, prepare_model, releasable
+from moe_ts.output_dir import check_output_dir
+
+REPORT_FILE = "finetune.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moe-ts finetune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="pretrained Hugging Face folder")
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--dataset", help="registered LSF dataset (etth1, etth2, ettm1, ...)")
+    data.add_argument("--csv", type=Path, help="a user's LSF CSV: a date column and one column per variate")
+    p.add_argument("--out", required=True, type=Path, help="output folder (the finetuned model)")
+    p.add_argument("--data-dir", help="data folder (default: $MOE_TS_DATA_DIR, else <repo>/data)")
+    d = FinetuneConfig()
+    for name, typ in (("steps", int), ("batch_size", int), ("lr", float), ("window", int), ("eval_every", int),
+                      ("patience", int), ("num_scales", int), ("lora_rank", int), ("lora_alpha", float),
+                      ("seed", int), ("weight_decay", float)):
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=getattr(d, name),
+                       help=f"default {getattr(d, name)}")
+    p.add_argument("--freeze-gates", action="store_true", help="msft: keep the MoE gates frozen")
+    p.add_argument("--train-experts", action="store_true", help="msft: train the experts too")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.add_argument("--eval-max-windows", type=int, default=None, help="test windows per channel (evenly thinned)")
+    p.add_argument("--eval-stride", type=int, default=1, help="test window stride (1 = the published protocol)")
+    p.add_argument("--num-samples", type=int, default=100, help="forecast samples in the evaluation")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out moe-ts did not write")
+    return p
+
+
+def evaluate_csv(model: torch.nn.Module, splits: Splits, args: argparse.Namespace) -> str:
+    """The LSF protocol on a user's CSV (the registered sets go through `moe-ts eval`); writes OUT/eval."""
+    from data_prep.frequency import seasonality
+    from data_prep.registry import LSF_CONTEXT, LSF_HORIZONS
+    from eval.protocols import lsf_tasks
+    from eval.report import write_reports
+    from eval.runner import RunConfig, run_task_suite
+    from moe_ts.msft import MSFTNetwork
+    from moe_ts.output_dir import mark
+
+    train_end, test_start, length = splits.borders
+    horizons = tuple(h for h in LSF_HORIZONS if h <= length - test_start)
+    if not horizons:
+        raise ValueError(f"{args.csv}: the test split has {length - test_start} points, shorter than the shortest "
+                         f"LSF horizon {min(LSF_HORIZONS)}")
+    tasks = lsf_tasks(splits.name, args.csv.name, splits.series, horizons, train_end, (test_start, length),
+                      seasonality(splits.series[0].freq), LSF_CONTEXT, args.eval_stride, None, args.eval_max_windows)
+    kwargs = {} if isinstance(model, MSFTNetwork) else {"decode": "median"}
+    cfg = RunConfig(num_samples=args.num_samples, plot_series=0, model_kwargs=kwargs)
+    result = run_task_suite("lsf", tasks, model, cfg, baselines=())
+    out = args.out / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "eval")
+    return write_reports([result], out, args.out.name, [f"- finetuned on {args.csv} ({splits.name}), test split "
+                                                        f"[{test_start}, {length})"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = FinetuneConfig(method=args.method, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         window=args.window, eval_every=args.eval_every, patience=args.patience,
+                         num_scales=args.num_scales, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                         train_gates=not args.freeze_gates, train_experts=args.train_experts, seed=args.seed,
+                         weight_decay=args.weight_decay)
+    if args.out.resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"--out {args.out}: is the --checkpoint folder; the pretrained model would be replaced")
+    check_output_dir(args.out, args.overwrite)
+    torch.set_num_threads(args.threads)
+    from moe_ts.model import MoiraiMoEModel
+
+    base = MoiraiMoEModel.from_pretrained(args.checkpoint)
+    model = prepare_model(base, cfg, args.checkpoint)
+    splits = lsf_splits(args.dataset, args.data_dir) if args.dataset else csv_splits(args.csv)
+    t0 = time.time()
+    result = finetune(model, splits, cfg)
+    releasable(model).save_pretrained(args.out, overwrite=args.overwrite)
+    report = {"checkpoint": str(args.checkpoint), "dataset": splits.name, "borders": list(splits.borders),
+              "config": asdict(cfg), "result": asdict(result), "seconds": round(time.time() - t0, 2)}
+    (args.out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"finetune {cfg.method}: best validation loss {result.best_val:.4f} at step {result.best_step} "
+          f"(zero-shot {result.zero_shot_val:.4f}); {result.steps_run} steps, {result.seconds_per_step * 1000:.0f} "
+          f"ms/step; {result.trainable_params:,} of {result.total_params:,} parameters trained; wrote {args.out}")
+    if not args.no_eval and args.csv is not None:
+        print(evaluate_csv(releasable(model), splits, args))
+    elif not args.no_eval:
+        from eval.run import main as eval_main
+
+        eval_args = ["--checkpoint", str(args.out), "--suite", "lsf", "--datasets", splits.name,
+                     "--out", str(args.out / "eval"), "--plot-series", "0", "--baselines", "snaive",
+                     "--num-samples", str(args.num_samples), "--lsf-stride", str(args.eval_stride), "--decode", "median"]
+        if args.data_dir:
+            eval_args += ["--data-dir", args.data_dir]
+        if args.eval_max_windows:
+            eval_args += ["--max-windows", str(args.eval_max_windows)]
+        return eval_main(eval_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
