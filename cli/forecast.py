@@ -3,6 +3,7 @@
     moe-ts forecast --checkpoint RUN/final --input data.csv --horizon 48 --out forecasts.csv
     moe-ts forecast --checkpoint RUN/final --input long.parquet --horizon 48 --out forecasts.csv [--freq h]
     moe-ts forecast --checkpoint RUN/final --input file.tsf --out forecasts.csv      # the file's @horizon
+    moe-ts forecast --checkpoint CONVERTED --input wide.csv --horizon 48 --group --out forecasts.csv  # jointly
 
 Input (.csv or .parquet), in either layout (see moe_ts/dataframe.py):
   long  one row per item and timestamp: --id-column (default item_id), --timestamp-column (default timestamp)
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-length", type=int, help="most recent points used (default: what the model fits)")
     parser.add_argument("--batch-size", type=int, default=64, help="series per forward pass (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--group", action="store_true",
+                        help="forecast all series of the file jointly as one multivariate group (any-variate, as "
+                             "uni2ts; a converted uni2ts model); the series must have equal lengths")
     return parser
 
 
@@ -113,10 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {len(short)} series shorter than {what} ({patch} points) are left-padded with missing "
               f"values: {shown}", file=sys.stderr)
     try:
-        out = model.forecast([s.values for s in series], horizon, num_samples=args.num_samples, seed=args.seed,
-                             context_length=args.context_length, quantile_levels=DEFAULT_QUANTILES,
-                             batch_size=args.batch_size, allow_short_context=True,
-                             progress=len(series) > args.batch_size)
+        if args.group:
+            if not hasattr(model, "forecast_group"):
+                raise SystemExit(f"{args.checkpoint}: --group needs a Moirai-MoE model folder")
+            out = model.forecast_group([s.values for s in series], horizon, num_samples=args.num_samples,
+                                       seed=args.seed, context_length=args.context_length,
+                                       quantile_levels=DEFAULT_QUANTILES)
+        else:
+            out = model.forecast([s.values for s in series], horizon, num_samples=args.num_samples, seed=args.seed,
+                                 context_length=args.context_length, quantile_levels=DEFAULT_QUANTILES,
+                                 batch_size=args.batch_size, allow_short_context=True,
+                                 progress=len(series) > args.batch_size)
     except ValueError as err:  # name the series by its id, not its index
         named = re.sub(r"series (\d+)", lambda m: f"series {series[int(m.group(1))].item_id!r}", str(err))
         raise SystemExit(f"{args.input}: {named}") from None

@@ -3,7 +3,7 @@
     moe-ts eval --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR
         [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0]
         [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N]
-        [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N] [--decode median|mean|sample]
+        [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N] [--decode median|mean|sample|uni2ts]
     moe-ts eval --checkpoint DIR --suite probes --out DIR [--probe-series 8]
     moe-ts eval --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
     moe-ts eval --list [--data-dir DIR]      # every registered dataset: available / missing, where its file goes
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lsf-stride", type=_positive, default=1, help="LSF window stride (1 = the published protocol)")
     p.add_argument("--chunk-size", type=_positive, default=1024, help="instances per forecast() call")
     p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
-    p.add_argument("--decode", choices=("median", "mean", "sample"),
+    p.add_argument("--decode", choices=("median", "mean", "sample", "uni2ts"),
                    help="what the model feeds back while decoding (default: forecast()'s; see moe_ts/forecasting.py)")
     p.add_argument("--baselines", default="snaive,naive",
                    help="comma-separated baselines run beside the model: snaive, naive, autoets, autotheta, autoarima "

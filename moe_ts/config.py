@@ -56,6 +56,13 @@ class ModelConfig:
     # What a missing value becomes at the input: "zero_normalized" (0 after standardising: the series mean) or
     # "zero_raw" (0 in raw units, then standardised: -loc/scale, what uni2ts feeds released Moirai-MoE weights).
     missing_values: Literal["zero_normalized", "zero_raw"] = "zero_normalized"
+    # How forecasting numbers a series' patches (RoPE positions and causality): "position" (index within the
+    # series) or "observed" (uni2ts' forecaster: leading patches without an observed value share time id 0 with
+    # the first observed patch, and patches with equal time ids see each other). Pretraining always uses "position".
+    time_ids: Literal["position", "observed"] = "position"
+    # uni2ts' any-variate attention: a learned per-layer, per-head bias for query/key of the same vs a different
+    # variate (converted Moirai-MoE checkpoints). Our own models have one variate per sample and no such bias.
+    variate_bias: bool = False
     init_std: float = 0.02
     # Patches predicted from each position (multi-patch prediction, as Moirai 2 / Time-MoE's multi-horizon
     # heads): 1 is Moirai-MoE's next-patch head; K > 1 trains position j on patches j+1..j+K and lets

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelHubMixin
 from moe_ts.config import ModelConfig, drop_runtime_keys
 from moe_ts.configuration import from_dict, to_dict
 from moe_ts.forecast_output import ForecastOutput
-from moe_ts.forecasting import forecast
+from moe_ts.forecasting import forecast, forecast_group
 from moe_ts.hub import HubIOMixin
 from moe_ts.model_card import MODEL_CARD_TEMPLATE, architecture_summary
 from moe_ts.network import DecoderLayer, MoiraiMoENetwork, PatchProjection
@@ -81,3 +81,8 @@ class MoiraiMoEModel(
     def forecast(self, contexts: object, prediction_length: int, **kwargs: Any) -> ForecastOutput:
         """Probabilistic forecast; see `moe_ts.forecasting.forecast` for the arguments."""
         return forecast(self, contexts, prediction_length, **kwargs)
+
+    def forecast_group(self, group: object, prediction_length: int, **kwargs: Any) -> ForecastOutput:
+        """Forecast a group of series jointly (any-variate; converted uni2ts models); see
+        `moe_ts.forecasting.forecast_group` for the arguments."""
+        return forecast_group(self, group, prediction_length, **kwargs)

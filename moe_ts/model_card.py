@@ -14,8 +14,8 @@ MODEL_CARD_TEMPLATE = """---
 
 # {{ model_name | default("moe-ts model", true) }}
 
-A Moirai-MoE-style sparse mixture-of-experts time-series forecaster trained with
-[moe-ts]({{ repo_url | default("https://github.com/moe-ts/moe-ts", true) }}).
+{% if origin %}{{ origin }}{% else %}A Moirai-MoE-style sparse mixture-of-experts time-series forecaster trained with
+[moe-ts]({{ repo_url | default("https://github.com/moe-ts/moe-ts", true) }}).{% endif %}
 
 {{ architecture | default("", true) }}
 

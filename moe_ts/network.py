@@ -36,15 +36,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.rope_base, cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.rope_base, cfg.norm_eps, cfg.variate_bias)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.moe = MoELayer(cfg.d_model, cfg.moe, cfg.init_std)
 
     def forward(
         self, x_bnd: Tensor, positions_bn: Tensor, mask_bnl: Tensor, cache: LayerCache | None,
-        token_mask_bn: Tensor | None = None,
+        token_mask_bn: Tensor | None = None, variate_bn: Tensor | None = None,
     ) -> tuple[Tensor, LayerCache, MoEStats]:
-        attn_out, new_cache = self.attn(self.attn_norm(x_bnd), positions_bn, mask_bnl, cache)
+        attn_out, new_cache = self.attn(self.attn_norm(x_bnd), positions_bn, mask_bnl, cache, variate_bn)
         x_bnd = x_bnd + attn_out
         b, n, d = x_bnd.shape
         token_mask_t = None if token_mask_bn is None else token_mask_bn.reshape(b * n)
@@ -72,26 +72,28 @@ class MoiraiMoENetwork(nn.Module):
 
     def forward(
         self, patches_bnp: Tensor, positions_bn: Tensor, mask_bnl: Tensor, caches: list[LayerCache] | None = None,
-        token_mask_bn: Tensor | None = None,
+        token_mask_bn: Tensor | None = None, variate_bn: Tensor | None = None,
     ) -> tuple[Tensor, list[LayerCache], list[MoEStats]]:
         """Hidden states [B, N, D] of normalised patches, given the tokens already in `caches`.
 
-        `token_mask_bn` (True = real patch) keeps padding out of the MoE losses and expert counts.
+        `token_mask_bn` (True = real patch) keeps padding out of the MoE losses and expert counts;
+        `variate_bn` (variate ids of a multivariate row) feeds the variate attention bias, if configured.
         """
         x = self.patch_proj(patches_bnp)
         new_caches, all_stats = [], []
         for i, layer in enumerate(self.layers):
-            x, cache, stats = layer(x, positions_bn, mask_bnl, None if caches is None else caches[i], token_mask_bn)
+            x, cache, stats = layer(x, positions_bn, mask_bnl, None if caches is None else caches[i], token_mask_bn,
+                                    variate_bn)
             new_caches.append(cache)
             all_stats.append(stats)
         return self.final_norm(x), new_caches, all_stats
 
     def encode(
         self, patches_bnp: Tensor, positions_bn: Tensor, mask_bnl: Tensor, caches: list[LayerCache] | None = None,
-        token_mask_bn: Tensor | None = None,
+        token_mask_bn: Tensor | None = None, variate_bn: Tensor | None = None,
     ) -> tuple[Tensor, list[LayerCache], list[MoEStats]]:
         """The same as `forward` (the name forecasting and centroid fitting use)."""
-        return self.forward(patches_bnp, positions_bn, mask_bnl, caches, token_mask_bn)
+        return self.forward(patches_bnp, positions_bn, mask_bnl, caches, token_mask_bn, variate_bn)
 
     def num_parameters(self, active: bool = False) -> int:
         """Total parameters, or those a token uses (top-k of E experts per layer)."""

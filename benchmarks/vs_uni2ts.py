@@ -1,0 +1,226 @@
+"""moe-ts vs uni2ts 2.0.0 on the same weights and inputs: forecasting (horizons 96 and 720) and one training step.
+
+    python benchmarks/vs_uni2ts.py --uni2ts-python /work/uni2ts-venv/bin/python --size small --repeats 2 \\
+        --out benchmarks/results/vs_uni2ts.json
+
+uni2ts runs in its own virtual environment (install: tools/uni2ts_golden.py's docstring) as a long-lived
+worker process (this file with --worker; it imports nothing of moe-ts). The worker builds a Moirai-MoE with
+random weights (seed 0; `small` is uni2ts' Moirai-MoE-Small shape: d_model 384, 6 layers, 32 experts,
+d_ff 512) and saves it; this process converts that folder with `moe_ts.convert_uni2ts`, so both sides run
+the same weights on the same series. Tasks alternate between the two processes (order flipped every
+repeat) and the median of the repeats is kept; both use `--threads` torch threads. Ratios are uni2ts'
+seconds / ours (> 1: moe-ts faster).
+
+- forecast: B series of context T, S sample paths. uni2ts: `MoiraiMoEForecast.forward` (its decoding loop
+  re-encodes the whole sequence for every path at every step; GluonTS' predictor and imputation are left
+  out). moe-ts: `forecast(decode="sample")` with the KV cache, and `decode="uni2ts"` (uni2ts' decoding:
+  re-standardise and re-encode per step) at the horizons listed in --uni2ts-mode-horizons.
+- train step: forward + NLL of the next patch + backward on B rows of N patches (one series per row).
+  uni2ts: `MoiraiMoEModule` forward, the mean NLL of patch j+1 under the distribution at patch j, backward.
+  moe-ts: `pretrain_loss` (its scaler uses the leading 30% of each row; the network work is the same).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PATCH = 16
+SIZES = {"small": dict(d_model=384, d_ff=512, num_layers=6), "tiny": dict(d_model=128, d_ff=64, num_layers=2)}
+
+
+# ----------------------------------------------------------------------------- uni2ts side (its own venv)
+
+
+def _worker(size: str, folder: Path, threads: int) -> None:
+    """Build and save the uni2ts model, then answer timing requests (JSON lines on stdin / stdout)."""
+    import torch
+    from uni2ts.distribution import (LogNormalOutput, MixtureOutput, NegativeBinomialOutput,
+                                     NormalFixedScaleOutput, StudentTOutput)
+    from uni2ts.model.moirai_moe import MoiraiMoEForecast, MoiraiMoEModule
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    distr = MixtureOutput([StudentTOutput(), NormalFixedScaleOutput(), NegativeBinomialOutput(), LogNormalOutput()])
+    module = MoiraiMoEModule(distr_output=distr, patch_sizes=(PATCH,), max_seq_len=512, attn_dropout_p=0.0,
+                             dropout_p=0.0, **SIZES[size])
+    with torch.no_grad():
+        module.encoder.centroid.copy_(torch.randn_like(module.encoder.centroid))
+    module.save_pretrained(folder / "uni2ts")
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "exit":
+            return
+        data = np.load(cmd["data"])
+        if cmd["op"] == "forecast":
+            module.eval()
+            past = torch.from_numpy(data)[..., None]
+            fc = MoiraiMoEForecast(prediction_length=cmd["horizon"], target_dim=1, feat_dynamic_real_dim=0,
+                                   past_feat_dynamic_real_dim=0, context_length=past.shape[1], module=module,
+                                   patch_size=PATCH, num_samples=cmd["samples"])
+            start = time.perf_counter()
+            with torch.no_grad():
+                fc(past, torch.ones_like(past, dtype=torch.bool), torch.zeros(past.shape[:2], dtype=torch.bool),
+                   num_samples=cmd["samples"])
+            print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+        else:  # train step
+            module.train()
+            b, length = data.shape
+            n = length // PATCH
+            target = torch.from_numpy(data).view(b, n, PATCH)
+            ids = torch.ones(b, n, dtype=torch.long)
+            start = time.perf_counter()
+            distr_out = module(target, torch.ones_like(target, dtype=torch.bool), ids,
+                               torch.arange(n).expand(b, n), torch.zeros(b, n, dtype=torch.long),
+                               torch.zeros(b, n, dtype=torch.bool), torch.full((b, n), PATCH))
+            nxt = torch.cat((target[:, 1:], torch.zeros_like(target[:, :1])), dim=1)
+            loss = -distr_out.log_prob(nxt)[:, :-1].mean()
+            forward_s = time.perf_counter() - start
+            loss.backward()
+            seconds = time.perf_counter() - start
+            module.zero_grad(set_to_none=True)
+            print(json.dumps({"seconds": seconds, "forward_seconds": forward_s}), flush=True)
+
+
+# ----------------------------------------------------------------------------- moe-ts side
+
+
+class Uni2tsWorker:
+    """The uni2ts worker process."""
+
+    def __init__(self, python: str, size: str, folder: Path, threads: int) -> None:
+        self.proc = subprocess.Popen([python, __file__, "--worker", "--size", size, "--dir", str(folder),
+                                      "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self._read()
+
+    def _read(self) -> dict:
+        while True:  # skip anything a library printed
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError(f"the uni2ts worker exited (code {self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        self.proc.wait(timeout=60)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--uni2ts-python", default="/work/uni2ts-venv/bin/python")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--series", type=int, default=8)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--tasks", default="96:20,720:5", help="forecast horizon:samples pairs")
+    parser.add_argument("--uni2ts-mode-horizons", default="96", help="horizons also run with decode=uni2ts")
+    parser.add_argument("--train-patches", type=int, default=128, help="patches per row of the training batch")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/results/vs_uni2ts.json")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(args.size, Path(args.dir), args.threads)
+        return {}
+
+    import torch
+
+    from moe_ts.convert_uni2ts import convert_uni2ts_folder
+    from moe_ts.model import MoiraiMoEModel
+    from moe_ts.objectives import pretrain_loss
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="vs-uni2ts-"))
+    worker = Uni2tsWorker(args.uni2ts_python, args.size, tmp, args.threads)
+    conversion = convert_uni2ts_folder(tmp / "uni2ts")
+    model = MoiraiMoEModel(conversion.config)
+    model.load_state_dict(conversion.state_dict)
+    model.eval()
+    rng = np.random.default_rng(0)
+    t = np.arange(args.context)
+    contexts = np.stack([10 * np.sin(t / (5 + i)) + rng.normal(size=args.context) for i in range(args.series)])
+    np.save(tmp / "contexts.npy", contexts.astype(np.float32))
+    train = rng.normal(size=(args.series, args.train_patches * PATCH)).cumsum(axis=1).astype(np.float32)
+    np.save(tmp / "train.npy", train)
+    train_t = torch.from_numpy(train)
+    train_ids = torch.ones(args.series, args.train_patches, dtype=torch.long)
+
+    def ours_forecast(horizon: int, samples: int, decode: str) -> float:
+        start = time.perf_counter()
+        model.forecast(list(contexts), horizon, num_samples=samples, seed=0, context_length=args.context,
+                       decode=decode)
+        return time.perf_counter() - start
+
+    def ours_train() -> float:
+        model.train()
+        start = time.perf_counter()
+        pretrain_loss(model, train_t, train_ids).loss.backward()
+        seconds = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        return seconds
+
+    tasks = []
+    for pair in args.tasks.split(","):
+        horizon, samples = (int(x) for x in pair.split(":"))
+        task = {"task": f"forecast h={horizon} S={samples}",
+                "uni2ts": lambda h=horizon, s=samples: worker.ask(op="forecast", horizon=h, samples=s,
+                                                                   data=str(tmp / "contexts.npy"))["seconds"],
+                "moe-ts kv-cache": lambda h=horizon, s=samples: ours_forecast(h, s, "sample")}
+        if str(horizon) in args.uni2ts_mode_horizons.split(","):
+            task["moe-ts decode=uni2ts"] = lambda h=horizon, s=samples: ours_forecast(h, s, "uni2ts")
+        tasks.append(task)
+    tasks.append({"task": f"train step {args.series}x{args.train_patches} patches",
+                  "uni2ts": lambda: worker.ask(op="train", data=str(tmp / "train.npy"))["seconds"],
+                  "moe-ts": ours_train})
+    ours_forecast(16, 2, "sample")  # warm-ups
+    worker.ask(op="forecast", horizon=16, samples=2, data=str(tmp / "contexts.npy"))
+    times: dict[tuple[str, str], list[float]] = {}
+    try:
+        for rep in range(args.repeats):
+            for task in tasks:
+                names = [k for k in task if k != "task"]
+                for name in (names if rep % 2 == 0 else names[::-1]):
+                    times.setdefault((task["task"], name), []).append(task[name]())
+                    print(f"repeat {rep}: {task['task']}, {name}: {times[(task['task'], name)][-1]:.2f} s",
+                          file=sys.stderr, flush=True)
+    finally:
+        worker.close()
+    rows = []
+    for task in tasks:
+        base = statistics.median(times[(task["task"], "uni2ts")])
+        for name in (k for k in task if k != "task"):
+            sec = statistics.median(times[(task["task"], name)])
+            rows.append({"task": task["task"], "system": name, "seconds": sec, "uni2ts_over_this": base / sec})
+    print(f"| task | system | seconds (median of {args.repeats}) | uni2ts s / this s |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['task']} | {r['system']} | {r['seconds']:.2f} | {r['uni2ts_over_this']:.2f} |")
+    result = {"config": vars(args) | {"worker": None}, "rows": rows, "machine": platform.platform(),
+              "command": "python benchmarks/vs_uni2ts.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
