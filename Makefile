@@ -7,8 +7,8 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= runs/demo
 # The statsforecast baselines cost CPU seconds per series (AutoETS on all 13 offline Monash sets: ~28 CPU-minutes,
 # see benchmarks/classical_baselines.py), so the demo compares them with the model on a subsample, marked as such.
-CLASSICAL_SERIES     ?= 30
-CLASSICAL_LSF_WINDOWS ?= 4
+CLASSICAL_SERIES     ?= 20
+CLASSICAL_LSF_WINDOWS ?= 3
 export TRITON_INTERPRET := 1
 export DS_ACCELERATOR   := cpu
 export WANDB_MODE       ?= offline
@@ -56,7 +56,7 @@ demo: $(STAMP)
 	  && echo "eval classical lsf: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@echo "== 7/7 probes: synthetic series with a known best answer"
 	@s=$$(date +%s); $(BIN)/moe-ts eval --checkpoint $(DEMO)/run/final --suite probes --out $(DEMO)/eval_probes \
-	  --num-samples 50 --probe-series 4 --baselines snaive,naive,autoets,autotheta --n-jobs 2 --plot-series 1 > /dev/null \
+	  --num-samples 50 --probe-series 3 --baselines snaive,naive,autoets,autotheta --n-jobs 2 --plot-series 1 > /dev/null \
 	  && echo "eval probes: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@$(BIN)/python -m eval.summary $(DEMO)/eval $(DEMO)/eval_lsf $(DEMO)/eval_classical $(DEMO)/eval_classical_lsf $(DEMO)/eval_probes
 	@cat $(DEMO)/timings.txt
