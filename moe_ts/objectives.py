@@ -58,11 +58,12 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
     normed = standardise(values, observed, loc, scale, cfg.missing_values)
 
     inputs = normed
+    mask = layout.attention_mask()
     if self_feed > 0:
-        inputs = _feed_own_predictions(model, inputs, observed, layout, stats_bn, self_feed)
+        inputs = _feed_own_predictions(model, inputs, observed, layout, mask, stats_bn, self_feed)
     if input_noise > 0:
         inputs = normed + input_noise * torch.randn_like(normed) * observed
-    hidden, _, moe_stats = forward(inputs, layout.position, layout.attention_mask(),
+    hidden, _, moe_stats = forward(inputs, layout.position, mask,
                                    token_mask_bn=layout.sample_id > 0)
     # Position j predicts patches j+1..j+K (K = predict_patches) of the same sample, except those that
     # gave the statistics. Samples whose statistics are degenerate (constant or < 2 values) would score
@@ -90,14 +91,14 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
 
 
 def _feed_own_predictions(model: MoiraiMoENetwork, normed: Tensor, observed: Tensor, layout: PackedLayout,
-                          stats_bn: Tensor, rate: float) -> Tensor:
+                          mask: Tensor, stats_bn: Tensor, rate: float) -> Tensor:
     """normed [B, N, P] with each non-statistics patch j+1 of a sample replaced, with probability `rate`,
     by a draw from the prediction made at patch j over the true inputs (observed values only; missing
     values keep their fill). The pass runs the network module directly, without gradients, so it needs
     every parameter present on this rank (ZeRO stage 0-2, not 3). Uses torch's global RNG."""
     P = normed.shape[-1]
     with torch.no_grad():
-        hidden, _, _ = model(normed, layout.position, layout.attention_mask(), token_mask_bn=layout.sample_id > 0)
+        hidden, _, _ = model(normed, layout.position, mask, token_mask_bn=layout.sample_id > 0)
         draw_bnp = model.head.distribution(hidden[:, :-1]).sample()[..., :P]  # patch j+1 as predicted at j
     sid = layout.sample_id
     replaceable_bn = (sid[:, 1:] == sid[:, :-1]) & (sid[:, 1:] > 0) & ~stats_bn[:, 1:]
