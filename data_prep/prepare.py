@@ -28,7 +28,7 @@ from typing import Iterator
 
 from data_prep.corpus import BUILD_PREFIX, CorpusEntry, cut_series, write_corpus
 from data_prep.paths import resolve_data_dir
-from data_prep.synthetic import generate_kernelsynth, generate_synthetic
+from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_synthetic
 from moe_ts.output_dir import check_output_dir, make_staging_dir, remove_leftovers, swap_in
 
 MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
@@ -76,9 +76,13 @@ def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_seri
         st.note = "test spans cut away" if exclude_eval else "full series (evaluation data INCLUDED)"
 
 
-def _synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, seed: int, stats: list[SourceStats]) -> Iterator[CorpusEntry]:
-    for name, series in (("synthetic", lambda: generate_synthetic(synthetic, seed=seed)),
-                         ("kernelsynth", lambda: generate_kernelsynth(kernelsynth, seed=seed, length=ks_length))):
+def _synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, periodic: int, seed: int,
+                       stats: list[SourceStats]) -> Iterator[CorpusEntry]:
+    for name, count, series in (("synthetic", synthetic, lambda: generate_synthetic(synthetic, seed=seed)),
+                                ("kernelsynth", kernelsynth, lambda: generate_kernelsynth(kernelsynth, seed=seed, length=ks_length)),
+                                ("periodic", periodic, lambda: generate_periodic(periodic, seed=seed))):
+        if name == "periodic" and count == 0:  # keeps corpora built before this generator existed unchanged
+            continue
         st = SourceStats(name, note=f"seed {seed}")
         stats.append(st)
         for s in series():
@@ -168,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-count", type=int, default=1000, help="seasonal/trend/noise/intermittent series (default 1000)")
     parser.add_argument("--kernelsynth-count", type=int, default=1000, help="KernelSynth GP series (default 1000)")
     parser.add_argument("--kernelsynth-length", type=int, default=1024, help="length of each KernelSynth series (default 1024)")
+    parser.add_argument("--periodic-count", type=int, default=0,
+                        help="clean periodic series: harmonic cycles, trends, level shifts, 1-50%% noise (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--exclude-eval", dest="exclude_eval", action="store_true", default=True,
@@ -185,7 +191,8 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
 
     def entries() -> Iterator[CorpusEntry]:
         yield from _real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
-        yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length, args.seed, stats)
+        yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length,
+                                      args.periodic_count, args.seed, stats)
 
     rows = write_corpus(entries(), staging)
     cuts: list[dict] = []
@@ -212,6 +219,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
         "synthetic_count": args.synthetic_count,
         "kernelsynth_count": args.kernelsynth_count,
         "kernelsynth_length": args.kernelsynth_length,
+        "periodic_count": args.periodic_count,
         "max_series_per_dataset": args.max_series_per_dataset,
         "rows": rows,
         "complete": True,  # written last: a corpus without it is an interrupted build
@@ -229,7 +237,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus, print a summary table, write CORPUS_DIR/manifest.json. Returns 0."""
     args = build_parser().parse_args(argv)
-    for flag in ("synthetic_count", "kernelsynth_count"):
+    for flag in ("synthetic_count", "kernelsynth_count", "periodic_count"):
         if getattr(args, flag) < 0:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 0")
     data_dir = resolve_data_dir(args.data_dir)

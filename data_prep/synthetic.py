@@ -213,4 +213,67 @@ def generate_synthetic(
     return out
 
 
-GENERATORS: dict[str, Callable[..., list[Series]]] = {"kernelsynth": generate_kernelsynth, "synthetic": generate_synthetic}
+# --- clean periodic series (issue 8: a model that continues cycles) -----------------------------------------------
+# Real-valued base periods, log-uniform over this range (points), or one of the calendar periods below.
+PERIODIC_RANGE = (4.0, 400.0)
+CALENDAR_PERIODS = (7, 12, 24, 48, 52, 96, 144, 168, 336, 365)
+# A second, longer cycle as a multiple of the first (daily → weekly, monthly → yearly, ...).
+SECOND_CYCLE_MULTIPLES = (4, 7, 12, 52)
+
+
+def _waveform(rng: np.random.Generator, t: np.ndarray, period: float) -> np.ndarray:
+    """One cycle shape: 1–5 harmonics with decaying random amplitudes and phases, unit standard deviation."""
+    out = np.zeros_like(t)
+    for h in range(1, int(rng.integers(1, 6)) + 1):
+        if period / h < 2.5:  # above a third of the sampling rate: aliased, not a shape
+            break
+        out += rng.normal(0, 1.0 / h) * np.sin(2 * np.pi * h * t / period + rng.uniform(0, 2 * np.pi))
+    sd = out.std()
+    return out / sd if sd > 0 else out
+
+
+def _periodic(rng: np.random.Generator, length: int) -> tuple[np.ndarray, float, float]:
+    """(values, base period, noise sd relative to the cycle's sd)."""
+    t = np.arange(length, dtype=np.float64)
+    if rng.random() < 0.5:
+        period = float(rng.choice(CALENDAR_PERIODS))
+    else:
+        period = float(np.exp(rng.uniform(*np.log(PERIODIC_RANGE))))
+    core = _waveform(rng, t, period)
+    if rng.random() < 0.3:  # multi-seasonal: a longer cycle on top
+        long_period = period * float(rng.choice(SECOND_CYCLE_MULTIPLES))
+        if long_period < length:
+            core += rng.uniform(0.2, 1.0) * _waveform(rng, t, long_period)
+    if rng.random() < 0.2:  # slowly varying amplitude
+        core *= 1.0 + 0.3 * np.sin(2 * np.pi * t / (length * rng.uniform(1.0, 4.0)) + rng.uniform(0, 2 * np.pi))
+    if rng.random() < 0.4:  # linear trend: a total drift of N(0, 2) cycle amplitudes
+        core += rng.normal(0, 2.0) * t / length
+    if rng.random() < 0.15:  # one level shift
+        core += rng.normal(0, 1.5) * (t >= rng.integers(length // 4, length))
+    noise_sd = float(np.exp(rng.uniform(np.log(0.01), np.log(0.5))))  # from near-clean to noisy
+    noise = rng.standard_normal(length)
+    if rng.random() < 0.3:  # AR(1) noise
+        phi = rng.uniform(0.3, 0.9)
+        for k in range(1, length):
+            noise[k] += phi * noise[k - 1]
+        noise *= np.sqrt(1 - phi**2)
+    return rng.normal(0, 10) + rng.lognormal(0, 1) * (core + noise_sd * noise), period, noise_sd
+
+
+def periodic_series(seed: int, i: int, length: int) -> Series:
+    """The i-th clean periodic series for `seed` (dataset 'periodic')."""
+    values, period, noise_sd = _periodic(_rng(seed, 20, i), length)
+    return Series(item_id=f"periodic/{seed}/{i}", target=values, freq="h", start=None, dataset="periodic",
+                  attributes={"kind": "periodic", "period": round(period, 3), "noise_sd": round(noise_sd, 4)})
+
+
+def generate_periodic(count: int, seed: int = 0, min_length: int = 512, max_length: int = 2048) -> list[Series]:
+    """`count` periodic series (harmonic cycles of random period, optional second cycle, trend, level shift,
+    amplitude modulation, white or AR(1) noise from 1% to 50% of the cycle's sd), lengths in [min, max]."""
+    if not 2 <= min_length <= max_length:
+        raise ValueError(f"need 2 <= min_length <= max_length, got {min_length}, {max_length}")
+    return [periodic_series(seed, i, int(_rng(seed, 21, i).integers(min_length, max_length + 1))) for i in range(count)]
+
+
+GENERATORS: dict[str, Callable[..., list[Series]]] = {"kernelsynth": generate_kernelsynth, "synthetic": generate_synthetic,
+                                                     "periodic": generate_periodic}

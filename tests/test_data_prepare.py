@@ -13,7 +13,8 @@ from data_prep.registry import get_spec, load_series
 from data_prep.registry import test_span as span_of
 
 REAL = "m4_hourly,hospital,etth1,tourism_yearly,nn5_daily"
-SMALL = ["--max-series-per-dataset", "12", "--synthetic-count", "10", "--kernelsynth-count", "3", "--kernelsynth-length", "128"]
+SMALL = ["--max-series-per-dataset", "12", "--synthetic-count", "10", "--kernelsynth-count", "3", "--kernelsynth-length", "128",
+         "--periodic-count", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_exclusion_cuts_every_series_before_its_test_span(built):
     assert manifest["exclude_eval"] is True and manifest["seed"] == 0 and manifest["rows"] == len(corpus)
     counts = {s["name"]: s["series"] for s in manifest["sources"]}
     assert counts == {"m4_hourly": 12, "hospital": 12, "etth1": 0, "tourism_yearly": 12, "nn5_daily": 12,
-                      "synthetic": 10, "kernelsynth": 3}
+                      "synthetic": 10, "kernelsynth": 3, "periodic": 4}
     rows = corpus.to_pandas()
     full = {s.item_id: s for s in load_series("m4_hourly", max_series=12)}
     m4 = rows[rows.dataset == "m4_hourly"]
