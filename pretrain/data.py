@@ -118,6 +118,11 @@ def load_corpus(path: str | Path) -> Corpus:
     )
 
 
+# Synthetic sources a config may name that an older or smaller corpus lacks; the error says how to add them.
+_SYNTHETIC_HINT = ("; the synthetic sources synthetic, kernelsynth and periodic are added by `moe-ts prepare "
+                   "--synthetic-count N --kernelsynth-count N --periodic-count N`")
+
+
 def mixture_probabilities(
     names: list[str], series_counts: list[int], mixture: dict[str, float], default: str,
     point_counts: list[int] | None = None, shares: dict[str, float] | None = None,
@@ -134,7 +139,7 @@ def mixture_probabilities(
     unknown = sorted(set(shares) - set(names))
     if unknown:
         raise CorpusError(f"train.mixture_share names dataset(s) {unknown} that the corpus lacks or whose series "
-                          f"are all missing (corpus datasets: {names})")
+                          f"are all missing (corpus datasets: {names}){_SYNTHETIC_HINT}")
     if shares:
         rest = [n for n in names if n not in shares]
         keep = [names.index(n) for n in rest]

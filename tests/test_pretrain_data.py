@@ -104,7 +104,7 @@ def test_mixture_probabilities_rules():
     # shares: "b" fixed at 0.5, "a" and "c" split the other half by series count (10 : 60)
     np.testing.assert_allclose(mixture_probabilities(names, counts, {}, "series", shares={"b": 0.5}),
                                [0.5 * 10 / 70, 0.5, 0.5 * 60 / 70])
-    with pytest.raises(CorpusError, match=r"mixture_share names dataset\(s\) \['zz'\]"):
+    with pytest.raises(CorpusError, match=r"mixture_share names dataset\(s\) \['zz'\].*--periodic-count N"):
         mixture_probabilities(names, counts, {}, "series", shares={"zz": 0.2})
 
 
