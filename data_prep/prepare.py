@@ -2,7 +2,7 @@
 seeded synthetic series, written as one Arrow dataset with a manifest.
 
 moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
-    [--kernelsynth-count N] [--kernelsynth-length L] [--seed S] [--exclude-eval | --include-eval]
+    [--kernelsynth-count N] [--kernelsynth-length L] [--periodic-count N] [--seed S] [--exclude-eval | --include-eval]
     [--max-series-per-dataset N] [--overwrite]
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-count", type=int, default=1000, help="seasonal/trend/noise/intermittent series (default 1000)")
     parser.add_argument("--kernelsynth-count", type=int, default=1000, help="KernelSynth GP series (default 1000)")
     parser.add_argument("--kernelsynth-length", type=int, default=1024, help="length of each KernelSynth series (default 1024)")
-    parser.add_argument("--periodic-count", type=int, default=0,
-                        help="clean periodic series: harmonic cycles, trends, level shifts, 1-50%% noise (default 0)")
+    parser.add_argument("--periodic-count", type=int, default=1000,
+                        help="periodic series: harmonic cycles, trends, level shifts, 1-50%% noise (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--exclude-eval", dest="exclude_eval", action="store_true", default=True,

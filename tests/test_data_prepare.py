@@ -98,7 +98,7 @@ def test_zero_shot_dropped_and_cross_series_copies_cut(tmp_path, capsys):
     data = tmp_path / "data"
     _tiny_data_dir(data)
     common = ["--data-dir", str(data), "--datasets", "electricity,traffic_weekly", "--synthetic-count", "2",
-              "--kernelsynth-count", "0"]
+              "--kernelsynth-count", "0", "--periodic-count", "0"]
     assert prepare.main(["--out", str(tmp_path / "clean"), *common]) == 0
     out = capsys.readouterr().out
     assert "zeroshot evaluation set: left out" in out and "decontaminated 1 series" in out
