@@ -21,6 +21,21 @@ def test_tiny_yaml_loads_both_sections():
     assert run.train.micro_batch_size(1) * run.train.grad_accum == run.train.batch_size
 
 
+def test_shipped_configs_only_name_sources_a_default_corpus_has():
+    """`moe-ts prepare` with its defaults must give every dataset a shipped config's mixture names (else the
+    demo's pretrain fails on a corpus the README's prepare command built)."""
+    from data_prep.prepare import build_parser
+
+    defaults = build_parser().parse_args(["--out", "x"])
+    synthetic = {name for name, count in (("synthetic", defaults.synthetic_count), ("kernelsynth", defaults.kernelsynth_count),
+                                          ("periodic", defaults.periodic_count)) if count > 0}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        train = load_run_config(path).train
+        named = set(train.mixture_share) | set(train.mixture)
+        assert named <= synthetic, f"{path.name} names {sorted(named - synthetic)}, which default prepare does not write"
+    assert load_run_config(REPO / "configs" / "tiny.yaml").train.mixture_share == {"periodic": 0.15}
+
+
 @pytest.mark.parametrize("text, path", [
     ("train:\n  stepz: 3\n", "train.stepz"),
     ("model:\n  moe:\n    top_kk: 2\n", "model.moe.top_kk"),
