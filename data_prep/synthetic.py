@@ -1,5 +1,6 @@
-"""Seeded synthetic series: KernelSynth-style Gaussian-process samples (Chronos, Ansari et al. 2024) and simple
-seasonal / trend / noise / intermittent generators.
+"""Seeded synthetic series: KernelSynth-style Gaussian-process samples (Chronos, Ansari et al. 2024), simple
+seasonal / trend / noise / intermittent generators, and periodic series (harmonic cycles of any period with
+trend, level shifts and noise: the long clean cycles a model must learn to continue).
 
 Every series i of a call is drawn from its own generator seeded by (seed, kind, i), so the same seed gives the same
 series, and the first k series do not depend on how many are asked for.
@@ -213,7 +214,7 @@ def generate_synthetic(
     return out
 
 
-# --- clean periodic series (issue 8: a model that continues cycles) -----------------------------------------------
+# --- periodic series: cycles of several patches, which real corpora hold few of (EXPERIMENTS.md, 2026-12-01) ---
 # Real-valued base periods, log-uniform over this range (points), or one of the calendar periods below.
 PERIODIC_RANGE = (4.0, 400.0)
 CALENDAR_PERIODS = (7, 12, 24, 48, 52, 96, 144, 168, 336, 365)
@@ -261,7 +262,7 @@ def _periodic(rng: np.random.Generator, length: int) -> tuple[np.ndarray, float,
 
 
 def periodic_series(seed: int, i: int, length: int) -> Series:
-    """The i-th clean periodic series for `seed` (dataset 'periodic')."""
+    """The i-th periodic series for `seed` (dataset "periodic"; attributes: base period, relative noise sd)."""
     values, period, noise_sd = _periodic(_rng(seed, 20, i), length)
     return Series(item_id=f"periodic/{seed}/{i}", target=values, freq="h", start=None, dataset="periodic",
                   attributes={"kind": "periodic", "period": round(period, 3), "noise_sd": round(noise_sd, 4)})
