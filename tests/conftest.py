@@ -23,3 +23,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def input_blind():
+    """Factory: `input_blind(model)` is a forward that ignores its input, returning the model's output on
+    zeroed patches (computed once) for every call; a loss through it can depend only on the targets."""
+    def make(model):
+        fixed = {}
+
+        def forward(x, positions, mask, caches=None, token_mask_bn=None):
+            if "out" not in fixed:
+                fixed["out"] = model(torch.zeros_like(x), positions, mask, caches, token_mask_bn)
+            return fixed["out"]
+        return forward
+    return make
