@@ -44,7 +44,7 @@ DECODE_MODES = ("median", "mean", "sample", "uni2ts")
 MEDIAN_DRAWS = 100  # draws per step for the fed-back median ("median" mode) when fewer samples are asked for
 
 
-def _as_arrays(contexts: object) -> list[np.ndarray]:
+def as_context_arrays(contexts: object) -> list[np.ndarray]:
     """Accept a list of 1-D arrays / pandas Series / tensors, a 2-D array/tensor [B, T], or a DataFrame (columns)."""
     if isinstance(contexts, torch.Tensor):
         contexts = contexts.detach().cpu().numpy()
@@ -203,7 +203,7 @@ def forecast(
         context_length = max(cfg.max_seq_len - horizon_patches, cfg.max_seq_len // 2, 1) * patch
     elif not 1 <= context_length <= cfg.max_context:
         raise ValueError(f"context_length must be in 1..{cfg.max_context} (max_seq_len·patch_size), got {context_length}")
-    arrays = _prepare_contexts(_as_arrays(contexts), context_length, patch, allow_short_context)
+    arrays = _prepare_contexts(as_context_arrays(contexts), context_length, patch, allow_short_context)
     if not arrays:
         raise ValueError("no context series given")
     levels = tuple(float(q) for q in quantile_levels)
@@ -425,7 +425,7 @@ def forecast_group(
     of equal-length series; NaN = missing). Returns samples [V, S, H], quantiles [V, Q, H] and mean [V, H]."""
     if prediction_length <= 0 or num_samples <= 0:
         raise ValueError(f"prediction_length and num_samples must be > 0, got {prediction_length}, {num_samples}")
-    arrays = _as_arrays(group)
+    arrays = as_context_arrays(group)
     if not arrays or len({len(a) for a in arrays}) != 1:
         raise ValueError(f"a group needs series of one length, got lengths {sorted({len(a) for a in arrays})}")
     cfg = model.config

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.forecasting import MEDIAN_DRAWS, _as_arrays
+from moe_ts.forecasting import MEDIAN_DRAWS, as_context_arrays
 from moe_ts.msft import avg_pool_nan
 from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
 
@@ -118,7 +118,7 @@ def msft_forecast(net: "MSFTNetwork", contexts: object, prediction_length: int, 
         raise ValueError(f"context_length {context_length} must be a positive multiple of patch_size·2^K = {unit}")
     if prediction_length <= 0 or num_samples <= 0:
         raise ValueError(f"prediction_length and num_samples must be > 0, got {prediction_length}, {num_samples}")
-    arrays = _as_arrays(contexts)
+    arrays = as_context_arrays(contexts)
     for i, a in enumerate(arrays):
         observed = np.flatnonzero(~np.isnan(a))
         if len(observed) == 0 or len(a) - observed[0] < unit:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from moe_ts.configuration import ConfigError, from_dict, to_dict
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.forecasting import _as_arrays
+from moe_ts.forecasting import as_context_arrays
 from moe_ts.hub import HubIOMixin
 
 STUDENT_MODEL_TYPE = "timedistill_mlp"
@@ -240,7 +240,7 @@ class MLPForecaster(
         if not 1 <= used <= cfg.context_length:
             raise ValueError(f"context_length must be in 1..{cfg.context_length} (the student's trained context), "
                              f"got {context_length}")
-        arrays = _as_arrays(contexts)
+        arrays = as_context_arrays(contexts)
         if not arrays:
             raise ValueError("no context series given")
         window = np.full((len(arrays), cfg.context_length), np.nan, dtype=np.float32)
