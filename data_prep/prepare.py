@@ -2,7 +2,7 @@
 seeded synthetic series, written as one Arrow dataset with a manifest.
 
 moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
-    [--kernelsynth-count N] [--kernelsynth-length L] [--periodic-count N] [--seed S] [--exclude-eval | --include-eval]
+    [--kernelsynth-count N] [--kernelsynth-length L] [--periodic-count N] [--tsmixup-count N] [--seed S] [--exclude-eval | --include-eval]
     [--max-series-per-dataset N] [--overwrite]
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
@@ -24,14 +24,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+import numpy as np
 
 from data_prep.corpus import BUILD_PREFIX, CorpusEntry, cut_series, write_corpus
+from data_prep.series import Series
 from data_prep.paths import resolve_data_dir
 from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_synthetic
 from moe_ts.output_dir import check_output_dir, make_staging_dir, remove_leftovers, swap_in
 
 MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
+SYNTHETIC_SOURCES = ("synthetic", "kernelsynth", "periodic", "tsmixup")  # corpus datasets that are not real data
 
 
 @dataclass
@@ -95,11 +99,8 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
     """Run the leak check on the written corpus and cut every corpus row just before the first copy of an
     evaluation test window it holds (real data has cross-series duplicates, e.g. M1 MNM44 holds MNM46's test
     values). Rewrites the corpus in place; returns what was cut. Raises if a second check still finds a leak."""
-    import datasets
-
     from data_prep.corpus import load_corpus
     from data_prep.leak_check import check_corpus
-    from data_prep.series import Series
 
     report = check_corpus(out, data_dir)
     if report.ok:
@@ -131,10 +132,24 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
         piece = cut_series(series, 0, offset).series
         fixed.append(CorpusEntry(piece, row["source_item_id"], row["span_start"], row["span_start"] + offset))
     keep = [i for i in range(len(corpus)) if i not in first]
-    tmp = out.with_name(out.name + ".decontaminated")
+    _rewrite_with(out, fixed, keep=keep)
+    again = check_corpus(out, data_dir)
+    if not again.ok:
+        raise RuntimeError(f"corpus {out} still leaks after decontamination:\n{again.summary()}")
+    return cuts
+
+
+def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[int] | None = None) -> int:
+    """Replace the corpus at `out` by its rows `keep` (all when None) followed by `extra`; returns rows added."""
+    import datasets
+
+    from data_prep.corpus import load_corpus
+
     patch = out.with_name(out.name + ".patch")
-    write_corpus(fixed, patch)
-    merged = datasets.concatenate_datasets([corpus.select(keep), load_corpus(patch)])
+    tmp = out.with_name(out.name + ".rewritten")
+    added = write_corpus(extra, patch)
+    corpus = load_corpus(out)
+    merged = datasets.concatenate_datasets([corpus if keep is None else corpus.select(keep), load_corpus(patch)])
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -143,15 +158,26 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
         if bars_were_on:
             datasets.enable_progress_bars()
     del corpus, merged
-    import shutil
-
     shutil.rmtree(out)
     shutil.rmtree(patch)
     tmp.rename(out)
-    again = check_corpus(out, data_dir)
-    if not again.ok:
-        raise RuntimeError(f"corpus {out} still leaks after decontamination:\n{again.summary()}")
-    return cuts
+    return added
+
+
+def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> int:
+    """Append `count` TSMixup series (data_prep.tsmixup) mixed from the corpus' real rows; returns rows added."""
+    from data_prep.corpus import load_corpus
+    from data_prep.tsmixup import DATASET, MIN_LENGTH as MIX_MIN_LENGTH, generate_tsmixup
+
+    columns = load_corpus(out).select_columns(["dataset", "freq", "target"]).with_format("numpy")
+    real = [row for row in columns if row["dataset"] not in SYNTHETIC_SOURCES]
+    pool = [np.asarray(row["target"], dtype=np.float64) for row in real]
+    st = SourceStats(DATASET)
+    stats.append(st)
+    mixed = list(generate_tsmixup(pool, [str(row["freq"]) for row in real], count, seed=seed))
+    st.series, st.points = len(mixed), sum(len(s) for s in mixed)
+    st.note = f"seed {seed}, mixed from {sum(len(t) >= MIX_MIN_LENGTH for t in pool)} real series"
+    return _rewrite_with(out, mixed)
 
 
 def default_datasets(data_dir: Path) -> list[str]:
@@ -174,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernelsynth-length", type=int, default=1024, help="length of each KernelSynth series (default 1024)")
     parser.add_argument("--periodic-count", type=int, default=1000,
                         help="periodic series: harmonic cycles, trends, level shifts, 1-50%% noise (default 1000)")
+    parser.add_argument("--tsmixup-count", type=int, default=0,
+                        help="TSMixup series: mixes of 1-3 mean-scaled windows of the corpus' real series of 128+ "
+                             "points (data_prep.tsmixup; default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--exclude-eval", dest="exclude_eval", action="store_true", default=True,
@@ -199,6 +228,8 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
     if args.exclude_eval:
         cuts = decontaminate(staging, data_dir, stats)
         rows -= sum(1 for c in cuts if c["kept"] < MIN_LENGTH)
+    if args.tsmixup_count:  # mixed from the decontaminated real rows, so it adds no evaluation data
+        rows += add_tsmixup(staging, args.tsmixup_count, args.seed, stats)
     elapsed = time.time() - t0
     print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
     for st in stats:
@@ -220,6 +251,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
         "kernelsynth_count": args.kernelsynth_count,
         "kernelsynth_length": args.kernelsynth_length,
         "periodic_count": args.periodic_count,
+        "tsmixup_count": args.tsmixup_count,
         "max_series_per_dataset": args.max_series_per_dataset,
         "rows": rows,
         "complete": True,  # written last: a corpus without it is an interrupted build
@@ -237,7 +269,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus, print a summary table, write CORPUS_DIR/manifest.json. Returns 0."""
     args = build_parser().parse_args(argv)
-    for flag in ("synthetic_count", "kernelsynth_count", "periodic_count"):
+    for flag in ("synthetic_count", "kernelsynth_count", "periodic_count", "tsmixup_count"):
         if getattr(args, flag) < 0:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 0")
     data_dir = resolve_data_dir(args.data_dir)

@@ -119,8 +119,8 @@ def load_corpus(path: str | Path) -> Corpus:
 
 
 # Synthetic sources a config may name that an older or smaller corpus lacks; the error says how to add them.
-_SYNTHETIC_HINT = ("; the synthetic sources synthetic, kernelsynth and periodic are added by `moe-ts prepare "
-                   "--synthetic-count N --kernelsynth-count N --periodic-count N`")
+_SYNTHETIC_HINT = ("; the synthetic sources synthetic, kernelsynth, periodic and tsmixup are added by `moe-ts prepare "
+                   "--synthetic-count N --kernelsynth-count N --periodic-count N --tsmixup-count N`")
 
 
 def mixture_probabilities(
