@@ -36,9 +36,11 @@ Shape legend: B series, T context length, P patch size, K mixture components, Y 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -106,6 +108,31 @@ def make_cases(rng: np.random.Generator) -> dict[str, dict]:
     return cases
 
 
+@contextlib.contextmanager
+def _captured_outputs(module) -> Iterator[dict[str, object]]:
+    """Record the outputs of uni2ts' distribution projection ("params") and scaler ("loc_scale") in the block."""
+    captured: dict[str, object] = {}
+    hooks = [module.param_proj.register_forward_hook(lambda _m, _a, o: captured.__setitem__("params", o)),
+             module.scaler.register_forward_hook(lambda _m, _a, o: captured.__setitem__("loc_scale", o))]
+    try:
+        yield captured
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _distribution_at(captured: dict[str, object], index) -> dict[str, torch.Tensor]:
+    """The captured mixture parameters (PARAM_NAMES) and the scaler's loc / scale at token(s) `index`."""
+    params = captured["params"]
+    comps = params["components"]
+    flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
+            comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
+    out = {name: t[:, index].contiguous() for name, t in zip(PARAM_NAMES, flat)}
+    loc, scale = captured["loc_scale"]
+    out.update(loc=loc[:, index, 0].contiguous(), scale=scale[:, index, 0].contiguous())
+    return out
+
+
 def run_uni2ts(module, series: list[np.ndarray], context_length: int, probes_byp: np.ndarray) -> dict[str, torch.Tensor]:
     """uni2ts' one-step predictive distribution at the last context token, for a left-padded batch."""
     from uni2ts.model.moirai_moe import MoiraiMoEForecast
@@ -120,34 +147,20 @@ def run_uni2ts(module, series: list[np.ndarray], context_length: int, probes_byp
         is_pad[i, context_length - len(s):] = False
     observed = ~np.isnan(past) & ~is_pad
     past = np.where(observed, past, 0.0).astype(np.float32)  # missing values enter as raw 0 (zero_raw)
-    captured: dict[str, object] = {}
-    hooks = [module.param_proj.register_forward_hook(lambda _m, _a, out: captured.__setitem__("params", out)),
-             module.scaler.register_forward_hook(lambda _m, _a, out: captured.__setitem__("loc_scale", out))]
-    try:
-        with torch.no_grad():
-            target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
-                PATCH, torch.from_numpy(past)[..., None], torch.from_numpy(observed)[..., None],
-                torch.from_numpy(is_pad))
-            patch_size = torch.full_like(time_id, PATCH)
-            distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, patch_size)
-            last = math.ceil(context_length / PATCH) - 1
-            n = target.shape[1]
-            log_probs = []
-            for y in range(probes_byp.shape[1]):
-                full = torch.zeros(b, n, PATCH)
-                full[:, last] = torch.from_numpy(probes_byp[:, y])
-                log_probs.append(distr.log_prob(full)[:, last])
-    finally:
-        for h in hooks:
-            h.remove()
-    params = captured["params"]
-    comps = params["components"]
-    flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
-            comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
-    out = {name: t[:, last].contiguous() for name, t in zip(PARAM_NAMES, flat)}
-    loc, scale = captured["loc_scale"]
-    out["loc"] = loc[:, last, 0].contiguous()
-    out["scale"] = scale[:, last, 0].contiguous()
+    with _captured_outputs(module) as captured, torch.no_grad():
+        target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
+            PATCH, torch.from_numpy(past)[..., None], torch.from_numpy(observed)[..., None],
+            torch.from_numpy(is_pad))
+        patch_size = torch.full_like(time_id, PATCH)
+        distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, patch_size)
+        last = math.ceil(context_length / PATCH) - 1
+        n = target.shape[1]
+        log_probs = []
+        for y in range(probes_byp.shape[1]):
+            full = torch.zeros(b, n, PATCH)
+            full[:, last] = torch.from_numpy(probes_byp[:, y])
+            log_probs.append(distr.log_prob(full)[:, last])
+    out = _distribution_at(captured, last)
     out["log_prob"] = torch.stack(log_probs, dim=1).contiguous()  # [B, Y, P]
     out["time_id"] = time_id[:, : last + 1].contiguous()
     return out
@@ -170,33 +183,19 @@ def run_uni2ts_decode(module, series: list[np.ndarray], context_length: int, fed
     ctx_tokens = math.ceil(context_length / PATCH)
     out: dict[str, torch.Tensor] = {}
     for k in range(1, num_fed + 1):
-        captured: dict[str, object] = {}
-        hooks = [module.param_proj.register_forward_hook(lambda _m, _a, o: captured.__setitem__("params", o)),
-                 module.scaler.register_forward_hook(lambda _m, _a, o: captured.__setitem__("loc_scale", o))]
-        try:
-            with torch.no_grad():
-                target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
-                    PATCH, torch.from_numpy(past)[..., None], torch.from_numpy(observed)[..., None],
-                    torch.zeros(past.shape, dtype=torch.bool))
-                for j in range(k):
-                    target[:, ctx_tokens + j] = torch.from_numpy(fed_bkp[:, j])
-                    pred_mask[:, ctx_tokens + j] = False
-                distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
-                at = ctx_tokens + k - 1
-                full = torch.zeros(target.shape)
-                full[:, at] = torch.from_numpy(probes_bp)
-                log_prob = distr.log_prob(full)[:, at]
-        finally:
-            for h in hooks:
-                h.remove()
-        params, comps = captured["params"], captured["params"]["components"]
-        flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
-                comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
-        for name, t in zip(PARAM_NAMES, flat):
-            out[f"step{k}.{name}"] = t[:, at].contiguous()
-        loc, scale = captured["loc_scale"]
-        out[f"step{k}.loc"] = loc[:, at, 0].contiguous()
-        out[f"step{k}.scale"] = scale[:, at, 0].contiguous()
+        with _captured_outputs(module) as captured, torch.no_grad():
+            target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
+                PATCH, torch.from_numpy(past)[..., None], torch.from_numpy(observed)[..., None],
+                torch.zeros(past.shape, dtype=torch.bool))
+            for j in range(k):
+                target[:, ctx_tokens + j] = torch.from_numpy(fed_bkp[:, j])
+                pred_mask[:, ctx_tokens + j] = False
+            distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
+            at = ctx_tokens + k - 1
+            full = torch.zeros(target.shape)
+            full[:, at] = torch.from_numpy(probes_bp)
+            log_prob = distr.log_prob(full)[:, at]
+        out.update({f"step{k}.{name}": t for name, t in _distribution_at(captured, at).items()})
         out[f"step{k}.log_prob"] = log_prob.contiguous()
     return out
 
@@ -211,28 +210,17 @@ def run_uni2ts_group(module, groups_bvt: np.ndarray, probes_bvp: np.ndarray) -> 
     past = np.ascontiguousarray(groups_bvt.transpose(0, 2, 1))  # [B, T, V]
     observed = ~np.isnan(past)
     past = np.where(observed, past, 0.0).astype(np.float32)
-    captured: dict[str, object] = {}
-    hooks = [module.param_proj.register_forward_hook(lambda _m, _a, o: captured.__setitem__("params", o)),
-             module.scaler.register_forward_hook(lambda _m, _a, o: captured.__setitem__("loc_scale", o))]
-    try:
-        with torch.no_grad():
-            target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
-                PATCH, torch.from_numpy(past), torch.from_numpy(observed), torch.zeros(b, t_len, dtype=torch.bool))
-            distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
-            n = math.ceil(t_len / PATCH)
-            last = torch.arange(v) * n + n - 1
-            full = torch.zeros(target.shape)
-            full[:, last] = torch.from_numpy(probes_bvp)
-            log_prob = distr.log_prob(full)[:, last]
-    finally:
-        for h in hooks:
-            h.remove()
-    params, comps = captured["params"], captured["params"]["components"]
-    flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
-            comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
-    out = {name: t[:, last].contiguous() for name, t in zip(PARAM_NAMES, flat)}
-    loc, scale = captured["loc_scale"]
-    out.update(loc=loc[:, last, 0].contiguous(), scale=scale[:, last, 0].contiguous(), log_prob=log_prob.contiguous(),
+    with _captured_outputs(module) as captured, torch.no_grad():
+        target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
+            PATCH, torch.from_numpy(past), torch.from_numpy(observed), torch.zeros(b, t_len, dtype=torch.bool))
+        distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
+        n = math.ceil(t_len / PATCH)
+        last = torch.arange(v) * n + n - 1
+        full = torch.zeros(target.shape)
+        full[:, last] = torch.from_numpy(probes_bvp)
+        log_prob = distr.log_prob(full)[:, last]
+    out = _distribution_at(captured, last)
+    out.update(log_prob=log_prob.contiguous(),
                time_id=time_id[:, last].contiguous(), variate_id=variate_id[:, last].contiguous())
     return out
 
@@ -250,30 +238,18 @@ def run_uni2ts_group_decode(module, groups_bvt: np.ndarray, fed_bvp: np.ndarray,
     past = np.ascontiguousarray(groups_bvt.transpose(0, 2, 1))
     observed = ~np.isnan(past)
     past = np.where(observed, past, 0.0).astype(np.float32)
-    captured: dict[str, object] = {}
-    hooks = [module.param_proj.register_forward_hook(lambda _m, _a, o: captured.__setitem__("params", o)),
-             module.scaler.register_forward_hook(lambda _m, _a, o: captured.__setitem__("loc_scale", o))]
-    try:
-        with torch.no_grad():
-            target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
-                PATCH, torch.from_numpy(past), torch.from_numpy(observed), torch.zeros(b, t_len, dtype=torch.bool))
-            first_future = v * math.ceil(t_len / PATCH) + torch.arange(v) * 2  # future tokens are variate-major too
-            target[:, first_future] = torch.from_numpy(fed_bvp)
-            pred_mask[:, first_future] = False
-            distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
-            full = torch.zeros(target.shape)
-            full[:, first_future] = torch.from_numpy(probes_bvp)
-            log_prob = distr.log_prob(full)[:, first_future]
-    finally:
-        for h in hooks:
-            h.remove()
-    params, comps = captured["params"], captured["params"]["components"]
-    flat = [params["weights_logits"], comps[0]["df"], comps[0]["loc"], comps[0]["scale"], comps[1]["loc"],
-            comps[2]["total_count"], comps[2]["logits"], comps[3]["loc"], comps[3]["scale"]]
-    out = {name: t[:, first_future].contiguous() for name, t in zip(PARAM_NAMES, flat)}
-    loc, scale = captured["loc_scale"]
-    out.update(loc=loc[:, first_future, 0].contiguous(), scale=scale[:, first_future, 0].contiguous(),
-               log_prob=log_prob.contiguous())
+    with _captured_outputs(module) as captured, torch.no_grad():
+        target, obs, sample_id, time_id, variate_id, pred_mask = fc._convert(
+            PATCH, torch.from_numpy(past), torch.from_numpy(observed), torch.zeros(b, t_len, dtype=torch.bool))
+        first_future = v * math.ceil(t_len / PATCH) + torch.arange(v) * 2  # future tokens are variate-major too
+        target[:, first_future] = torch.from_numpy(fed_bvp)
+        pred_mask[:, first_future] = False
+        distr = module(target, obs, sample_id, time_id, variate_id, pred_mask, torch.full_like(time_id, PATCH))
+        full = torch.zeros(target.shape)
+        full[:, first_future] = torch.from_numpy(probes_bvp)
+        log_prob = distr.log_prob(full)[:, first_future]
+    out = _distribution_at(captured, first_future)
+    out.update(log_prob=log_prob.contiguous())
     return out
 
 
