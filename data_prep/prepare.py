@@ -169,12 +169,16 @@ def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> i
     from data_prep.corpus import load_corpus
     from data_prep.tsmixup import DATASET, MIN_LENGTH as MIX_MIN_LENGTH, generate_tsmixup
 
-    columns = load_corpus(out).select_columns(["dataset", "freq", "target"]).with_format("numpy")
-    real = [row for row in columns if row["dataset"] not in SYNTHETIC_SOURCES]
-    pool = [np.asarray(row["target"], dtype=np.float64) for row in real]
+    table = load_corpus(out).data.table  # Arrow columns directly: row-by-row formatting is 20x slower
+    targets = table.column("target").combine_chunks()
+    lengths = targets.value_lengths().to_numpy(zero_copy_only=False)
+    every = np.split(targets.flatten().to_numpy(zero_copy_only=False).astype(np.float64), np.cumsum(lengths)[:-1])
+    real = [i for i, name in enumerate(table.column("dataset").to_pylist()) if name not in SYNTHETIC_SOURCES]
+    freqs = table.column("freq").to_pylist()
+    pool = [every[i] for i in real]
     st = SourceStats(DATASET)
     stats.append(st)
-    mixed = list(generate_tsmixup(pool, [str(row["freq"]) for row in real], count, seed=seed))
+    mixed = list(generate_tsmixup(pool, [freqs[i] for i in real], count, seed=seed))
     st.series, st.points = len(mixed), sum(len(s) for s in mixed)
     st.note = f"seed {seed}, mixed from {sum(len(t) >= MIX_MIN_LENGTH for t in pool)} real series"
     return _rewrite_with(out, mixed)
