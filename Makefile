@@ -32,7 +32,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	@mkdir -p $(DEMO)
 	@echo "== 1/7 prepare: real train parts + synthetic series -> $(DEMO)/corpus"
-	@s=$$(date +%s); $(BIN)/moe-ts prepare --out $(DEMO)/corpus --synthetic-count 1000 --kernelsynth-count 1000 --periodic-count 1000 --seed 0 \
+	@s=$$(date +%s); $(BIN)/moe-ts prepare --out $(DEMO)/corpus --synthetic-count 1000 --kernelsynth-count 1000 --periodic-count 1000 --tsmixup-count 1000 --seed 0 \
 	  && echo "prepare: $$(( $$(date +%s) - s )) s" | tee $(DEMO)/timings.txt
 	@echo "== 2/7 pretrain: configs/tiny.yaml (fixed wall-clock budget)"
 	@s=$$(date +%s); $(BIN)/moe-ts pretrain --config configs/tiny.yaml --data $(DEMO)/corpus --out $(DEMO)/run --resume \

@@ -178,7 +178,10 @@ def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> i
     pool = [every[i] for i in real]
     st = SourceStats(DATASET)
     stats.append(st)
-    mixed = list(generate_tsmixup(pool, [freqs[i] for i in real], count, seed=seed))
+    try:
+        mixed = list(generate_tsmixup(pool, [freqs[i] for i in real], count, seed=seed))
+    except ValueError as err:
+        raise SystemExit(f"{out.name}: {err}; pass --tsmixup-count 0 to build the corpus without mixes") from None
     st.series, st.points = len(mixed), sum(len(s) for s in mixed)
     st.note = f"seed {seed}, mixed from {sum(len(t) >= MIX_MIN_LENGTH for t in pool)} real series"
     return _rewrite_with(out, mixed)
@@ -204,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernelsynth-length", type=int, default=1024, help="length of each KernelSynth series (default 1024)")
     parser.add_argument("--periodic-count", type=int, default=1000,
                         help="periodic series: harmonic cycles, trends, level shifts, 1-50%% noise (default 1000)")
-    parser.add_argument("--tsmixup-count", type=int, default=0,
+    parser.add_argument("--tsmixup-count", type=int, default=1000,
                         help="TSMixup series: mixes of 1-3 mean-scaled windows of the corpus' real series of 128+ "
-                             "points (data_prep.tsmixup; default 0)")
+                             "points (data_prep.tsmixup; default 1000; 0 when no real series is that long)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--exclude-eval", dest="exclude_eval", action="store_true", default=True,

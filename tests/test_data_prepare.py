@@ -14,14 +14,14 @@ from data_prep.registry import test_span as span_of
 
 REAL = "m4_hourly,hospital,etth1,tourism_yearly,nn5_daily"
 SMALL = ["--max-series-per-dataset", "12", "--synthetic-count", "10", "--kernelsynth-count", "3", "--kernelsynth-length", "128",
-         "--periodic-count", "4"]
+         "--periodic-count", "4", "--tsmixup-count", "0"]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpora")
-    assert prepare.main(["--out", str(root / "clean"), "--datasets", REAL, *SMALL]) == 0
-    assert prepare.main(["--out", str(root / "leaky"), "--datasets", REAL, "--include-eval", *SMALL]) == 0
+    assert prepare.main(["--out", str(root / "clean"), "--datasets", REAL, *SMALL, "--tsmixup-count", "3"]) == 0
+    assert prepare.main(["--out", str(root / "leaky"), "--datasets", REAL, "--include-eval", *SMALL, "--tsmixup-count", "3"]) == 0
     return root
 
 
@@ -31,7 +31,7 @@ def test_exclusion_cuts_every_series_before_its_test_span(built):
     assert manifest["exclude_eval"] is True and manifest["seed"] == 0 and manifest["rows"] == len(corpus)
     counts = {s["name"]: s["series"] for s in manifest["sources"]}
     assert counts == {"m4_hourly": 12, "hospital": 12, "etth1": 0, "tourism_yearly": 12, "nn5_daily": 12,
-                      "synthetic": 10, "kernelsynth": 3, "periodic": 4}
+                      "synthetic": 10, "kernelsynth": 3, "periodic": 4, "tsmixup": 3}
     rows = corpus.to_pandas()
     full = {s.item_id: s for s in load_series("m4_hourly", max_series=12)}
     m4 = rows[rows.dataset == "m4_hourly"]
@@ -98,7 +98,7 @@ def test_zero_shot_dropped_and_cross_series_copies_cut(tmp_path, capsys):
     data = tmp_path / "data"
     _tiny_data_dir(data)
     common = ["--data-dir", str(data), "--datasets", "electricity,traffic_weekly", "--synthetic-count", "2",
-              "--kernelsynth-count", "0", "--periodic-count", "0"]
+              "--kernelsynth-count", "0", "--periodic-count", "0", "--tsmixup-count", "0"]
     assert prepare.main(["--out", str(tmp_path / "clean"), *common]) == 0
     out = capsys.readouterr().out
     assert "zeroshot evaluation set: left out" in out and "decontaminated 1 series" in out

@@ -146,7 +146,7 @@ def test_a_killed_prepare_is_refused_by_pretrain_and_cleaned_by_the_next_run(tmp
     """A real SIGKILL while the corpus is being decontaminated / finished."""
     out = tmp_path / "corpus"
     cmd = [sys.executable, "-m", "data_prep.prepare", "--out", str(out), "--datasets", "hospital",
-           "--max-series-per-dataset", "10", "--synthetic-count", "10", "--kernelsynth-count", "0", "--periodic-count", "0"]
+           "--max-series-per-dataset", "10", "--synthetic-count", "10", "--kernelsynth-count", "0", "--periodic-count", "0", "--tsmixup-count", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -176,7 +176,7 @@ def test_a_killed_prepare_is_refused_by_pretrain_and_cleaned_by_the_next_run(tmp
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers  # the killed build left its staging behind ...
     assert main(["prepare", "--out", str(out), "--datasets", "hospital", "--max-series-per-dataset", "5",
-                 "--synthetic-count", "5", "--kernelsynth-count", "0", "--periodic-count", "0", "--include-eval"]) == 0  # no leak check: fast
+                 "--synthetic-count", "5", "--kernelsynth-count", "0", "--periodic-count", "0", "--tsmixup-count", "0", "--include-eval"]) == 0  # no leak check: fast
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # ... which the next run removed
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
 
@@ -184,7 +184,7 @@ def test_a_killed_prepare_is_refused_by_pretrain_and_cleaned_by_the_next_run(tmp
 def test_prepare_refuses_a_users_folder(tmp_path, capsys):
     out = user_folder(tmp_path / "corpus")
     assert main(["prepare", "--out", str(out), "--datasets", "hospital", "--max-series-per-dataset", "2",
-                 "--synthetic-count", "2", "--kernelsynth-count", "0", "--periodic-count", "0"]) != 0
+                 "--synthetic-count", "2", "--kernelsynth-count", "0", "--periodic-count", "0", "--tsmixup-count", "0"]) != 0
     assert "not written by moe-ts" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "my notes"
 
@@ -200,7 +200,7 @@ def test_eval_and_pretrain_refuse_a_users_folder(tmp_path, capsys):
     (out / "config.yaml").write_text("mine")
     corpus = tmp_path / "corpus"
     assert main(["prepare", "--out", str(corpus), "--datasets", "hospital", "--max-series-per-dataset", "2",
-                 "--synthetic-count", "2", "--kernelsynth-count", "0", "--periodic-count", "0", "--include-eval"]) == 0
+                 "--synthetic-count", "2", "--kernelsynth-count", "0", "--periodic-count", "0", "--tsmixup-count", "0", "--include-eval"]) == 0
     capsys.readouterr()
     assert main(["pretrain", "--config", str(run_yaml), "--data", str(corpus), "--out", str(out)]) != 0
     assert "not written by moe-ts" in capsys.readouterr().err

@@ -28,12 +28,13 @@ def test_shipped_configs_only_name_sources_a_default_corpus_has():
 
     defaults = build_parser().parse_args(["--out", "x"])
     synthetic = {name for name, count in (("synthetic", defaults.synthetic_count), ("kernelsynth", defaults.kernelsynth_count),
-                                          ("periodic", defaults.periodic_count)) if count > 0}
+                                          ("periodic", defaults.periodic_count), ("tsmixup", defaults.tsmixup_count))
+                 if count > 0}
     for path in sorted((REPO / "configs").glob("*.yaml")):
         train = load_run_config(path).train
         named = set(train.mixture_share) | set(train.mixture)
         assert named <= synthetic, f"{path.name} names {sorted(named - synthetic)}, which default prepare does not write"
-    assert load_run_config(REPO / "configs" / "tiny.yaml").train.mixture_share == {"periodic": 0.15}
+    assert load_run_config(REPO / "configs" / "tiny.yaml").train.mixture_share == {"periodic": 0.15, "tsmixup": 0.15}
 
 
 @pytest.mark.parametrize("text, path", [

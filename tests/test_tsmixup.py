@@ -87,5 +87,13 @@ def test_prepare_appends_mixes_of_decontaminated_real_rows(tmp_path, capsys):
     assert source["series"] == 6 and source["points"] == sum(len(t) for t in mixed.target)
     assert source["note"] == "seed 0, mixed from 16 real series"  # car_parts' 39-point series are too short to mix
     assert leak_check.main([str(tmp_path / "c"), "--datasets", "m4_hourly,tourism_monthly,car_parts"]) == 0
-    assert prepare.main(["--out", str(tmp_path / "none"), *args]) == 0  # the default adds no source
+    assert prepare.main(["--out", str(tmp_path / "none"), *args, "--tsmixup-count", "0"]) == 0
     assert "tsmixup" not in set(load_corpus(tmp_path / "none")["dataset"])
+
+
+def test_prepare_without_long_real_series_says_how_to_skip_mixing(tmp_path):
+    with pytest.raises(SystemExit, match=r"no real series of at least 128 points to mix \(4 candidates, longest \d+\); "
+                                         r"pass --tsmixup-count 0"):
+        prepare.main(["--out", str(tmp_path / "c"), "--datasets", "tourism_yearly", "--max-series-per-dataset", "4",
+                      "--synthetic-count", "0", "--kernelsynth-count", "0", "--periodic-count", "0"])
+    assert not (tmp_path / "c").exists()  # no half-made corpus
