@@ -8,6 +8,8 @@ texture of real data (seasonality, noise, level changes) in combinations the cor
 `moe-ts prepare --tsmixup-count N` mixes the real rows of the decontaminated corpus (data_prep.prepare), so a
 mixed series can only hold values the leak check already passed. Series are seeded per index: the first n of
 a larger count are the same n series.
+
+Shape legend: k mixed components, l window length.
 """
 from __future__ import annotations
 
