@@ -7,8 +7,8 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= runs/demo
 # The statsforecast baselines cost CPU seconds per series (AutoETS on all 13 offline Monash sets: ~28 CPU-minutes,
 # see benchmarks/classical_baselines.py), so the demo compares them with the model on a subsample, marked as such.
-CLASSICAL_SERIES     ?= 20
-CLASSICAL_LSF_WINDOWS ?= 3
+CLASSICAL_SERIES     ?= 16
+CLASSICAL_LSF_WINDOWS ?= 2
 export TRITON_INTERPRET := 1
 export DS_ACCELERATOR   := cpu
 export WANDB_MODE       ?= offline
