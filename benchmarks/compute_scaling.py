@@ -6,7 +6,9 @@
 For every (config, steps) pair: `moe-ts pretrain` with `--steps` (the cosine schedule spans the whole
 budget; no wall-clock cap), then `moe-ts eval` on the probes, the Monash suite and the LSF suite
 (every 96th window). Each figure is the suite's geometric mean relative to Seasonal Naive, measured
-on the same instances in the same evaluation (lower is better; 1.0 = Seasonal Naive). Finished steps
+on the same instances in the same evaluation (lower is better; 1.0 = Seasonal Naive). The compute axis
+is 6 x active parameters x patches seen (steps x batch x max_seq_len, an upper bound: packing leaves
+some slots empty), comparable across configs. Finished steps
 are skipped when their folders hold results, so an interrupted sweep continues where it stopped.
 Prints a table and writes JSON.
 """
@@ -50,6 +52,17 @@ def aggregates(eval_dir: Path) -> dict[str, float]:
     return out
 
 
+def training_compute(config: Path, steps: int) -> dict[str, float]:
+    """Active parameters per token and the 6·N·D estimate of training PFLOP for `steps` of `config`."""
+    from moe_ts.network import MoiraiMoENetwork
+    from pretrain.config import load_run_config
+
+    run = load_run_config(config)
+    active = MoiraiMoENetwork(run.model).num_parameters(active=True)
+    patches = steps * run.train.batch_size * run.model.max_seq_len
+    return {"active_params": active, "train_pflop": round(6 * active * patches / 1e15, 3)}
+
+
 def one_point(config: Path, steps: int, data: Path, out: Path, log: Path, suites: list[str]) -> dict:
     """Pretrain `config` for `steps` and evaluate it; reuses finished parts."""
     run_dir = out / f"{config.stem}-{steps}"
@@ -62,7 +75,8 @@ def one_point(config: Path, steps: int, data: Path, out: Path, log: Path, suites
             cmd.append("--resume")
         run(cmd, log)
     train_s = time.perf_counter() - t0
-    point = {"config": str(config), "steps": steps, "train_seconds_this_call": round(train_s, 1)}
+    point = {"config": str(config), "steps": steps, "train_seconds_this_call": round(train_s, 1),
+             **training_compute(config, steps)}
     for suite in suites:
         extra = SUITES[suite]
         eval_dir = run_dir / f"eval_{suite}"
@@ -94,10 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
             points.append(one_point(config, steps, args.data, args.out, log, suites))
             print(json.dumps(points[-1]), flush=True)
     keys = sorted({k for pt in points for k in pt if " " in k})
-    print("\n| config | steps | " + " | ".join(keys) + " |")
-    print("|---|---|" + "---|" * len(keys))
+    print("\n| config | steps | active params | PFLOP (6ND) | " + " | ".join(keys) + " |")
+    print("|---|---|---|---|" + "---|" * len(keys))
     for pt in points:
-        print(f"| {Path(pt['config']).stem} | {pt['steps']} | "
+        print(f"| {Path(pt['config']).stem} | {pt['steps']} | {pt['active_params']:,} | {pt['train_pflop']:.2f} | "
               + " | ".join(f"{pt.get(k, float('nan')):.3f}" for k in keys) + " |")
     result = {"benchmark": "compute_scaling", "baseline": "Seasonal Naive (same instances, same run)",
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "points": points}
