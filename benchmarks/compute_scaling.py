@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n| config | steps | active params | PFLOP (6ND) | " + " | ".join(keys) + " |")
     print("|---|---|---|---|" + "---|" * len(keys))
     for pt in points:
-        print(f"| {Path(pt['config']).stem} | {pt['steps']} | {pt['active_params']:,} | {pt['train_pflop']:.2f} | "
+        print(f"| {Path(pt['config']).stem} | {pt['steps']} | {pt['active_params']:,} | {pt['train_pflop']:.3f} | "
               + " | ".join(f"{pt.get(k, float('nan')):.3f}" for k in keys) + " |")
     result = {"benchmark": "compute_scaling", "baseline": "Seasonal Naive (same instances, same run)",
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "points": points}
