@@ -111,6 +111,14 @@ def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLik
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def target_arrays(corpus: datasets.Dataset) -> list[np.ndarray]:
+    """Every row's target as a float64 array, read from the Arrow column (row-by-row formatting is ~20x slower)."""
+    targets = corpus.data.table.column("target").combine_chunks()
+    lengths = targets.value_lengths().to_numpy(zero_copy_only=False)
+    values = targets.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.split(values, np.cumsum(lengths)[:-1])
+
+
 def load_corpus(path: str | os.PathLike[str]) -> datasets.Dataset:
     """The corpus at `path` (memory-mapped); checks that its columns match the corpus schema."""
     path = Path(path)

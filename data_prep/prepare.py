@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
-
 from data_prep.corpus import BUILD_PREFIX, CorpusEntry, cut_series, write_corpus
 from data_prep.series import Series
 from data_prep.paths import resolve_data_dir
@@ -166,16 +164,16 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
 
 def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> int:
     """Append `count` TSMixup series (data_prep.tsmixup) mixed from the corpus' real rows; returns rows added."""
-    from data_prep.corpus import load_corpus
+    from data_prep.corpus import load_corpus, target_arrays
     from data_prep.tsmixup import DATASET, MIN_LENGTH as MIX_MIN_LENGTH, generate_tsmixup
 
-    table = load_corpus(out).data.table  # Arrow columns directly: row-by-row formatting is 20x slower
-    targets = table.column("target").combine_chunks()
-    lengths = targets.value_lengths().to_numpy(zero_copy_only=False)
-    every = np.split(targets.flatten().to_numpy(zero_copy_only=False).astype(np.float64), np.cumsum(lengths)[:-1])
+    corpus = load_corpus(out)
+    every = target_arrays(corpus)
+    table = corpus.data.table
     real = [i for i, name in enumerate(table.column("dataset").to_pylist()) if name not in SYNTHETIC_SOURCES]
     freqs = table.column("freq").to_pylist()
     pool = [every[i] for i in real]
+    del corpus, table  # memory-mapped from `out`, which _rewrite_with replaces
     st = SourceStats(DATASET)
     stats.append(st)
     try:
