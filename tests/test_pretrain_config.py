@@ -24,12 +24,10 @@ def test_tiny_yaml_loads_both_sections():
 def test_shipped_configs_only_name_sources_a_default_corpus_has():
     """`moe-ts prepare` with its defaults must give every dataset a shipped config's mixture names (else the
     demo's pretrain fails on a corpus the README's prepare command built)."""
-    from data_prep.prepare import build_parser
+    from data_prep.prepare import SYNTHETIC_SOURCES, build_parser
 
     defaults = build_parser().parse_args(["--out", "x"])
-    synthetic = {name for name, count in (("synthetic", defaults.synthetic_count), ("kernelsynth", defaults.kernelsynth_count),
-                                          ("periodic", defaults.periodic_count), ("tsmixup", defaults.tsmixup_count))
-                 if count > 0}
+    synthetic = {name for name in SYNTHETIC_SOURCES if getattr(defaults, f"{name}_count") > 0}
     for path in sorted((REPO / "configs").glob("*.yaml")):
         train = load_run_config(path).train
         named = set(train.mixture_share) | set(train.mixture)
