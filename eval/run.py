@@ -4,6 +4,7 @@
         [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0]
         [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N]
         [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N] [--decode median|mean|sample|uni2ts]
+        [--patches-per-step K]
     moe-ts eval --checkpoint DIR --suite probes --out DIR [--probe-series 8]
     moe-ts eval --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
     moe-ts eval --list [--data-dir DIR]      # every registered dataset: available / missing, where its file goes
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
     p.add_argument("--decode", choices=("median", "mean", "sample", "uni2ts"),
                    help="what the model feeds back while decoding (default: forecast()'s; see moe_ts/forecasting.py)")
+    p.add_argument("--patches-per-step", type=_positive,
+                   help="patches each decoding step emits, 1..the model's predict_patches (default: all)")
     p.add_argument("--baselines", default="snaive,naive",
                    help="comma-separated baselines run beside the model: snaive, naive, autoets, autotheta, autoarima "
                         "(statsforecast; minutes on big sets). Seasonal Naive always runs: every ratio is relative to it")
@@ -124,6 +127,17 @@ def _fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+def _patches_per_step(model: object, value: int) -> int:
+    """`value` checked against the model's predict_patches (ValueError for a baseline, student or MSFT model)."""
+    predicted = getattr(getattr(model, "config", None), "predict_patches", None)
+    if predicted is None:
+        raise ValueError("--patches-per-step applies to a MoE model checkpoint (it decodes patch by patch)")
+    if not 1 <= value <= predicted:
+        raise ValueError(f"--patches-per-step {value}: the model predicts {predicted} patch(es) per position "
+                         f"(allowed 1..{predicted})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -141,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         baselines = parse_baselines(args.baselines)
         check_output_dir(args.out, args.overwrite)
         model, model_name, model_kwargs = load_forecaster(args.checkpoint)
+        if args.patches_per_step is not None:
+            model_kwargs = {**model_kwargs, "patches_per_step": _patches_per_step(model, args.patches_per_step)}
         if args.tsf is not None:
             if args.datasets or args.data_dir:
                 raise ValueError("--datasets and --data-dir apply to --suite only")

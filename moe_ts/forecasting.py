@@ -20,7 +20,8 @@ What is fed back is the `decode` mode:
   (no KV cache: every token's normalisation changes). For converted uni2ts checkpoints; it costs the
   prefix at each step (docs/ARCHITECTURE.md §2, "Forecasting").
 
-Shape legend: B series, S sample paths, H horizon, N patches, P patch size, D model width.
+Shape legend: B series, S sample paths, H horizon, N patches, P patch size, D model width, K patches predicted
+per position (`predict_patches`), Q values a decoding step emits (patches_per_step·P).
 """
 from __future__ import annotations
 
@@ -175,6 +176,7 @@ def forecast(
     use_kv_cache: bool = True,
     allow_short_context: bool = False,
     decode: str = "sample",
+    patches_per_step: int | None = None,
     progress: bool = False,
 ) -> ForecastOutput:
     """Sample `num_samples` paths of `prediction_length` steps for each context series.
@@ -183,6 +185,8 @@ def forecast(
     context_length: the most recent points used, at most max_seq_len·patch_size (default: what fits the
     model's max_seq_len together with the horizon's patches, and at least half of it).
     decode: what each step feeds back, "median" | "mean" | "sample" | "uni2ts" (see the module docstring).
+    patches_per_step: how many of the model's `predict_patches` predicted patches each decoding step emits
+    and feeds back (default: all of them). 1 decodes a multi-patch model patch by patch, as a next-patch model.
     progress: show a progress bar over the batches (on a terminal).
     Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H].
     """
@@ -195,6 +199,12 @@ def forecast(
         raise ValueError(f"num_samples must be > 0, got {num_samples}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    per_step = cfg.predict_patches if patches_per_step is None else patches_per_step
+    if not 1 <= per_step <= cfg.predict_patches:
+        raise ValueError(f"patches_per_step must be in 1..{cfg.predict_patches} (the model's predict_patches), "
+                         f"got {patches_per_step}")
+    if decode == "uni2ts" and per_step != cfg.predict_patches:
+        raise ValueError("decode='uni2ts' emits all predicted patches per step; patches_per_step does not apply")
     patch = cfg.patch_size
     horizon_patches = math.ceil(prediction_length / patch)
     if context_length is None:
@@ -223,7 +233,8 @@ def forecast(
                 starts = tqdm(starts, desc="forecast", unit="batch", disable=None)
             for start in starts:
                 chunk = arrays[start:start + batch_size]
-                chunks.append(_sample_paths(model, chunk, horizon_patches, num_samples, use_kv_cache, decode))
+                chunks.append(_sample_paths(model, chunk, horizon_patches, num_samples, use_kv_cache, decode,
+                                            per_step))
             samples = torch.cat(chunks, dim=0)[..., :prediction_length].numpy()
         finally:
             model.train(was_training)
@@ -252,9 +263,9 @@ def prepare_decoder(
 
 def _sample_paths(
     model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int, use_cache: bool,
-    decode: str,
+    decode: str, per_step: int,
 ) -> Tensor:
-    """[B, S, horizon_patches·P] sample paths on the original scale."""
+    """[B, S, horizon_patches·P] sample paths on the original scale; each step emits `per_step` patches."""
     if decode == "uni2ts":
         return uni2ts_paths(model, arrays, horizon_patches, num_samples)
     param = next(model.parameters())
@@ -263,20 +274,21 @@ def _sample_paths(
     if decode == "sample":
         hidden = hidden.repeat_interleave(num_samples, 0)
         decoder.expand(num_samples)
-    per_step = model.config.predict_patches  # patches emitted by one decoding step
+    emitted = per_step * model.config.patch_size  # Q: the leading values of the head's K·P that a step uses
     num_steps = math.ceil(horizon_patches / per_step)
     steps = []
     for step in range(num_steps):
         distr = model.head.distribution(hidden)  # batch shape [B(·S), K·P]
         if decode == "sample":
-            draws_bq = distr.sample().to(param.dtype)
+            draws_bq = distr.sample()[..., :emitted].to(param.dtype)
             steps.append(draws_bq)
             fed_bq = draws_bq
         else:
             num_draws = max(num_samples, MEDIAN_DRAWS) if decode == "median" else num_samples
-            draws_sbq = distr.sample((num_draws,)).to(param.dtype)
-            steps.append(draws_sbq[:num_samples].transpose(0, 1).reshape(-1, draws_sbq.shape[-1]))  # [B·S, K·P]
-            fed_bq = draws_sbq.median(dim=0).values if decode == "median" else distr.mean.to(param.dtype)
+            draws_sbq = distr.sample((num_draws,))[..., :emitted].to(param.dtype)
+            steps.append(draws_sbq[:num_samples].transpose(0, 1).reshape(-1, emitted))  # [B·S, Q]
+            fed_bq = (draws_sbq.median(dim=0).values if decode == "median"
+                      else distr.mean[..., :emitted].to(param.dtype))
         if step + 1 < num_steps:
             hidden = decoder.step(fed_bq.unflatten(-1, (per_step, -1)))
     paths = torch.cat(steps, dim=-1)[:, :horizon_patches * model.config.patch_size].float()  # [B·S, H']

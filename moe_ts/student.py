@@ -221,16 +221,17 @@ class MLPForecaster(
         allow_short_context: bool = False,
         decode: str | None = None,
         use_kv_cache: bool = True,
+        patches_per_step: int | None = None,
         progress: bool = False,
     ) -> ForecastOutput:
         """Point forecasts of `prediction_length` steps (the MoE model's interface; see the module docstring).
 
         context_length: use at most this many recent points (at most the trained context_length; the rest of
         the window is padded as missing). A context shorter than the window is an error unless
-        `allow_short_context` (then left-padded with missing values). num_samples, seed, decode and
-        use_kv_cache are ignored: the student is deterministic.
+        `allow_short_context` (then left-padded with missing values). num_samples, seed, decode,
+        use_kv_cache and patches_per_step are ignored: the student is deterministic and direct.
         """
-        del num_samples, seed, decode, use_kv_cache
+        del num_samples, seed, decode, use_kv_cache, patches_per_step
         cfg = self.config
         if prediction_length <= 0:
             raise ValueError(f"prediction_length must be > 0, got {prediction_length}")

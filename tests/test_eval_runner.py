@@ -235,3 +235,23 @@ def test_fresh_tiny_model_through_the_cli(tmp_path, data_dir):
     main(["--checkpoint", str(ckpt), "--tsf", str(M1_TSF), "--num-samples", "4", "--out", str(tmp_path / "o2"),
           "--plot-series", "0", "--max-series", "10"])
     assert any(r["role"] == MODEL for r in _read_csv(tmp_path / "o2" / "results.csv"))
+
+
+def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsys):
+    torch = pytest.importorskip("torch")
+    from moe_ts.config import load_model_config
+    from moe_ts.model import MoiraiMoEModel
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny"
+    MoiraiMoEModel.from_model_config(load_model_config(REPO / "configs" / "tiny.yaml")).save_pretrained(ckpt)
+    common = ["--suite", "monash", "--datasets", "hospital", "--data-dir", str(data_dir), "--max-series", "2",
+              "--num-samples", "4", "--plot-series", "0"]
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), *common, "--patches-per-step", "2", "--out", str(tmp_path / "o1")])
+    assert "--patches-per-step 2: the model predicts 1 patch(es) per position" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "naive", *common, "--patches-per-step", "1", "--out", str(tmp_path / "o2")])
+    assert "applies to a MoE model checkpoint" in capsys.readouterr().err
+    main(["--checkpoint", str(ckpt), *common, "--patches-per-step", "1", "--out", str(tmp_path / "o3")])
+    assert any(r["role"] == MODEL for r in _read_csv(tmp_path / "o3" / "results.csv"))

@@ -124,3 +124,60 @@ def test_median_decode_feeds_back_the_median_of_the_draws(monkeypatch):
 def test_unknown_decode_mode_is_an_error():
     with pytest.raises(ValueError, match="decode must be one of"):
         make_model(1).forecast([np.arange(40.0)], 8, decode="greedy")
+
+
+def test_patches_per_step_one_feeds_back_the_leading_patch(monkeypatch):
+    """A K=3 model decoded with patches_per_step=1: one patch per step, the leading P of the head's K·P."""
+    model = make_model(3)
+    from moe_ts import forecasting
+
+    fed, means = [], []
+    original_step = forecasting._Decoder.step
+    original_distribution = model.head.distribution
+
+    def step_spy(self, patches_bkp):
+        fed.append(patches_bkp.clone())
+        return original_step(self, patches_bkp)
+
+    def distribution_spy(hidden):
+        distr = original_distribution(hidden)
+        means.append(distr.mean.clone())
+        return distr
+
+    monkeypatch.setattr(forecasting._Decoder, "step", step_spy)
+    monkeypatch.setattr(model.head, "distribution", distribution_spy)
+    out = model.forecast([np.sin(np.arange(64) / 4.0), np.arange(40.0)], 5 * P, num_samples=4, seed=0, decode="mean",
+                         patches_per_step=1)
+    assert out.samples.shape == (2, 4, 5 * P)
+    assert len(means) == 5 and len(fed) == 4
+    for step in range(4):
+        assert fed[step].shape == (2, 1, P)
+        assert means[step].shape == (2, 3 * P)
+        torch.testing.assert_close(fed[step][:, 0], means[step][:, :P])
+
+
+@pytest.mark.parametrize("per_step", [1, 2])
+def test_patches_per_step_kv_cache_equals_recompute(per_step):
+    model = make_model(3)
+    contexts = [np.sin(np.arange(70) / 3.0), np.cos(np.arange(45) / 2.0) * 5 + 1]
+    kwargs = dict(num_samples=5, seed=3, decode="sample", patches_per_step=per_step)
+    cached = model.forecast(contexts, 61, **kwargs)
+    recomputed = model.forecast(contexts, 61, use_kv_cache=False, **kwargs)
+    assert cached.samples.shape == (2, 5, 61)
+    np.testing.assert_allclose(cached.samples, recomputed.samples, rtol=1e-9, atol=1e-9)
+    all_patches = model.forecast(contexts, 61, num_samples=5, seed=3, decode="sample")
+    assert np.abs(cached.samples - all_patches.samples).max() > 1e-3  # a different decoding, not the default
+
+
+def test_patches_per_step_default_is_all_predicted_patches():
+    model = make_model(3)
+    contexts = [np.sin(np.arange(70) / 3.0)]
+    default = model.forecast(contexts, 40, num_samples=3, seed=1)
+    explicit = model.forecast(contexts, 40, num_samples=3, seed=1, patches_per_step=3)
+    np.testing.assert_array_equal(default.samples, explicit.samples)
+
+
+@pytest.mark.parametrize("per_step", [0, 4])
+def test_patches_per_step_outside_one_to_k_is_an_error(per_step):
+    with pytest.raises(ValueError, match=r"patches_per_step must be in 1\.\.3"):
+        make_model(3).forecast([np.arange(40.0)], 8, patches_per_step=per_step)
