@@ -2,8 +2,8 @@
 seeded synthetic series, written as one Arrow dataset with a manifest.
 
 moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
-    [--kernelsynth-count N] [--kernelsynth-length L] [--periodic-count N] [--tsmixup-count N] [--seed S] [--exclude-eval | --include-eval]
-    [--max-series-per-dataset N] [--overwrite]
+    [--kernelsynth-count N] [--kernelsynth-length L] [--periodic-count N] [--random-walk-count N]
+    [--tsmixup-count N] [--seed S] [--exclude-eval | --include-eval] [--max-series-per-dataset N] [--overwrite]
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
 test span (data_prep.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (data_prep.registry.held_out_reason). --include-eval keeps
@@ -29,11 +29,11 @@ from typing import Iterable, Iterator
 from data_prep.corpus import BUILD_PREFIX, CorpusEntry, cut_series, write_corpus
 from data_prep.series import Series
 from data_prep.paths import resolve_data_dir
-from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_synthetic
+from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_random_walks, generate_synthetic
 from moe_ts.output_dir import check_output_dir, make_staging_dir, remove_leftovers, swap_in
 
 MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
-SYNTHETIC_SOURCES = ("synthetic", "kernelsynth", "periodic", "tsmixup")  # corpus datasets that are not real data
+SYNTHETIC_SOURCES = ("synthetic", "kernelsynth", "periodic", "random_walk", "tsmixup")  # corpus datasets that are not real data
 
 
 @dataclass
@@ -78,12 +78,13 @@ def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_seri
         st.note = "test spans cut away" if exclude_eval else "full series (evaluation data INCLUDED)"
 
 
-def _synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, periodic: int, seed: int,
+def _synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, periodic: int, random_walk: int, seed: int,
                        stats: list[SourceStats]) -> Iterator[CorpusEntry]:
     for name, count, series in (("synthetic", synthetic, lambda: generate_synthetic(synthetic, seed=seed)),
                                 ("kernelsynth", kernelsynth, lambda: generate_kernelsynth(kernelsynth, seed=seed, length=ks_length)),
-                                ("periodic", periodic, lambda: generate_periodic(periodic, seed=seed))):
-        if name == "periodic" and count == 0:  # keeps corpora built before this generator existed unchanged
+                                ("periodic", periodic, lambda: generate_periodic(periodic, seed=seed)),
+                                ("random_walk", random_walk, lambda: generate_random_walks(random_walk, seed=seed))):
+        if name in ("periodic", "random_walk") and count == 0:  # keeps corpora built before these generators unchanged
             continue
         st = SourceStats(name, note=f"seed {seed}")
         stats.append(st)
@@ -205,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernelsynth-length", type=int, default=1024, help="length of each KernelSynth series (default 1024)")
     parser.add_argument("--periodic-count", type=int, default=1000,
                         help="periodic series: harmonic cycles, trends, level shifts, 1-50%% noise (default 1000)")
+    parser.add_argument("--random-walk-count", type=int, default=0,
+                        help="random walks: Gaussian/Student-t increments, GARCH volatility, momentum, drift, "
+                             "geometric (default 0)")
     parser.add_argument("--tsmixup-count", type=int, default=1000,
                         help="TSMixup series: mixes of 1-3 mean-scaled windows of the corpus' real series of 128+ "
                              "points (data_prep.tsmixup; default 1000; 0 when no real series is that long)")
@@ -226,7 +230,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
     def entries() -> Iterator[CorpusEntry]:
         yield from _real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
         yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length,
-                                      args.periodic_count, args.seed, stats)
+                                      args.periodic_count, args.random_walk_count, args.seed, stats)
 
     rows = write_corpus(entries(), staging)
     cuts: list[dict] = []
@@ -256,6 +260,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
         "kernelsynth_count": args.kernelsynth_count,
         "kernelsynth_length": args.kernelsynth_length,
         "periodic_count": args.periodic_count,
+        "random_walk_count": args.random_walk_count,
         "tsmixup_count": args.tsmixup_count,
         "max_series_per_dataset": args.max_series_per_dataset,
         "rows": rows,
@@ -274,7 +279,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus, print a summary table, write CORPUS_DIR/manifest.json. Returns 0."""
     args = build_parser().parse_args(argv)
-    for flag in ("synthetic_count", "kernelsynth_count", "periodic_count", "tsmixup_count"):
+    for flag in ("synthetic_count", "kernelsynth_count", "periodic_count", "random_walk_count", "tsmixup_count"):
         if getattr(args, flag) < 0:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 0")
     data_dir = resolve_data_dir(args.data_dir)

@@ -276,5 +276,60 @@ def generate_periodic(count: int, seed: int = 0, min_length: int = 512, max_leng
     return [periodic_series(seed, i, int(_rng(seed, 21, i).integers(min_length, max_length + 1))) for i in range(count)]
 
 
+# --- random walks: integrated series whose best forecast is persistence (exchange rates, prices) ---
+def _random_walk(rng: np.random.Generator, length: int) -> tuple[np.ndarray, str]:
+    """(values, description): a random walk whose increments are Gaussian or Student-t, optionally with
+    GARCH(1,1) volatility clusters, AR(1) momentum and drift; additive or geometric (positive values)."""
+    parts = []
+    if rng.random() < 0.5:
+        increments = rng.standard_normal(length)
+        parts.append("gaussian")
+    else:
+        df = rng.uniform(3.0, 10.0)
+        increments = rng.standard_t(df, size=length) / np.sqrt(df / (df - 2.0))  # unit variance
+        parts.append(f"t{df:.1f}")
+    if rng.random() < 0.3:  # volatility clusters
+        alpha = rng.uniform(0.05, 0.15)
+        beta = rng.uniform(0.75, 0.97 - alpha)
+        omega = 1.0 - alpha - beta  # unit long-run variance
+        var, prev = 1.0, 0.0
+        for k in range(length):
+            var = omega + alpha * prev**2 + beta * var
+            increments[k] *= np.sqrt(var)
+            prev = increments[k]
+        parts.append("garch")
+    if rng.random() < 0.4:  # momentum or mean reversion in the increments: ARIMA(1, 1, 0)
+        phi = rng.uniform(-0.3, 0.7)
+        for k in range(1, length):
+            increments[k] += phi * increments[k - 1]
+        parts.append(f"ar{phi:.2f}")
+    if rng.random() < 0.3:
+        increments = increments + rng.normal(0, 0.1)  # drift, in increment standard deviations
+        parts.append("drift")
+    path = np.cumsum(increments)
+    if rng.random() < 0.3:  # geometric: log-returns of 0.2-2% per step, like prices and exchange rates
+        values = rng.lognormal(0, 2) * np.exp(np.exp(rng.uniform(np.log(0.002), np.log(0.02))) * path)
+        parts.append("geometric")
+    else:
+        values = rng.normal(0, 10) + rng.lognormal(0, 1) * path
+    return values, "+".join(parts)
+
+
+def random_walk_series(seed: int, i: int, length: int) -> Series:
+    """The i-th random walk for `seed` (dataset "random_walk"; attribute `kind` names its parts)."""
+    values, kind = _random_walk(_rng(seed, 30, i), length)
+    return Series(item_id=f"random_walk/{seed}/{i}", target=values, freq="D", start=None, dataset="random_walk",
+                  attributes={"kind": kind})
+
+
+def generate_random_walks(count: int, seed: int = 0, min_length: int = 512, max_length: int = 2048) -> list[Series]:
+    """`count` random walks (Gaussian or Student-t increments, optional GARCH volatility, AR(1) momentum,
+    drift; additive or geometric), lengths in [min_length, max_length]."""
+    if not 2 <= min_length <= max_length:
+        raise ValueError(f"need 2 <= min_length <= max_length, got {min_length}, {max_length}")
+    return [random_walk_series(seed, i, int(_rng(seed, 31, i).integers(min_length, max_length + 1)))
+            for i in range(count)]
+
+
 GENERATORS: dict[str, Callable[..., list[Series]]] = {"kernelsynth": generate_kernelsynth, "synthetic": generate_synthetic,
-                                                     "periodic": generate_periodic}
+                                                     "periodic": generate_periodic, "random_walk": generate_random_walks}
