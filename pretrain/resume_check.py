@@ -27,11 +27,20 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(data) if isinstance(data, tuple) else data}
 
 
+def _with_defaults(defaults: Any, saved: Any) -> Any:
+    """`saved` with the keys it lacks taken from `defaults`. Sections (non-empty default dicts) merge key by
+    key; any other value in `saved`, a whole mapping such as `train.mixture_share` included, replaces its
+    default."""
+    if not (isinstance(defaults, dict) and defaults and isinstance(saved, dict)):
+        return saved
+    return {**defaults, **{k: _with_defaults(defaults.get(k), v) for k, v in saved.items()}}
+
+
 def config_differences(saved: dict[str, Any], requested: dict[str, Any],
                        defaults: dict[str, Any] | None = None) -> list[str]:
     """Dotted keys whose values differ (or exist on one side only), except those in MAY_DIFFER. A key absent
     from `saved` counts as its value in `defaults` (a run saved before that key existed, e.g. parallel.ep_size)."""
-    a, b = {**_flatten(defaults or {}), **_flatten(saved)}, _flatten(requested)
+    a, b = _flatten(_with_defaults(defaults or {}, saved)), _flatten(requested)
     return sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER and a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
@@ -45,7 +54,7 @@ def check_resume_config(run: Any, out: Path) -> None:
     defaults = to_dict(type(run)())  # keys added since the run was saved count as their defaults
     diff = config_differences(saved, requested, defaults)
     if diff:
-        a, b = {**_flatten(defaults), **_flatten(saved)}, _flatten(requested)
+        a, b = _flatten(_with_defaults(defaults, saved)), _flatten(requested)
         shown = "; ".join(f"{k}: saved {a.get(k, '<absent>')!r}, requested {b.get(k, '<absent>')!r}" for k in diff[:4])
         more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
         raise CheckpointError(f"{path}: --resume with a different config ({shown}{more}); resume with the saved "
