@@ -9,6 +9,9 @@ DEMO   ?= runs/demo
 # see benchmarks/classical_baselines.py), so the demo compares them with the model on a subsample, marked as such.
 CLASSICAL_SERIES     ?= 16
 CLASSICAL_LSF_WINDOWS ?= 2
+# Torch threads of the demo's pretraining, which runs alone: two threads give about 1.4x the steps of one in
+# the same 9 minutes (BENCHMARKS.md); configs/tiny.yaml keeps 1 for experiments that share the machine.
+DEMO_THREADS ?= 2
 export TRITON_INTERPRET := 1
 export DS_ACCELERATOR   := cpu
 export WANDB_MODE       ?= offline
@@ -36,6 +39,7 @@ demo: $(STAMP)
 	  && echo "prepare: $$(( $$(date +%s) - s )) s" | tee $(DEMO)/timings.txt
 	@echo "== 2/7 pretrain: configs/tiny.yaml (fixed wall-clock budget)"
 	@s=$$(date +%s); $(BIN)/moe-ts pretrain --config configs/tiny.yaml --data $(DEMO)/corpus --out $(DEMO)/run --resume \
+	  --threads $(DEMO_THREADS) \
 	  && echo "pretrain: $$(( $$(date +%s) - s )) s" | tee -a $(DEMO)/timings.txt
 	@echo "== 3/7 zero-shot eval: Monash suite (datasets available offline)"
 	@s=$$(date +%s); $(BIN)/moe-ts eval --checkpoint $(DEMO)/run/final --suite monash --out $(DEMO)/eval \

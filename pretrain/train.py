@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="override train.steps (the schedule length)")
     p.add_argument("--time-budget", type=float, help="override train.time_budget_s (seconds, from start)")
     p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--threads", type=int, help="override train.num_threads (torch CPU threads per process; "
+                                               "may differ on --resume)")
     p.add_argument("--stop-at", type=int, help="checkpoint and exit after this step, schedule unchanged "
                                                "(splits a run into chunks; continue with --resume)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by `deepspeed`
@@ -66,6 +68,8 @@ def apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
         changes["time_budget_s"] = args.time_budget
     if args.seed is not None:
         changes["seed"] = args.seed
+    if args.threads is not None:
+        changes["num_threads"] = args.threads
     return dataclasses.replace(run, train=dataclasses.replace(run.train, **changes)) if changes else run
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,14 +165,27 @@ def test_cli_errors_are_one_clear_line(workdir, tmp_path, capsys):
 
 def test_time_budget_stops_at_a_step_boundary_and_saves(workdir, tmp_path):
     out = tmp_path / "budget"
-    assert run_main(workdir, out, "--time-budget", "0.001", "--steps", "50") == 0
+    assert run_main(workdir, out, "--time-budget", "0.001", "--steps", "50", "--threads", "2") == 0
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1]  # the budget was spent before the first step ended
     assert (out / "checkpoints" / "latest").read_text() == "step-1"
     assert (out / "final" / "model.safetensors").is_file()
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["steps"] == 50 and saved["train"]["time_budget_s"] == 0.001
+    assert saved["train"]["num_threads"] == 2
     assert json.loads(json.dumps(saved))  # plain data
+
+
+def test_threads_override_is_validated():
+    from moe_ts.configuration import ConfigError
+    from pretrain.config import load_run_config
+    from pretrain.train import apply_overrides, parse_args
+
+    run = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    args = parse_args(["--config", "c", "--data", "d", "--out", "o", "--threads", "2"])
+    assert apply_overrides(run, args).train.num_threads == 2
+    with pytest.raises(ConfigError, match="num_threads must be >= 1"):
+        apply_overrides(run, parse_args(["--config", "c", "--data", "d", "--out", "o", "--threads", "0"]))
 
 
 @pytest.mark.dist
