@@ -1,7 +1,7 @@
 """Pretrain a Moirai-MoE-style model with DeepSpeed (docs/ARCHITECTURE.md §4).
 
     moe-ts pretrain --config configs/tiny.yaml --data CORPUS --out RUN [--resume] [--init MODEL_DIR]
-        [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP]
+        [--steps N] [--time-budget SECONDS] [--seed S] [--stop-at STEP] [--threads N]
 
 Multi-process: `torchrun --nproc_per_node=2 -m pretrain.train ...` or `deepspeed --num_gpus=2 pretrain/train.py ...`
 (multi-node and expert parallelism, `parallel.ep_size`: README "Multi-node pretraining").
