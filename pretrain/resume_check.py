@@ -36,12 +36,21 @@ def _with_defaults(defaults: Any, saved: Any) -> Any:
     return {**defaults, **{k: _with_defaults(defaults.get(k), v) for k, v in saved.items()}}
 
 
+def _flat_views(saved: dict[str, Any], requested: dict[str, Any],
+                defaults: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(saved completed by defaults, requested), both flattened to dotted keys."""
+    return _flatten(_with_defaults(defaults or {}, saved)), _flatten(requested)
+
+
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER and a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
 def config_differences(saved: dict[str, Any], requested: dict[str, Any],
                        defaults: dict[str, Any] | None = None) -> list[str]:
     """Dotted keys whose values differ (or exist on one side only), except those in MAY_DIFFER. A key absent
     from `saved` counts as its value in `defaults` (a run saved before that key existed, e.g. parallel.ep_size)."""
-    a, b = _flatten(_with_defaults(defaults or {}, saved)), _flatten(requested)
-    return sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER and a.get(k, "<absent>") != b.get(k, "<absent>"))
+    return _differing(*_flat_views(saved, requested, defaults))
 
 
 def check_resume_config(run: Any, out: Path) -> None:
@@ -52,9 +61,9 @@ def check_resume_config(run: Any, out: Path) -> None:
     saved = load_file(path)
     requested = to_dict(run)
     defaults = to_dict(type(run)())  # keys added since the run was saved count as their defaults
-    diff = config_differences(saved, requested, defaults)
+    a, b = _flat_views(saved, requested, defaults)
+    diff = _differing(a, b)
     if diff:
-        a, b = _flatten(_with_defaults(defaults, saved)), _flatten(requested)
         shown = "; ".join(f"{k}: saved {a.get(k, '<absent>')!r}, requested {b.get(k, '<absent>')!r}" for k in diff[:4])
         more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
         raise CheckpointError(f"{path}: --resume with a different config ({shown}{more}); resume with the saved "
