@@ -233,12 +233,16 @@ def lsf_tasks(
     return tasks
 
 
+LSF_SPLITS = ("test", "val")
+
+
 @dataclass
 class TaskOptions:
     """Run-wide protocol options (the CLI's flags)."""
 
     context_length: int | None = None  # None: the dataset's registered context length
     lsf_stride: int = 1
+    lsf_split: str = "test"  # "val": targets in the validation split (data_prep.registry.lsf_val_span)
     max_series: int | None = None
     max_windows: int | None = None
 
@@ -252,9 +256,13 @@ def build_tasks(name: str, suite: str, data_dir: str | os.PathLike[str] | None, 
     ctx = options.context_length or spec.context_length
     if suite == "lsf":
         length = len(series[0])
+        if options.lsf_split not in LSF_SPLITS:
+            raise ValueError(f"{spec.name}: LSF split must be one of {LSF_SPLITS}, got {options.lsf_split!r}")
+        val = options.lsf_split == "val"
+        span = registry.lsf_val_span(spec, length) if val else registry.test_span(spec, length)
         return lsf_tasks(
-            spec.name, spec.display_name, series, spec.prediction_lengths, registry.lsf_train_end(spec, length),
-            registry.test_span(spec, length), spec.seasonality, ctx, options.lsf_stride, options.max_series,
+            spec.name, spec.display_name + (" [val]" if val else ""), series, spec.prediction_lengths,
+            registry.lsf_train_end(spec, length), span, spec.seasonality, ctx, options.lsf_stride, options.max_series,
             options.max_windows,
         )
     for s in series[: options.max_series or None]:

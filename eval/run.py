@@ -2,7 +2,7 @@
 
     moe-ts eval --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR
         [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0]
-        [--max-series N] [--max-windows N] [--lsf-stride N] [--context-length N]
+        [--max-series N] [--max-windows N] [--lsf-stride N] [--lsf-split test|val] [--context-length N]
         [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N] [--decode median|mean|sample|uni2ts]
         [--patches-per-step K]
     moe-ts eval --checkpoint DIR --suite probes --out DIR [--probe-series 8]
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-series", type=_positive, help="keep the first N series (channels for LSF) of each dataset")
     p.add_argument("--max-windows", type=_positive, help="keep at most N windows per series (LSF: evenly thinned)")
     p.add_argument("--lsf-stride", type=_positive, default=1, help="LSF window stride (1 = the published protocol)")
+    p.add_argument("--lsf-split", choices=("test", "val"), default="test",
+                   help="LSF windows from the test split (the published protocol) or the validation split, to choose "
+                        "a decoding or checkpoint without looking at the test split")
     p.add_argument("--chunk-size", type=_positive, default=1024, help="instances per forecast() call")
     p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
     p.add_argument("--decode", choices=("median", "mean", "sample", "uni2ts"),
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
                     chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=model_kwargs)
     options = TaskOptions(context_length=args.context_length, lsf_stride=args.lsf_stride,
-                          max_series=args.max_series, max_windows=args.max_windows)
+                          lsf_split=args.lsf_split, max_series=args.max_series, max_windows=args.max_windows)
     results: list[SuiteResult] = []
     if args.tsf is not None:
         results.append(run_task_suite("tsf", [task], model, cfg, baselines=baselines, n_jobs=args.n_jobs))
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `moe-ts eval {argv_text}`",
         f"- checkpoint: `{args.checkpoint}`; samples {args.num_samples}, seed {args.seed}, batch {args.batch_size}",
         f"- protocol options: context length {args.context_length or ('1000' if args.tsf else 'per dataset')}, "
-        f"LSF stride {args.lsf_stride}, "
+        f"LSF stride {args.lsf_stride}, LSF split {args.lsf_split}, "
         f"max series {args.max_series or 'all'}, max windows {args.max_windows or 'all'}",
         f"- written {datetime.datetime.now().isoformat(timespec='seconds')}, {time.perf_counter() - t0:.1f} s",
         "- point metrics use the median (MSE the mean); CRPS = mean weighted quantile loss over 0.1..0.9; "

@@ -8,7 +8,7 @@ import pytest
 
 from data_prep.series import Series
 from data_prep import registry
-from eval.protocols import Task, last_window_task, lsf_starts, lsf_tasks
+from eval.protocols import Task, TaskOptions, build_tasks, last_window_task, lsf_starts, lsf_tasks
 from eval.run import main
 from eval.runner import MODEL, NAIVE, SNAIVE, RunConfig, evaluate_task
 from moe_ts.forecast_output import ForecastOutput
@@ -168,6 +168,20 @@ def test_lsf_windows_and_train_normalisation(data_dir):
     starts, total = lsf_starts(100, 200, 10, 3, 4)
     # stride 3 gives 100, 103, ..., 190 (31 starts); 4 evenly spaced of them: k = 0, 10, 20, 30
     assert total == 91 and list(starts) == [100, 130, 160, 190]
+
+
+def test_lsf_validation_split_keeps_targets_out_of_the_test_split(data_dir):
+    val = build_tasks("etth1", "lsf", data_dir, TaskOptions(lsf_split="val", lsf_stride=96))
+    test = build_tasks("etth1", "lsf", data_dir, TaskOptions(lsf_stride=96))
+    for v, t in zip(val, test):
+        assert v.display_name == "ETTh1 [val]" and t.display_name == "ETTh1"
+        ends = v.starts + v.horizon
+        assert v.starts.min() == 8640 and ends.max() <= 11520  # months 12-16: after train, before test
+        assert t.starts.min() == 11520
+        np.testing.assert_array_equal(v.values[0], t.values[0])  # both normalised with the training split
+    assert len(val[0]) == 7 * len(range(8640, 11520 - 96 + 1, 96))
+    with pytest.raises(ValueError, match="LSF split must be one of"):
+        build_tasks("etth1", "lsf", data_dir, TaskOptions(lsf_split="train"))
 
 
 class _NoisyForecaster:
