@@ -4,7 +4,7 @@
         [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0]
         [--max-series N] [--max-windows N] [--lsf-stride N] [--lsf-split test|val] [--context-length N]
         [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N] [--decode median|mean|sample|uni2ts]
-        [--patches-per-step K]
+        [--patches-per-step K] [--feedback-noise 0..1]
     moe-ts eval --checkpoint DIR --suite probes --out DIR [--probe-series 8]
     moe-ts eval --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
     moe-ts eval --list [--data-dir DIR]      # every registered dataset: available / missing, where its file goes
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the model feeds back while decoding (default: forecast()'s; see moe_ts/forecasting.py)")
     p.add_argument("--patches-per-step", type=_positive,
                    help="patches each decoding step emits, 1..the model's predict_patches (default: all)")
+    p.add_argument("--feedback-noise", type=_unit_interval,
+                   help="--decode sample: share of each draw's deviation from its component's center that a sample "
+                        "path feeds back, 0..1 (1 = plain ancestral sampling; default: forecast()'s)")
     p.add_argument("--baselines", default="snaive,naive",
                    help="comma-separated baselines run beside the model: snaive, naive, autoets, autotheta, autoarima "
                         "(statsforecast; minutes on big sets). Seasonal Naive always runs: every ratio is relative to it")
@@ -130,6 +133,13 @@ def _fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def _patches_per_step(model: object, value: int) -> int:
     """`value` checked against the model's predict_patches (ValueError for a baseline, student or MSFT model)."""
     predicted = getattr(getattr(model, "config", None), "predict_patches", None)
@@ -160,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         model, model_name, model_kwargs = load_forecaster(args.checkpoint)
         if args.patches_per_step is not None:
             model_kwargs = {**model_kwargs, "patches_per_step": _patches_per_step(model, args.patches_per_step)}
+        if args.feedback_noise is not None:
+            if getattr(getattr(model, "config", None), "predict_patches", None) is None:
+                raise ValueError("--feedback-noise applies to a MoE model checkpoint (it samples autoregressively)")
+            if args.decode not in (None, "sample"):
+                raise ValueError(f"--feedback-noise applies to --decode sample, not {args.decode}")
+            model_kwargs = {**model_kwargs, "feedback_noise": args.feedback_noise}
         if args.tsf is not None:
             if args.datasets or args.data_dir:
                 raise ValueError("--datasets and --data-dir apply to --suite only")

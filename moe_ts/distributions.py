@@ -222,6 +222,18 @@ class Mixture:
     @torch.no_grad()
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Draws of shape sample_shape + [..., P] (not differentiable)."""
+        return self.sample_with_centers(sample_shape)[0]
+
+    def component_centers(self) -> Tensor:
+        """[..., P, K] a central value of each component: the Student-t and normal locations, the negative
+        binomial's mean, the log-normal's median (not its mean, which explodes with the log-scale)."""
+        means = self.component_means()
+        return torch.cat([means[..., :3], _capped_exp(self.params.ln_loc).unsqueeze(-1)], dim=-1)
+
+    @torch.no_grad()
+    def sample_with_centers(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
+        """(draws, centers), both sample_shape + [..., P]: each draw and the center (`component_centers`) of the
+        component it was drawn from. Uses the random stream exactly as `sample` does."""
         p = self.params
         sample_shape = torch.Size(sample_shape)
         shape = sample_shape + p.shape
@@ -237,7 +249,8 @@ class Mixture:
         )  # [S..., ..., P, K]
         gumbel = -torch.log(-torch.log(torch.rand(shape + (NUM_COMPONENTS,), dtype=eps.dtype, device=eps.device).clamp_min(1e-20)))
         choice = torch.argmax(self.log_weights + gumbel, dim=-1, keepdim=True)
-        return torch.gather(draws, -1, choice).squeeze(-1)
+        centers = self.component_centers().expand(draws.shape)
+        return torch.gather(draws, -1, choice).squeeze(-1), torch.gather(centers, -1, choice).squeeze(-1)
 
 
 class ScaledMixture:

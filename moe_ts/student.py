@@ -222,6 +222,7 @@ class MLPForecaster(
         decode: str | None = None,
         use_kv_cache: bool = True,
         patches_per_step: int | None = None,
+        feedback_noise: float | None = None,
         progress: bool = False,
     ) -> ForecastOutput:
         """Point forecasts of `prediction_length` steps (the MoE model's interface; see the module docstring).
@@ -229,9 +230,9 @@ class MLPForecaster(
         context_length: use at most this many recent points (at most the trained context_length; the rest of
         the window is padded as missing). A context shorter than the window is an error unless
         `allow_short_context` (then left-padded with missing values). num_samples, seed, decode,
-        use_kv_cache and patches_per_step are ignored: the student is deterministic and direct.
+        use_kv_cache, patches_per_step and feedback_noise are ignored: the student is deterministic and direct.
         """
-        del num_samples, seed, decode, use_kv_cache, patches_per_step
+        del num_samples, seed, decode, use_kv_cache, patches_per_step, feedback_noise
         cfg = self.config
         if prediction_length <= 0:
             raise ValueError(f"prediction_length must be > 0, got {prediction_length}")

@@ -269,3 +269,32 @@ def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsy
     assert "applies to a MoE model checkpoint" in capsys.readouterr().err
     main(["--checkpoint", str(ckpt), *common, "--patches-per-step", "1", "--out", str(tmp_path / "o3")])
     assert any(r["role"] == MODEL for r in _read_csv(tmp_path / "o3" / "results.csv"))
+
+
+def test_feedback_noise_flag_is_checked(tmp_path, data_dir, capsys):
+    torch = pytest.importorskip("torch")
+    from moe_ts.config import load_model_config
+    from moe_ts.model import MoiraiMoEModel
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny"
+    MoiraiMoEModel.from_model_config(load_model_config(REPO / "configs" / "tiny.yaml")).save_pretrained(ckpt)
+    common = ["--suite", "monash", "--datasets", "hospital", "--data-dir", str(data_dir), "--max-series", "2",
+              "--num-samples", "4", "--plot-series", "0"]
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), *common, "--feedback-noise", "0.5", "--decode", "median",
+              "--out", str(tmp_path / "o1")])
+    assert "--feedback-noise applies to --decode sample, not median" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "naive", *common, "--feedback-noise", "0.5", "--out", str(tmp_path / "o2")])
+    assert "--feedback-noise applies to a MoE model checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), *common, "--feedback-noise", "2", "--out", str(tmp_path / "o3")])
+    assert "must be in [0, 1], got 2" in capsys.readouterr().err
+    lsf = ["--suite", "lsf", "--datasets", "etth1", "--data-dir", str(data_dir), "--max-series", "1",
+           "--max-windows", "1", "--num-samples", "4", "--plot-series", "0"]  # several decoding steps
+    main(["--checkpoint", str(ckpt), *lsf, "--feedback-noise", "1", "--out", str(tmp_path / "o4")])
+    main(["--checkpoint", str(ckpt), *lsf, "--feedback-noise", "0.2", "--out", str(tmp_path / "o5")])
+    mae = [[float(r["value"]) for r in _read_csv(tmp_path / o / "results.csv")
+            if r["role"] == MODEL and r["metric"] == "MAE"] for o in ("o4", "o5")]
+    assert mae[0] != mae[1]  # the flag reaches the decoder
