@@ -251,7 +251,8 @@ def test_fresh_tiny_model_through_the_cli(tmp_path, data_dir):
     assert any(r["role"] == MODEL for r in _read_csv(tmp_path / "o2" / "results.csv"))
 
 
-def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsys):
+def _untrained_tiny(tmp_path: Path, data_dir: Path) -> tuple[Path, list[str]]:
+    """An untrained tiny-config checkpoint and eval arguments for a 2-series hospital run."""
     torch = pytest.importorskip("torch")
     from moe_ts.config import load_model_config
     from moe_ts.model import MoiraiMoEModel
@@ -261,6 +262,11 @@ def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsy
     MoiraiMoEModel.from_model_config(load_model_config(REPO / "configs" / "tiny.yaml")).save_pretrained(ckpt)
     common = ["--suite", "monash", "--datasets", "hospital", "--data-dir", str(data_dir), "--max-series", "2",
               "--num-samples", "4", "--plot-series", "0"]
+    return ckpt, common
+
+
+def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsys):
+    ckpt, common = _untrained_tiny(tmp_path, data_dir)
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), *common, "--patches-per-step", "2", "--out", str(tmp_path / "o1")])
     assert "--patches-per-step 2: the model predicts 1 patch(es) per position" in capsys.readouterr().err
@@ -272,15 +278,7 @@ def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsy
 
 
 def test_feedback_noise_flag_is_checked(tmp_path, data_dir, capsys):
-    torch = pytest.importorskip("torch")
-    from moe_ts.config import load_model_config
-    from moe_ts.model import MoiraiMoEModel
-
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny"
-    MoiraiMoEModel.from_model_config(load_model_config(REPO / "configs" / "tiny.yaml")).save_pretrained(ckpt)
-    common = ["--suite", "monash", "--datasets", "hospital", "--data-dir", str(data_dir), "--max-series", "2",
-              "--num-samples", "4", "--plot-series", "0"]
+    ckpt, common = _untrained_tiny(tmp_path, data_dir)
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), *common, "--feedback-noise", "0.5", "--decode", "median",
               "--out", str(tmp_path / "o1")])
