@@ -222,7 +222,8 @@ class Mixture:
     @torch.no_grad()
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Draws of shape sample_shape + [..., P] (not differentiable)."""
-        return self.sample_with_centers(sample_shape)[0]
+        draws, choice = self._component_draws(sample_shape)
+        return torch.gather(draws, -1, choice).squeeze(-1)
 
     def component_centers(self) -> Tensor:
         """[..., P, K] a central value of each component: the Student-t and normal locations, the negative
@@ -234,6 +235,12 @@ class Mixture:
     def sample_with_centers(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
         """(draws, centers), both sample_shape + [..., P]: each draw and the center (`component_centers`) of the
         component it was drawn from. Uses the random stream exactly as `sample` does."""
+        draws, choice = self._component_draws(sample_shape)
+        centers = self.component_centers().expand(draws.shape)
+        return torch.gather(draws, -1, choice).squeeze(-1), torch.gather(centers, -1, choice).squeeze(-1)
+
+    def _component_draws(self, sample_shape: torch.Size | tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """(one draw of every component [S..., ..., P, K], the sampled component index [S..., ..., P, 1])."""
         p = self.params
         sample_shape = torch.Size(sample_shape)
         shape = sample_shape + p.shape
@@ -246,11 +253,9 @@ class Mixture:
                 _capped_exp(p.ln_loc + p.ln_scale * torch.randn_like(eps)),
             ],
             dim=-1,
-        )  # [S..., ..., P, K]
+        )
         gumbel = -torch.log(-torch.log(torch.rand(shape + (NUM_COMPONENTS,), dtype=eps.dtype, device=eps.device).clamp_min(1e-20)))
-        choice = torch.argmax(self.log_weights + gumbel, dim=-1, keepdim=True)
-        centers = self.component_centers().expand(draws.shape)
-        return torch.gather(draws, -1, choice).squeeze(-1), torch.gather(centers, -1, choice).squeeze(-1)
+        return draws, torch.argmax(self.log_weights + gumbel, dim=-1, keepdim=True)
 
 
 class ScaledMixture:
