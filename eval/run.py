@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         model, model_name, model_kwargs = load_forecaster(args.checkpoint)
         if args.patches_per_step is not None:
             model_kwargs = {**model_kwargs, "patches_per_step": _patches_per_step(model, args.patches_per_step)}
+        if args.lsf_split != "test" and args.suite not in ("lsf", "all"):
+            raise ValueError(f"--lsf-split applies to --suite lsf or all, not {args.suite or '--tsf'}")
         if args.feedback_noise is not None:
             if getattr(getattr(model, "config", None), "predict_patches", None) is None:
                 raise ValueError("--feedback-noise applies to a MoE model checkpoint (it samples autoregressively)")

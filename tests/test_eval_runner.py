@@ -184,6 +184,18 @@ def test_lsf_validation_split_keeps_targets_out_of_the_test_split(data_dir):
         build_tasks("etth1", "lsf", data_dir, TaskOptions(lsf_split="train"))
 
 
+def test_lsf_split_flag_needs_an_lsf_suite(tmp_path, data_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "naive", "--suite", "monash", "--datasets", "hospital", "--data-dir", str(data_dir),
+              "--lsf-split", "val", "--out", str(tmp_path / "o")])
+    assert "--lsf-split applies to --suite lsf or all, not monash" in capsys.readouterr().err
+    main(["--checkpoint", "naive", "--suite", "lsf", "--datasets", "etth1", "--data-dir", str(data_dir),
+          "--lsf-split", "val", "--lsf-stride", "480", "--plot-series", "0", "--out", str(tmp_path / "v")])
+    rows = _read_csv(tmp_path / "v" / "results.csv")
+    assert rows and {r["display_name"] for r in rows} == {"ETTh1 [val]"}
+    assert "LSF split val" in (tmp_path / "v" / "results.md").read_text()
+
+
 class _NoisyForecaster:
     """A sampling forecaster: last value plus noise seeded by the context itself, so a series gets the same
     samples whichever chunk it lands in."""
