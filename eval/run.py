@@ -28,7 +28,7 @@ from typing import Any
 
 from eval.baselines import Naive, SeasonalNaive
 from eval.plots import plot_suite
-from eval.protocols import TaskOptions, tsf_task
+from eval.protocols import LSF_SPLITS, TaskOptions, tsf_task
 from eval.report import write_reports
 from eval.runner import Forecaster, RunConfig, SuiteResult, parse_baselines, run_suite, run_task_suite
 from moe_ts.output_dir import check_output_dir, mark
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-series", type=_positive, help="keep the first N series (channels for LSF) of each dataset")
     p.add_argument("--max-windows", type=_positive, help="keep at most N windows per series (LSF: evenly thinned)")
     p.add_argument("--lsf-stride", type=_positive, default=1, help="LSF window stride (1 = the published protocol)")
-    p.add_argument("--lsf-split", choices=("test", "val"), default="test",
+    p.add_argument("--lsf-split", choices=LSF_SPLITS, default="test",
                    help="LSF windows from the test split (the published protocol) or the validation split, to choose "
                         "a decoding or checkpoint without looking at the test split")
     p.add_argument("--chunk-size", type=_positive, default=1024, help="instances per forecast() call")
@@ -140,9 +140,14 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _predicted_patches(model: object) -> int | None:
+    """The MoE model's predict_patches; None for a baseline, student or MSFT model (no autoregressive head)."""
+    return getattr(getattr(model, "config", None), "predict_patches", None)
+
+
 def _patches_per_step(model: object, value: int) -> int:
     """`value` checked against the model's predict_patches (ValueError for a baseline, student or MSFT model)."""
-    predicted = getattr(getattr(model, "config", None), "predict_patches", None)
+    predicted = _predicted_patches(model)
     if predicted is None:
         raise ValueError("--patches-per-step applies to a MoE model checkpoint (it decodes patch by patch)")
     if not 1 <= value <= predicted:
@@ -167,13 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         baselines = parse_baselines(args.baselines)
         check_output_dir(args.out, args.overwrite)
+        if args.lsf_split != "test" and args.suite not in ("lsf", "all"):
+            raise ValueError(f"--lsf-split applies to --suite lsf or all, not {args.suite or '--tsf'}")
         model, model_name, model_kwargs = load_forecaster(args.checkpoint)
         if args.patches_per_step is not None:
             model_kwargs = {**model_kwargs, "patches_per_step": _patches_per_step(model, args.patches_per_step)}
-        if args.lsf_split != "test" and args.suite not in ("lsf", "all"):
-            raise ValueError(f"--lsf-split applies to --suite lsf or all, not {args.suite or '--tsf'}")
         if args.feedback_noise is not None:
-            if getattr(getattr(model, "config", None), "predict_patches", None) is None:
+            if _predicted_patches(model) is None:
                 raise ValueError("--feedback-noise applies to a MoE model checkpoint (it samples autoregressively)")
             if args.decode not in (None, "sample"):
                 raise ValueError(f"--feedback-noise applies to --decode sample, not {args.decode}")

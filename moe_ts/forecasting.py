@@ -276,7 +276,7 @@ def prepare_decoder(
 
 def _sample_paths(
     model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int, use_cache: bool,
-    decode: str, per_step: int, feedback_noise: float = 1.0,
+    decode: str, per_step: int, feedback_noise: float,
 ) -> Tensor:
     """[B, S, horizon_patches·P] sample paths on the original scale; each step emits `per_step` patches."""
     if decode == "uni2ts":
