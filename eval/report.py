@@ -6,12 +6,14 @@ of `--baselines`, the probes' oracle).
 Aggregate metrics per suite: Monash MAE; zero-shot CRPS and MASE; LSF MSE and MAE (each dataset's value
 averaged over its four horizons first). A missing dataset is listed with its "missing: put FILE under DIR"
 message and left out of the aggregate, and the count is stated; so is any dataset whose ratio is undefined
-(Seasonal Naive scoring 0 or NaN). Any number computed on a subsample of the protocol is marked.
+(Seasonal Naive scoring 0 or NaN). Any number computed on a subsample of the protocol is marked. Under each
+aggregate, results.md also gives it without the datasets scored on a single instance.
 """
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +74,14 @@ def dataset_values(suite: SuiteResult, metric: str, role: str) -> dict[str, floa
     return {ds: float(np.mean(v)) for ds, v in by_ds.items()}
 
 
-def aggregate(suite: SuiteResult, metric: str, role: str = MODEL) -> Aggregate:
-    """Geometric mean over datasets of role's metric / Seasonal Naive's (undefined ratios are listed, not used)."""
+def aggregate(suite: SuiteResult, metric: str, role: str = MODEL, exclude: Collection[str] = ()) -> Aggregate:
+    """Geometric mean over datasets (those in `exclude` left out) of role's metric / Seasonal Naive's (undefined
+    ratios are listed, not used)."""
     num, den = dataset_values(suite, metric, role), dataset_values(suite, metric, SNAIVE)
     ratios, used, undefined = [], [], []
     for ds, v in num.items():
+        if ds in exclude:
+            continue
         r = v / den[ds] if den.get(ds) else float("nan")
         if math.isfinite(r) and r > 0:
             ratios.append(r)
@@ -85,6 +90,15 @@ def aggregate(suite: SuiteResult, metric: str, role: str = MODEL) -> Aggregate:
             undefined.append(ds)
     value = geometric_mean(ratios) if ratios else float("nan")
     return Aggregate(suite.suite, metric, role, value, used, undefined, [m.dataset for m in suite.missing])
+
+
+def single_instance_datasets(suite: SuiteResult) -> list[str]:
+    """Datasets whose score rests on one forecast instance (e.g. Monash's US Births and Sunspot: one series, one
+    window). Each weighs as much in the geometric mean as a dataset of thousands of instances."""
+    instances: dict[str, int] = {}
+    for t in suite.tasks:
+        instances[t.dataset] = instances.get(t.dataset, 0) + t.num_instances
+    return [ds for ds, n in instances.items() if n == 1]
 
 
 def _fmt(x: float) -> str:
@@ -166,6 +180,12 @@ def suite_markdown(suite: SuiteResult, model_name: str) -> tuple[str, list[Aggre
         )
         if a.undefined:
             lines.append(f"  - left out, ratio undefined: {', '.join(a.undefined)}")
+        singles = [ds for ds in single_instance_datasets(suite) if ds in a.datasets_used]
+        if singles and len(singles) < len(a.datasets_used):
+            names = ", ".join(next(t.display_name for t in suite.tasks if t.dataset == ds) for ds in singles)
+            without = aggregate(suite, a.metric, MODEL, exclude=singles).value
+            lines.append(f"  - {len(singles)} of the {len(a.datasets_used)} rest on a single forecast instance ({names}); "
+                         f"without them: {_fmt(without)}")
     if suite.missing:
         lines.append(
             f"- {len(suite.missing)} of {n_ds + len(suite.missing)} dataset(s) missing, excluded from the aggregate: "
