@@ -169,6 +169,7 @@ def suite_markdown(suite: SuiteResult, model_name: str) -> tuple[str, list[Aggre
     aggs = [aggregate(suite, m, role) for m in metrics for role in [MODEL] + others]
     n_ds = len({t.dataset for t in suite.tasks})
     lines = [f"## {suite.suite}", ""]
+    singles_all = single_instance_datasets(suite)
     for a in aggs:
         if a.role != MODEL:
             continue
@@ -180,7 +181,7 @@ def suite_markdown(suite: SuiteResult, model_name: str) -> tuple[str, list[Aggre
         )
         if a.undefined:
             lines.append(f"  - left out, ratio undefined: {', '.join(a.undefined)}")
-        singles = [ds for ds in single_instance_datasets(suite) if ds in a.datasets_used]
+        singles = [ds for ds in singles_all if ds in a.datasets_used]
         if singles and len(singles) < len(a.datasets_used):
             names = ", ".join(next(t.display_name for t in suite.tasks if t.dataset == ds) for ds in singles)
             without = aggregate(suite, a.metric, MODEL, exclude=singles).value

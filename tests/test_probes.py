@@ -3,19 +3,24 @@ checked by hand."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from data_prep.corpus import write_corpus
+from data_prep.series import Series
 from eval.baselines import SeasonalNaive
 from eval.probes import PROBE_NAMES, PROBES, get_probes, probe_task, run_probes
 from eval.run import main
 from eval.runner import MODEL, NAIVE, SNAIVE, RunConfig
-from moe_ts.config import ModelConfig, MoEConfig
+from moe_ts.config import ModelConfig, MoEConfig, load_model_config
 from moe_ts.model import MoiraiMoEModel
+from pretrain.train import main as pretrain_main
 
 
 def _read(path: Path) -> list[dict]:
@@ -131,15 +136,6 @@ def test_probes_see_what_a_briefly_trained_model_learned(tmp_path):
     """A small model pretrained (the real `moe-ts pretrain` path) for 400 steps on noisy sines of period 12-48
     continues the period-24 probe far better than the same model untrained and than Naive, and does not continue
     the period-168 probe, a period it never saw: the probe suite tells a learned cycle from an unlearned one."""
-    import json
-
-    import yaml
-
-    from data_prep.corpus import write_corpus
-    from data_prep.series import Series
-    from moe_ts.config import load_model_config
-    from pretrain.train import main as pretrain_main
-
     rng = np.random.default_rng(0)
     t = np.arange(512)
     sines = []
