@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Pretrain, evaluate and release Moirai-MoE-style sparse mixture-of-experts forecasters",
     python_requires=">=3.10",
-    packages=find_packages(include=["moe_ts*", "kernels*", "pretrain*", "eval*", "data_prep*", "finetune*", "cli*"]),
+    packages=find_packages(include=["moe_ts*", "kernels*", "pretrain*", "eval*", "data_prep*", "finetune*", "distill*", "cli*"]),
     install_requires=[
         "torch",  # pinned to the CPU build by constraints.txt (see README)
         "triton",
@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         # gluonts: an independent MASE / MSIS / CRPS implementation the metrics are cross-checked against
-        # (tests/test_metrics_crosscheck.py); tests only.
+        # (tests/eval/test_metrics_crosscheck.py); tests only.
         "test": ["pytest", "gluonts"],
         # GPU only: megablocks 0.10.0 pins torch 2.7 and needs its CUDA extension built on the device.
         "gpu": ["megablocks"],

@@ -55,9 +55,9 @@ def aggregates(eval_dir: Path) -> dict[str, float]:
 def training_compute(config: Path, steps: int) -> dict[str, float]:
     """Active parameters per token and the 6·N·D estimate of training PFLOP for `steps` of `config`."""
     from moe_ts.network import MoiraiMoENetwork
-    from pretrain.config import load_run_config
+    from pretrain.config import load_pretrain_config
 
-    run = load_run_config(config)
+    run = load_pretrain_config(config)
     active = MoiraiMoENetwork(run.model).num_parameters(active=True)
     patches = steps * run.train.batch_size * run.model.max_seq_len
     return {"active_params": active, "train_pflop": round(6 * active * patches / 1e15, 3)}

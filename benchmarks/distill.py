@@ -3,7 +3,7 @@
     python benchmarks/distill.py --teacher runs/b/final --max-windows 5000 \
         --tasks etth1:96,etth2:96,etth1:192,etth2:192,m4_hourly:48,nn5_daily:56 --out benchmarks/results/distill.json
 
-For each dataset:horizon, in one process: the training / validation windows of `pretrain.distill_data` (the test
+For each dataset:horizon, in one process: the training / validation windows of `distill.data` (the test
 span is never read), the teacher's cached forecasts and features on the training windows, students with the
 same seed and width (α = β = 0, and each α:β of `--variants`), then every model on the dataset's test instances
 (`eval.protocols.build_tasks`, the same instances for all; LSF every `--lsf-stride`-th window) and Seasonal Naive
@@ -27,11 +27,11 @@ import torch
 from data_prep.registry import get_spec
 from eval.baselines import SeasonalNaive
 from eval.protocols import Task, TaskOptions, build_tasks
-from eval.runner import MODEL, RunConfig, evaluate_task
+from eval.runner import MODEL, EvalConfig, evaluate_task
 from moe_ts.model import MoiraiMoEModel
-from pretrain.distill import DistillConfig, check_teacher_serves, load_teacher, teacher_targets, train_student
-from pretrain.distill_data import dataset_windows
-from pretrain.teacher_cache import TeacherSettings
+from distill.train import DistillConfig, check_teacher_serves, load_teacher, teacher_targets, train_student
+from distill.data import dataset_windows
+from distill.teacher_cache import TeacherSettings
 
 MONASH_CONTEXT = 336  # the Monash sets' series are too short for the registry's 1000; every model gets this
 
@@ -89,13 +89,13 @@ def run_one(teacher: MoiraiMoEModel, name: str, horizon: int, args: argparse.Nam
     sample = (sample * (args.throughput_batch // len(sample) + 1))[:args.throughput_batch]
     for label, (model, kwargs) in models.items():
         extra = {k: v for k, v in kwargs.items() if k != "num_samples"}
-        cfg = RunConfig(num_samples=kwargs.get("num_samples", 1), batch_size=256, seed=args.seed, plot_series=0,
+        cfg = EvalConfig(num_samples=kwargs.get("num_samples", 1), batch_size=256, seed=args.seed, plot_series=0,
                         model_kwargs=extra)
         result = evaluate_task(task, {MODEL: model}, cfg)
         metrics = {k: v.value for k, v in result.metrics[MODEL].items()}
         rows.append({"model": label, "parameters": model.num_parameters(), "metrics": metrics,
                      "series_per_s": _throughput(model, sample, horizon, kwargs, args.repeats)})
-    snaive = evaluate_task(task, {MODEL: SeasonalNaive()}, RunConfig(num_samples=1, plot_series=0))
+    snaive = evaluate_task(task, {MODEL: SeasonalNaive()}, EvalConfig(num_samples=1, plot_series=0))
     rows.append({"model": "seasonal naive", "parameters": 0,
                  "metrics": {k: v.value for k, v in snaive.metrics[MODEL].items()}, "series_per_s": None})
     ref = rows[0]

@@ -24,16 +24,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.protocols import TaskOptions  # noqa: E402
-from eval.runner import MODEL, SNAIVE, RunConfig, run_suite  # noqa: E402
+from eval.runner import MODEL, SNAIVE, EvalConfig, run_suite  # noqa: E402
 from finetune.data import lsf_splits  # noqa: E402
 from finetune.train import FinetuneConfig, finetune, prepare_model, releasable  # noqa: E402
 from moe_ts.model import MoiraiMoEModel  # noqa: E402
-from moe_ts.msft import MSFTNetwork  # noqa: E402
+from moe_ts.msft.network import MSFTNetwork  # noqa: E402
 
 
 def evaluate(model, dataset: str, data_dir: str | None, max_windows: int, num_samples: int) -> dict:
     kwargs = {} if isinstance(model, MSFTNetwork) else {"decode": "median"}
-    cfg = RunConfig(num_samples=num_samples, batch_size=64, seed=0, plot_series=0, model_kwargs=kwargs)
+    cfg = EvalConfig(num_samples=num_samples, batch_size=64, seed=0, plot_series=0, model_kwargs=kwargs)
     result = run_suite("lsf", [dataset], model, data_dir, TaskOptions(max_windows=max_windows), cfg, log=None,
                        baselines=())
     out = {}

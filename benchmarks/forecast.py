@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = MoiraiMoEModel.from_model_config(load_model_config(args.config)).eval()
+    model = MoiraiMoEModel(load_model_config(args.config)).eval()
     rng = np.random.default_rng(0)
     t = np.arange(args.context)
     contexts = [np.sin(t / (5 + i)) * 10 + rng.normal(size=args.context) for i in range(args.series)]

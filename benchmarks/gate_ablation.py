@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.protocols import TaskOptions  # noqa: E402
-from eval.runner import MODEL, SNAIVE, RunConfig, run_suite  # noqa: E402
+from eval.runner import MODEL, SNAIVE, EvalConfig, run_suite  # noqa: E402
 from moe_ts.model import MoiraiMoEModel  # noqa: E402
-from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise  # noqa: E402
+from moe_ts.packing import PackedLayout, masked_stats, patchify, standardise  # noqa: E402
 
 ARMS = ("linear", "centroid-nearest", "centroid-farthest", "dense")
 
@@ -81,7 +81,7 @@ def routing_stats(model: MoiraiMoEModel, batch: dict, noise: float = 0.1) -> lis
 
 
 def evaluate(model: MoiraiMoEModel, datasets: list[str], data_dir: str | None, max_windows: int, samples: int) -> dict:
-    cfg = RunConfig(num_samples=samples, seed=0, plot_series=0, model_kwargs={"decode": "median"})
+    cfg = EvalConfig(num_samples=samples, seed=0, plot_series=0, model_kwargs={"decode": "median"})
     result = run_suite("lsf", datasets, model, data_dir, TaskOptions(max_windows=max_windows), cfg, log=None,
                        baselines=())
     out: dict = {}

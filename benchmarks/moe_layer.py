@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pretrain.moe_deepspeed  # noqa: E402,F401  (registers the "deepspeed" dispatcher)
 from moe_ts.config import MoEConfig  # noqa: E402
-from moe_ts.dispatch import set_moe_backend  # noqa: E402
+from moe_ts.dispatch import set_moe_dispatcher  # noqa: E402
 from moe_ts.moe import MoELayer  # noqa: E402
 
 GPU_SIZE = dict(tokens=65536, d_model=768, d_ff=1024, experts=32, top_k=2, dtype="bfloat16")
@@ -148,7 +148,7 @@ def layer_rows(args, device, dtype) -> tuple[list[dict], float]:
         if backend == "deepspeed":
             note = f"capacity factor {args.capacity_factor} (capacity-based: may drop)"
         try:
-            set_moe_backend(layer, backend, capacity_factor=args.capacity_factor)
+            set_moe_dispatcher(layer, backend, capacity_factor=args.capacity_factor)
             seconds = time_it(fwd_bwd(layer, x, grad), device, args.warmup, args.repeats)
         except RuntimeError as err:  # e.g. megablocks on CPU: report the reason, keep the other rows
             rows.append({"name": f"moe: {backend}", "seconds": None, "TFLOP_per_s": None, "time_vs_dense_ffn": None,

@@ -102,7 +102,7 @@ def packed_batch(cfg: ModelConfig, rows: int, seed: int) -> tuple[Tensor, Tensor
 
 def build(cfg: ModelConfig, variant: str) -> MoiraiMoEModel:
     torch.manual_seed(0)
-    model = MoiraiMoEModel.from_model_config(cfg)
+    model = MoiraiMoEModel(cfg)
     for layer in model.layers:
         if variant == "pre-change experts":
             old = layer.moe.experts
@@ -146,15 +146,15 @@ def _parallel_worker(rank: int, world: int, port: int, ep_size: int, rows: int, 
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
     torch.set_num_threads(1)
-    from moe_ts.configuration import from_dict, load_file
-    from pretrain.config import RunConfig
+    from moe_ts.typed_config import from_dict, load_file
+    from pretrain.config import PretrainConfig
     from pretrain.engine import build_engine, setup_distributed, train_step
 
     data = load_file(CASES["tiny"][0])
     data["train"] = {**data["train"], "batch_size": rows, "steps": warmup + steps, "warmup_steps": 0,
                      "zero_stage": 1, "wandb_mode": "disabled", "time_budget_s": None}
     data["parallel"] = {"ep_size": ep_size}
-    run = from_dict(RunConfig, data)
+    run = from_dict(PretrainConfig, data)
     info = setup_distributed(run.parallel.timeout_s)
     engine = build_engine(run, info)
     target, sample_id = packed_batch(run.model, rows, seed=0)

@@ -6,7 +6,7 @@
 uni2ts runs in its own virtual environment (install: tools/uni2ts_golden.py's docstring) as a long-lived
 worker process (this file with --worker; it imports nothing of moe-ts). The worker builds a Moirai-MoE with
 random weights (seed 0; `small` is uni2ts' Moirai-MoE-Small shape: d_model 384, 6 layers, 32 experts,
-d_ff 512) and saves it; this process converts that folder with `moe_ts.convert_uni2ts`, so both sides run
+d_ff 512) and saves it; this process converts that folder with `moe_ts.uni2ts.convert`, so both sides run
 the same weights on the same series. Tasks alternate between the two processes (order flipped every
 repeat) and the median of the repeats is kept; both use `--threads` torch threads. Ratios are uni2ts'
 seconds / ours (> 1: moe-ts faster).
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from moe_ts.convert_uni2ts import convert_uni2ts_folder
+    from moe_ts.uni2ts.convert import convert_uni2ts_folder
     from moe_ts.model import MoiraiMoEModel
     from moe_ts.objectives import pretrain_loss
 

@@ -4,7 +4,7 @@
 
 SRC is a local uni2ts folder (config.json + model.safetensors, e.g. a downloaded
 `Salesforce/moirai-moe-1.0-R-small`) or, with network access, a Hugging Face Hub repo id (only those two
-files are fetched). Every tensor is mapped or refused by name (see `moe_ts/convert_uni2ts.py`); the
+files are fetched). Every tensor is mapped or refused by name (see `moe_ts/uni2ts/convert.py`); the
 converted model is loaded back strictly before it is written. DIR gets config.json, model.safetensors,
 a model card crediting the source and conversion.json (source, its weights' SHA-256, the
 compatibility settings). An existing DIR is replaced only when moe-ts wrote it, or with --overwrite.
@@ -17,9 +17,9 @@ import json
 import re
 from pathlib import Path
 
-from moe_ts.convert_uni2ts import CONFIG_NAME, WEIGHTS_NAME, Uni2tsConversionError, convert_uni2ts_folder
+from moe_ts.uni2ts.convert import CONFIG_NAME, WEIGHTS_NAME, Uni2tsConversionError, convert_uni2ts_folder
 from moe_ts.model import MoiraiMoEModel
-from moe_ts.output_dir import check_output_dir
+from moe_ts.io.output_dir import check_output_dir
 
 CONVERSION_FILE = "conversion.json"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")

@@ -3,8 +3,8 @@
     moe-ts export --checkpoint RUN/final --eval EVAL_DIR --out RELEASE_DIR [--push-to-hub REPO_ID] [--overwrite]
 
 The evaluation folder must have been made from exactly these weights (its checkpoint.json records their
-SHA-256, see `moe_ts.provenance`). An existing --out folder is replaced only when moe-ts wrote it, or with
---overwrite (see `moe_ts.output_dir`).
+SHA-256, see `moe_ts.io.provenance`). An existing --out folder is replaced only when moe-ts wrote it, or with
+--overwrite (see `moe_ts.io.output_dir`).
 """
 from __future__ import annotations
 
@@ -12,21 +12,21 @@ import argparse
 import json
 from pathlib import Path
 
-from moe_ts.loading import load_forecaster
-from moe_ts.model_card import card_eval_table, training_data_summary
-from moe_ts.output_dir import check_output_dir
-from moe_ts.provenance import TRAINING_FILE, check_eval_source, read_training_info, training_summary
+from moe_ts.io.loading import load_model
+from moe_ts.io.model_card import card_eval_table, training_data_summary
+from moe_ts.io.output_dir import check_output_dir
+from moe_ts.io.provenance import TRAINING_FILE, check_eval_source, read_training_info, training_summary
 
 
 def export(checkpoint: str | Path, out: str | Path, eval_dir: str | Path | None = None, push_to_hub: str | None = None,
            overwrite: bool = False, license: str | None = None) -> Path:
     """Write `out` (config.json, model.safetensors, README.md with the eval table); optionally push it."""
     check_output_dir(out, overwrite)
-    model = load_forecaster(checkpoint)  # a MoE model or a distilled student
+    model = load_model(checkpoint)  # a MoE model or a distilled student
     info = read_training_info(checkpoint)
     card_kwargs: dict = {"model_name": Path(out).name, "training": training_summary(info),
                          "training_data": training_data_summary(info)}
-    distill_record = Path(checkpoint) / "distill.json"  # a student's training record (pretrain/distill.py)
+    distill_record = Path(checkpoint) / "distill.json"  # a student's training record (distill/train.py)
     if info is None and distill_record.is_file():
         card_kwargs["training"] = json.loads(distill_record.read_text()).get("summary", "")
     if info and info.get("datasets"):

@@ -5,7 +5,7 @@
     moe-ts forecast --checkpoint RUN/final --input file.tsf --out forecasts.csv      # the file's @horizon
     moe-ts forecast --checkpoint CONVERTED --input wide.csv --horizon 48 --group --out forecasts.csv  # jointly
 
-Input (.csv or .parquet), in either layout (see moe_ts/dataframe.py):
+Input (.csv or .parquet), in either layout (see moe_ts/io/dataframe.py):
   long  one row per item and timestamp: --id-column (default item_id), --timestamp-column (default timestamp)
         and --target-column (default target); used when the id column is in the file;
   wide  one timestamp column (--timestamp-column, default `date`) and one numeric column per series.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moe_ts.dataframe import TimedSeries, TimeSeriesFrameError, forecast_frame, series_from_long, series_from_wide
+from moe_ts.io.dataframe import TimedSeries, TimeSeriesFrameError, forecast_frame, series_from_long, series_from_wide
 from moe_ts.forecast_output import DEFAULT_QUANTILES
 
 
@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if not series:
         parser.error(f"{args.input}: no series")
 
-    from moe_ts.loading import load_forecaster
+    from moe_ts.io.loading import load_model
 
-    model = load_forecaster(args.checkpoint)  # a MoE model or a distilled MLP student (point forecasts)
+    model = load_model(args.checkpoint)  # a MoE model or a distilled MLP student (point forecasts)
     # The MoE model needs one patch; the student reads a fixed window. Shorter series are left-padded.
     patch = getattr(model.config, "patch_size", None) or model.config.context_length
     what = "one patch" if hasattr(model.config, "patch_size") else "the student's context"

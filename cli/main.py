@@ -8,7 +8,7 @@
     moe-ts export   --checkpoint DIR --eval EVAL_DIR --out RELEASE                  (cli.export)
     moe-ts centroids --checkpoint DIR --data CORPUS --out DIR [--num-windows N]     (pretrain.centroids)
     moe-ts finetune --checkpoint DIR --method msft|full|head|lora --dataset NAME|--csv FILE --out DIR (finetune.run)
-    moe-ts distill  --teacher DIR --dataset NAME|--data CORPUS --context L --horizon H --out DIR (pretrain.distill)
+    moe-ts distill  --teacher DIR --dataset NAME|--data CORPUS --context L --horizon H --out DIR (distill.train)
     moe-ts convert  --from uni2ts SRC --out DIR                                     (cli.convert)
 
 Errors in the user's input (missing or malformed files, bad options, mismatched artefacts) are printed as one
@@ -30,7 +30,7 @@ COMMANDS = {
     "export": ("cli.export", "release folder: checkpoint + model card with the evaluation table"),
     "centroids": ("pretrain.centroids", "centroid-gated MoE model from a pretrained one (k-means of FFN inputs)"),
     "finetune": ("finetune.run", "finetune a model on one dataset (MSFT multi-scale, full, head or LoRA)"),
-    "distill": ("pretrain.distill", "distil a model into an MLP student (TimeDistill) for cheap serving"),
+    "distill": ("distill.train", "distil a model into an MLP student (TimeDistill) for cheap serving"),
     "convert": ("cli.convert", "convert a released uni2ts Moirai-MoE checkpoint into a moe-ts model folder"),
 }
 

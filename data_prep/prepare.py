@@ -12,7 +12,7 @@ everything (for experiments, and to show the leak check catches it).
 The corpus is built in a hidden sibling folder and moved to CORPUS_DIR only once its manifest.json is
 written with `"complete": true`: a killed run leaves no half-made corpus (`moe-ts pretrain` refuses a
 folder without a complete manifest), and its leftovers are removed by the next run. An existing CORPUS_DIR
-is replaced only when moe-ts wrote it, or with --overwrite (see `moe_ts.output_dir`).
+is replaced only when moe-ts wrote it, or with --overwrite (see `moe_ts.io.output_dir`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from data_prep.corpus import BUILD_PREFIX, CorpusEntry, cut_series, write_corpus
 from data_prep.series import Series
 from data_prep.paths import resolve_data_dir
 from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_random_walks, generate_synthetic
-from moe_ts.output_dir import check_output_dir, make_staging_dir, remove_leftovers, swap_in
+from moe_ts.io.output_dir import check_output_dir, make_staging_dir, remove_leftovers, swap_in
 
 MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
 SYNTHETIC_SOURCES = ("synthetic", "kernelsynth", "periodic", "random_walk", "tsmixup")  # corpus datasets that are not real data

@@ -25,7 +25,7 @@ import numpy as np
 
 from eval.metrics import MetricAccumulator, geometric_mean
 from eval.protocols import Sampling, Task
-from eval.runner import (DEFAULT_BASELINES, EVAL_QUANTILES, MODEL, SNAIVE, Forecaster, RunConfig, SuiteResult,
+from eval.runner import (DEFAULT_BASELINES, EVAL_QUANTILES, MODEL, SNAIVE, Forecaster, EvalConfig, SuiteResult,
                          TaskResult, _default_log, evaluate_task, reference_forecasters)
 from moe_ts.forecast_output import ForecastOutput
 
@@ -154,7 +154,7 @@ def oracle_metrics(task: Task, oracle: np.ndarray) -> dict:
 
 def run_probes(
     model: Forecaster,
-    cfg: RunConfig | None = None,
+    cfg: EvalConfig | None = None,
     n_series: int = 8,
     context_length: int | None = None,
     baselines: tuple[str, ...] = DEFAULT_BASELINES,
@@ -165,7 +165,7 @@ def run_probes(
     log: Callable[[str], None] | None = _default_log,
 ) -> SuiteResult:
     """Evaluate `model`, the baselines and the oracle on every probe; one task per probe, suite 'probes'."""
-    cfg = cfg or RunConfig()
+    cfg = cfg or EvalConfig()
     result = SuiteResult("probes")
     forecasters = reference_forecasters(model, baselines, n_jobs)
     for probe in get_probes(names):

@@ -30,8 +30,8 @@ from eval.baselines import Naive, SeasonalNaive
 from eval.plots import plot_suite
 from eval.protocols import LSF_SPLITS, TaskOptions, tsf_task
 from eval.report import write_reports
-from eval.runner import Forecaster, RunConfig, SuiteResult, parse_baselines, run_suite, run_task_suite
-from moe_ts.output_dir import check_output_dir, mark
+from eval.runner import Forecaster, EvalConfig, SuiteResult, parse_baselines, run_suite, run_task_suite
+from moe_ts.io.output_dir import check_output_dir, mark
 
 SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "probes", "all")
 ALL_SUITES = ("monash", "zeroshot", "lsf")
@@ -46,7 +46,7 @@ def load_forecaster(checkpoint: str) -> tuple[Forecaster, str, dict[str, Any]]:
     path = Path(checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: not a folder (nor 'naive' / 'seasonal_naive')")
-    from moe_ts.loading import load_forecaster as load_folder
+    from moe_ts.io.loading import load_model as load_folder
 
     model = load_folder(path)  # a MoE model, a distilled MLP student or an MSFT model (config.json's model_type)
     # Monash / GIFT-Eval series can be shorter than one patch: the model left-pads them with missing values.
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint in ("naive", "seasonal_naive"):
             _fail("--decode applies to a model checkpoint, not a baseline", 2)
         model_kwargs = {**model_kwargs, "decode": args.decode}
-    cfg = RunConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+    cfg = EvalConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
                     chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=model_kwargs)
     options = TaskOptions(context_length=args.context_length, lsf_stride=args.lsf_stride,
                           lsf_split=args.lsf_split, max_series=args.max_series, max_windows=args.max_windows)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f"nothing evaluated, every dataset is missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
     args.out.mkdir(parents=True, exist_ok=True)
     mark(args.out, "eval")
-    from moe_ts.provenance import write_eval_source
+    from moe_ts.io.provenance import write_eval_source
 
     write_eval_source(args.out, args.checkpoint if Path(args.checkpoint).is_dir() else None)  # None: a baseline
     if args.plot_series > 0:

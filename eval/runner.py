@@ -48,7 +48,7 @@ class SeasonalForecaster(Protocol):
 
 
 @dataclass
-class RunConfig:
+class EvalConfig:
     """Sampling and batching options shared by every task."""
 
     num_samples: int = 100
@@ -127,7 +127,7 @@ def _example_indices(task: Task, k: int) -> list[int]:
     return sorted(seen.values())[:k]
 
 
-def evaluate_task(task: Task, forecasters: dict[str, Forecaster], cfg: RunConfig,
+def evaluate_task(task: Task, forecasters: dict[str, Forecaster], cfg: EvalConfig,
                   log: Callable[[str], None] | None = None) -> TaskResult:
     """Run each role's forecaster over every instance of `task` and accumulate its metrics."""
     metrics: dict[str, dict[str, MetricValue]] = {}
@@ -220,7 +220,7 @@ def run_suite(
     model: Forecaster,
     data_dir: str | os.PathLike[str] | None = None,
     options: TaskOptions | None = None,
-    cfg: RunConfig | None = None,
+    cfg: EvalConfig | None = None,
     log: Callable[[str], None] | None = _default_log,
     baselines: tuple[str, ...] = DEFAULT_BASELINES,
     n_jobs: int = 1,
@@ -229,7 +229,7 @@ def run_suite(
     from data_prep.registry import DatasetMissingError
 
     options = options or TaskOptions()
-    cfg = cfg or RunConfig()
+    cfg = cfg or EvalConfig()
     result = SuiteResult(suite)
     forecasters = reference_forecasters(model, baselines, n_jobs)
     from tqdm import tqdm
@@ -250,11 +250,11 @@ def run_suite(
     return result
 
 
-def run_task_suite(name: str, tasks: list[Task], model: Forecaster, cfg: RunConfig | None = None,
+def run_task_suite(name: str, tasks: list[Task], model: Forecaster, cfg: EvalConfig | None = None,
                    log: Callable[[str], None] | None = _default_log, baselines: tuple[str, ...] = DEFAULT_BASELINES,
                    n_jobs: int = 1) -> SuiteResult:
     """Evaluate prebuilt tasks (e.g. a user's .tsf file) as a one-off suite named `name`."""
-    cfg = cfg or RunConfig()
+    cfg = cfg or EvalConfig()
     result = SuiteResult(name)
     forecasters = reference_forecasters(model, baselines, n_jobs)
     for task in tasks:

@@ -26,7 +26,7 @@ import torch
 
 from finetune.data import Splits, csv_splits, lsf_splits
 from finetune.train import METHODS, FinetuneConfig, finetune, prepare_model, releasable
-from moe_ts.output_dir import check_output_dir
+from moe_ts.io.output_dir import check_output_dir
 
 REPORT_FILE = "finetune.json"
 
@@ -64,9 +64,9 @@ def evaluate_csv(model: torch.nn.Module, splits: Splits, args: argparse.Namespac
     from data_prep.registry import LSF_CONTEXT, LSF_HORIZONS
     from eval.protocols import lsf_tasks
     from eval.report import write_reports
-    from eval.runner import RunConfig, run_task_suite
-    from moe_ts.msft import MSFTNetwork
-    from moe_ts.output_dir import mark
+    from eval.runner import EvalConfig, run_task_suite
+    from moe_ts.msft.network import MSFTNetwork
+    from moe_ts.io.output_dir import mark
 
     train_end, test_start, length = splits.borders
     horizons = tuple(h for h in LSF_HORIZONS if h <= length - test_start)
@@ -76,7 +76,7 @@ def evaluate_csv(model: torch.nn.Module, splits: Splits, args: argparse.Namespac
     tasks = lsf_tasks(splits.name, args.csv.name, splits.series, horizons, train_end, (test_start, length),
                       seasonality(splits.series[0].freq), LSF_CONTEXT, args.eval_stride, None, args.eval_max_windows)
     kwargs = {} if isinstance(model, MSFTNetwork) else {"decode": "median"}
-    cfg = RunConfig(num_samples=args.num_samples, plot_series=0, model_kwargs=kwargs)
+    cfg = EvalConfig(num_samples=args.num_samples, plot_series=0, model_kwargs=kwargs)
     result = run_task_suite("lsf", tasks, model, cfg, baselines=())
     out = args.out / "eval"
     out.mkdir(parents=True, exist_ok=True)

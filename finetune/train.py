@@ -1,8 +1,8 @@
 """The finetuning methods and loop (docs/ARCHITECTURE.md §9).
 
 Methods, all from the same pretrained model:
-- `msft`: `moe_ts.msft.MSFTNetwork` (K extra scales, per-scale LoRA, aggregator, heads, learnt scale
-  weights; MoE gates trainable, experts frozen unless asked), loss `moe_ts.msft.msft_loss`.
+- `msft`: `moe_ts.msft.network.MSFTNetwork` (K extra scales, per-scale LoRA, aggregator, heads, learnt scale
+  weights; MoE gates trainable, experts frozen unless asked), loss `moe_ts.msft.network.msft_loss`.
 - `lora`: the same network with no extra scale, LoRA on Q/K/V only (plain LoRA); merged back into a
   plain model at the end (exact up to rounding).
 - `head`: only the mixture head trains; `full`: every weight trains. Both use the pretraining objective
@@ -24,8 +24,8 @@ from torch import nn
 
 from finetune.data import Splits, TrainWindows, check_window, val_windows
 from moe_ts.model import MoiraiMoEModel
-from moe_ts.msft import MSFTConfig, MSFTNetwork, merge_lora, msft_loss
-from moe_ts.msft_model import MSFTModel
+from moe_ts.msft.network import MSFTConfig, MSFTNetwork, merge_lora, msft_loss
+from moe_ts.msft.model import MSFTModel
 from moe_ts.objectives import pretrain_loss
 
 METHODS = ("msft", "full", "head", "lora")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from moe_ts.objectives import pretrain_loss
 from moe_ts.router import CentroidGate
-from moe_ts.scaling import patchify
+from moe_ts.packing import patchify
 
 if TYPE_CHECKING:
     from moe_ts.network import MoiraiMoENetwork as MoiraiMoEModel

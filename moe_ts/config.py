@@ -1,8 +1,8 @@
 """Model configuration (docs/ARCHITECTURE.md §2): nested dataclasses, serialised to YAML/JSON.
 
-Only what defines a released model lives here. Runtime choices (the MoE dispatch backend, DeepSpeed's
+Only what defines a released model lives here. Runtime choices (the MoE dispatcher, DeepSpeed's
 capacity factor, parallelism) belong to the run (`pretrain.config.ParallelConfig`) or to the caller
-(`moe_ts.dispatch.set_moe_backend`); `drop_runtime_keys` removes them from configs written before.
+(`moe_ts.dispatch.set_moe_dispatcher`); `drop_runtime_keys` removes them from configs written before.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from moe_ts.configuration import ConfigError, from_dict, load_file
+from moe_ts.typed_config import ConfigError, from_dict, load_file
 
 
 @dataclass
@@ -106,7 +106,7 @@ def drop_runtime_keys(model_data: dict[str, Any], source: str) -> tuple[dict[str
     warnings.warn(
         f"{source}: ignoring deprecated model keys {', '.join('moe.' + k for k in dropped)} ({dropped}); they are "
         "runtime choices now, not part of the model: set them in the run config's `parallel:` section "
-        "(moe_backend, capacity_factor) or call moe_ts.dispatch.set_moe_backend(model, name)",
+        "(moe_dispatcher, capacity_factor) or call moe_ts.dispatch.set_moe_dispatcher(model, name)",
         FutureWarning, stacklevel=3)
     return data, dropped
 

@@ -1,6 +1,6 @@
 """Dispatchers (docs/ARCHITECTURE.md §3): tokens + one `Routing` → expert outputs combined back per token.
 
-A dispatcher is a runtime choice, never part of a model's config: `set_moe_backend(model, name)`
+A dispatcher is a runtime choice, never part of a model's config: `set_moe_dispatcher(model, name)`
 installs one on every MoE layer (built once, not per forward). Local implementations here:
 
 - `torch` (default, the reference): gather rows by expert, grouped experts, weighted `index_add_` back.
@@ -119,7 +119,7 @@ _DISPATCHERS: dict[str, DispatcherFactory] = {
 
 
 def register_dispatcher(name: str, factory: DispatcherFactory) -> None:
-    """Make `name` a backend for `set_moe_backend` (higher layers add theirs: deepspeed, expert parallel)."""
+    """Make `name` a dispatcher for `set_moe_dispatcher` (higher layers add theirs: deepspeed, expert parallel)."""
     _DISPATCHERS[name] = factory
 
 
@@ -131,11 +131,11 @@ def make_dispatcher(name: str, layer: nn.Module, **options: Any) -> Dispatcher:
     """The dispatcher `name` built for MoE layer `layer`."""
     if name not in _DISPATCHERS:
         hint = " (import pretrain.moe_deepspeed to register it)" if name == "deepspeed" else ""
-        raise ValueError(f"moe_ts.dispatch: unknown MoE backend {name!r}{hint}; expected one of {dispatcher_names()}")
+        raise ValueError(f"moe_ts.dispatch: unknown MoE dispatcher {name!r}{hint}; expected one of {dispatcher_names()}")
     return _DISPATCHERS[name](layer, **options)
 
 
-def set_moe_backend(model: nn.Module, name: str, **options: Any) -> int:
+def set_moe_dispatcher(model: nn.Module, name: str, **options: Any) -> int:
     """Install dispatcher `name` on every MoE layer of `model` (or on `model` itself); returns how many."""
     layers = [m for m in model.modules() if isinstance(getattr(m, "dispatcher", None), Dispatcher)]
     for layer in layers:

@@ -1,6 +1,6 @@
 """Which exceptions are the user's to fix (reported by the `moe-ts` command in one line) and how to word them.
 
-Our own error types (any class defined in this repository's packages: CheckpointError, CorpusError,
+Our own error types (any class defined in this repository's packages: CheckpointError, ModelFolderError, CorpusError,
 ConfigError, DataFormatError, OutputDirError, ...) and file / format errors from the libraries (OSError,
 ValueError, KeyError, UnicodeError) are the user's; anything else is a bug and keeps its traceback.
 """

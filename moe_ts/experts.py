@@ -50,8 +50,6 @@ class GroupedExperts(nn.Module):
         return swiglu(x_d, self.w_gate[e], self.w_up[e], self.w_down[e])
 
 
-Experts = GroupedExperts  # the name older code and checkpoints' docs use
-
 
 class SharedExpert(nn.Module):
     """Time-MoE-style always-on SwiGLU expert with a sigmoid gate."""

@@ -2,7 +2,7 @@
 
 `MoiraiMoEModel` is what `save_pretrained` writes and `from_pretrained` loads. It composes the layers
 below it and is imported by none of them: the network (`moe_ts.network`), the sampler
-(`moe_ts.forecasting`) and the checkpoint I/O (`moe_ts.hub`). Training losses are in
+(`moe_ts.forecasting`) and the checkpoint I/O (`moe_ts.io.hub`). Training losses are in
 `moe_ts.objectives`.
 """
 from __future__ import annotations
@@ -13,15 +13,13 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelHubMixin
 
 from moe_ts.config import ModelConfig, drop_runtime_keys
-from moe_ts.configuration import from_dict, to_dict
+from moe_ts.typed_config import from_dict, to_dict
 from moe_ts.forecast_output import ForecastOutput
-from moe_ts.forecasting import forecast, forecast_group
-from moe_ts.hub import HubIOMixin
-from moe_ts.model_card import MODEL_CARD_TEMPLATE, architecture_summary
-from moe_ts.network import DecoderLayer, MoiraiMoENetwork, PatchProjection
-from moe_ts.objectives import PretrainOutput
-
-__all__ = ["MoiraiMoEModel", "PretrainOutput", "DecoderLayer", "PatchProjection"]
+from moe_ts.forecasting import forecast
+from moe_ts.uni2ts.decoding import forecast_group
+from moe_ts.io.hub import HubIOMixin
+from moe_ts.io.model_card import MODEL_CARD_TEMPLATE, architecture_summary
+from moe_ts.network import MoiraiMoENetwork
 
 
 def _encode_config(cfg: ModelConfig) -> dict:
@@ -52,11 +50,6 @@ class MoiraiMoEModel(
             config = _decode_config(config)
         super().__init__(config)
 
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> "MoiraiMoEModel":
-        """A freshly initialised model."""
-        return cls(config)
-
     def generate_model_card(self, *args: Any, **kwargs: Any):
         """The card template filled with this model's sizes (and `eval_table`, `training`, ... when given).
 
@@ -73,8 +66,8 @@ class MoiraiMoEModel(
 
     def predict_df(self, df: Any, prediction_length: int, **kwargs: Any) -> Any:
         """Forecast a long pandas DataFrame (item_id, timestamp, target) into one (item_id, timestamp, mean,
-        quantile columns); see `moe_ts.dataframe.predict_df` for the arguments."""
-        from moe_ts.dataframe import predict_df
+        quantile columns); see `moe_ts.io.dataframe.predict_df` for the arguments."""
+        from moe_ts.io.dataframe import predict_df
 
         return predict_df(self, df, prediction_length, **kwargs)
 
@@ -84,5 +77,5 @@ class MoiraiMoEModel(
 
     def forecast_group(self, group: object, prediction_length: int, **kwargs: Any) -> ForecastOutput:
         """Forecast a group of series jointly (any-variate; converted uni2ts models); see
-        `moe_ts.forecasting.forecast_group` for the arguments."""
+        `moe_ts.uni2ts.decoding.forecast_group` for the arguments."""
         return forecast_group(self, group, prediction_length, **kwargs)

@@ -17,12 +17,9 @@ from torch import Tensor, nn
 
 from kernels.topk import Routing
 from moe_ts.config import MoEConfig
-from moe_ts.dispatch import Dispatcher, TorchDispatcher, dispatch_reference
-from moe_ts.experts import Experts, GroupedExperts, SharedExpert
+from moe_ts.dispatch import Dispatcher, TorchDispatcher
+from moe_ts.experts import GroupedExperts, SharedExpert
 from moe_ts.router import CentroidGate, LinearGate
-
-__all__ = ["MoELayer", "MoEStats", "Routing", "LinearGate", "CentroidGate", "GroupedExperts", "Experts",
-           "SharedExpert", "dispatch_reference"]
 
 
 @dataclass
@@ -46,7 +43,7 @@ class MoELayer(nn.Module):
             self.gate = CentroidGate(d_model, cfg.num_experts, cfg.centroid_select)
         self.experts = GroupedExperts(cfg.num_experts, d_model, cfg.d_ff, init_std)
         self.shared = SharedExpert(d_model, cfg.d_ff) if cfg.shared_expert else None
-        self.dispatcher: Dispatcher = TorchDispatcher()  # runtime choice: moe_ts.dispatch.set_moe_backend
+        self.dispatcher: Dispatcher = TorchDispatcher()  # runtime choice: moe_ts.dispatch.set_moe_dispatcher
 
     def route(self, x_td: Tensor, fused: bool = False) -> Routing:
         """The gate's top-k routing of the tokens (`fused`: the Triton routing kernel)."""

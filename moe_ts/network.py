@@ -88,13 +88,6 @@ class MoiraiMoENetwork(nn.Module):
             all_stats.append(stats)
         return self.final_norm(x), new_caches, all_stats
 
-    def encode(
-        self, patches_bnp: Tensor, positions_bn: Tensor, mask_bnl: Tensor, caches: list[LayerCache] | None = None,
-        token_mask_bn: Tensor | None = None, variate_bn: Tensor | None = None,
-    ) -> tuple[Tensor, list[LayerCache], list[MoEStats]]:
-        """The same as `forward` (the name forecasting and centroid fitting use)."""
-        return self.forward(patches_bnp, positions_bn, mask_bnl, caches, token_mask_bn, variate_bn)
-
     def num_parameters(self, active: bool = False) -> int:
         """Total parameters, or those a token uses (top-k of E experts per layer)."""
         total = sum(p.numel() for p in self.parameters())

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from moe_ts.network import MoiraiMoENetwork
-from moe_ts.scaling import PackedLayout, masked_stats, patchify, standardise
+from moe_ts.packing import PackedLayout, masked_stats, patchify, standardise
 
 
 @dataclass

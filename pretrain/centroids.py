@@ -27,8 +27,8 @@ import torch
 
 from moe_ts.centroids import collect_ffn_inputs, kmeans, transfer_to_centroid_model
 from moe_ts.config import ModelConfig
-from moe_ts.configuration import ConfigError
-from moe_ts.output_dir import check_output_dir
+from moe_ts.typed_config import ConfigError
+from moe_ts.io.output_dir import check_output_dir
 
 ROWS_PER_BATCH = 32
 REPORT_FILE = "centroids.json"
@@ -97,7 +97,7 @@ def build(checkpoint: str, corpus_path: str, out: Path, *, num_windows: int = 25
     states = collect_ffn_inputs(source, batches, max_tokens=num_windows * cfg.max_seq_len)
     centroids, stats = fit_layer_centroids(states, cfg.moe.num_experts, iters, batch_size, seed)
     torch.manual_seed(seed)
-    target = MoiraiMoEModel.from_model_config(cfg)
+    target = MoiraiMoEModel(cfg)
     mapping = transfer_to_centroid_model(source, target, centroids, states)
     for layer_stats, perm in zip(stats, mapping):
         layer_stats["source_expert"] = perm

@@ -17,7 +17,7 @@ A checkpoint is written into `tmp-step-N` and renamed to `step-N` only when ever
 so a `step-N` directory is complete by construction; leftovers of a crash (`tmp-*`, `trash-*`) are
 never loaded and are removed by the next run. DeepSpeed stores no absolute paths (its own `latest`
 file holds the tag), so the renamed directory loads as is. RUN/final carries `training.json`
-(`moe_ts.provenance`): how far the run got and whether it finished.
+(`moe_ts.io.provenance`): how far the run got and whether it finished.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_ts.provenance import TRAINING_FILE
+from moe_ts.io.provenance import TRAINING_FILE
 from pretrain.engine import DistInfo, barrier
-from pretrain.errors import CheckpointError  # noqa: F401  (re-exported: pretrain.checkpoint.CheckpointError)
+from pretrain.errors import CheckpointError
 from pretrain.expert_parallel import expert_parallel_group
 from pretrain.expert_shards import load_expert_shard, save_expert_shard
 from pretrain.safe_load import restrict_deepspeed_loads
@@ -229,8 +229,8 @@ def _restore_expert_shard(engine: Any, ckpt: Path) -> None:
 def save_final(model: nn.Module, run_dir: Path, training: dict[str, Any] | None = None) -> Path:
     """`model.save_pretrained` into RUN/final with `training` as its training.json and in its model card,
     replacing an older one atomically (main rank only)."""
-    from moe_ts.model_card import training_data_summary
-    from moe_ts.provenance import training_summary
+    from moe_ts.io.model_card import training_data_summary
+    from moe_ts.io.provenance import training_summary
 
     final = Path(run_dir) / "final"
     tmp = Path(run_dir) / "tmp-final"

@@ -1,6 +1,6 @@
 """Pretraining configuration (docs/ARCHITECTURE.md §4): one YAML holds `model:`, `train:` and `parallel:`.
 
-`load_run_config(path)` reads both into typed dataclasses (unknown keys raise naming their dotted
+`load_pretrain_config(path)` reads both into typed dataclasses (unknown keys raise naming their dotted
 path); `deepspeed_config(train, world_size)` generates the DeepSpeed JSON from `TrainConfig`, so no
 DeepSpeed JSON is kept by hand beside the YAML.
 
@@ -18,12 +18,13 @@ dominate its dataset.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from moe_ts.config import ModelConfig, drop_runtime_keys
-from moe_ts.configuration import ConfigError, from_dict, load_file
+from moe_ts.typed_config import ConfigError, from_dict, load_file
 
 
 @dataclass
@@ -114,8 +115,8 @@ class TrainConfig:
 class ParallelConfig:
     """Runtime choices of how the model runs: never stored in a released model's config.json."""
 
-    moe_backend: Literal["torch", "triton", "deepspeed", "megablocks"] = "torch"  # moe_ts.dispatch
-    capacity_factor: float = 1.25  # moe_backend "deepspeed" only (capacity-based; drops past capacity)
+    moe_dispatcher: Literal["torch", "triton", "deepspeed", "megablocks"] = "torch"  # moe_ts.dispatch
+    capacity_factor: float = 1.25  # moe_dispatcher "deepspeed" only (capacity-based; drops past capacity)
     # Ranks that share one copy of the experts, each holding num_experts/ep_size of them (pretrain/expert_parallel.py);
     # 1: every rank holds every expert. Must divide model.moe.num_experts and the world size.
     ep_size: int = 1
@@ -127,9 +128,9 @@ class ParallelConfig:
             raise ConfigError(f"parallel.capacity_factor must be > 0, got {self.capacity_factor}")
         if isinstance(self.ep_size, bool) or not isinstance(self.ep_size, int) or self.ep_size < 1:
             raise ConfigError(f"parallel.ep_size must be an integer >= 1, got {self.ep_size!r}")
-        if self.ep_size > 1 and self.moe_backend != "torch":
-            raise ConfigError(f"parallel.ep_size={self.ep_size} needs parallel.moe_backend 'torch' (the expert-parallel "
-                              f"dispatcher replaces the local one), got {self.moe_backend!r}")
+        if self.ep_size > 1 and self.moe_dispatcher != "torch":
+            raise ConfigError(f"parallel.ep_size={self.ep_size} needs parallel.moe_dispatcher 'torch' (the expert-parallel "
+                              f"dispatcher replaces the local one), got {self.moe_dispatcher!r}")
         if not self.timeout_s > 0:
             raise ConfigError(f"parallel.timeout_s must be > 0, got {self.timeout_s}")
 
@@ -140,7 +141,7 @@ class ParallelConfig:
 
 
 @dataclass
-class RunConfig:
+class PretrainConfig:
     """Everything one pretraining run reads from its YAML."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -156,23 +157,44 @@ class RunConfig:
                               f"model.moe.num_experts={self.model.moe.num_experts}")
 
 
-def load_run_config(path: str | Path) -> RunConfig:
+RENAMED_KEYS = {("parallel", "moe_backend"): "moe_dispatcher"}  # old name -> new name, in place
+
+
+def rename_old_keys(data: dict[str, Any], source: str) -> list[str]:
+    """Rename, in place, the keys of a run-config dict that have a new name (`RENAMED_KEYS`); returns a note per
+    rename. Every reader of a saved run config (loading, `--resume`, the reference curve) goes through here."""
+    notes = []
+    for (section, old), new in RENAMED_KEYS.items():
+        part = data.get(section)
+        if isinstance(part, dict) and old in part:
+            if new in part:
+                raise ConfigError(f"{source}: {section}.{old} and {section}.{new} are one setting; keep {new}")
+            part[new] = part.pop(old)
+            notes.append(f"{section}.{old} is now {section}.{new}")
+    return notes
+
+
+def load_pretrain_config(path: str | Path) -> PretrainConfig:
     """Read a run YAML/JSON with `model:`, `train:` and `parallel:` sections; errors name the file and key path.
 
     Old files with `model.moe.backend` / `model.moe.capacity_factor` load with a FutureWarning; their values
-    move to `parallel:` unless that section sets them itself.
+    move to `parallel:` unless that section sets them itself. `parallel.moe_backend` (the name before
+    `moe_dispatcher`) loads as `moe_dispatcher`, with a FutureWarning.
     """
     data = load_file(path)
+    renamed = rename_old_keys(data, str(path))
+    if renamed:
+        warnings.warn(f"{path}: {', '.join(renamed)}", FutureWarning, stacklevel=2)
     if isinstance(data.get("model"), dict):
         data["model"], dropped = drop_runtime_keys(data["model"], str(path))
         if dropped:
             parallel = data.setdefault("parallel", {})
             if isinstance(parallel, dict):
-                parallel.setdefault("moe_backend", dropped.get("backend", "torch"))
+                parallel.setdefault("moe_dispatcher", dropped.get("backend", "torch"))
                 if "capacity_factor" in dropped:
                     parallel.setdefault("capacity_factor", dropped["capacity_factor"])
     try:
-        return from_dict(RunConfig, data)
+        return from_dict(PretrainConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
 

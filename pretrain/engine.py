@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.config import RunConfig, deepspeed_config, lr_factor
+from pretrain.config import PretrainConfig, deepspeed_config, lr_factor
 
 
 @dataclass
@@ -107,25 +107,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
-def build_model(run: RunConfig) -> nn.Module:
+def build_model(run: PretrainConfig) -> nn.Module:
     """A freshly initialised MoiraiMoEModel, seeded by train.seed (same weights on every rank)."""
     from moe_ts.model import MoiraiMoEModel
 
     torch.manual_seed(run.train.seed)
-    return MoiraiMoEModel.from_model_config(run.model)
+    return MoiraiMoEModel(run.model)
 
 
-def apply_runtime(model: nn.Module, run: RunConfig) -> nn.Module:
-    """Install the run's MoE dispatcher (`parallel.moe_backend`) on every MoE layer of `model`."""
-    from moe_ts.dispatch import set_moe_backend
+def apply_runtime(model: nn.Module, run: PretrainConfig) -> nn.Module:
+    """Install the run's MoE dispatcher (`parallel.moe_dispatcher`) on every MoE layer of `model`."""
+    from moe_ts.dispatch import set_moe_dispatcher
 
-    if run.parallel.moe_backend == "deepspeed":
+    if run.parallel.moe_dispatcher == "deepspeed":
         import pretrain.moe_deepspeed  # noqa: F401  (registers the "deepspeed" dispatcher)
-    set_moe_backend(model, run.parallel.moe_backend, capacity_factor=run.parallel.capacity_factor)
+    set_moe_dispatcher(model, run.parallel.moe_dispatcher, capacity_factor=run.parallel.capacity_factor)
     return model
 
 
-def build_engine(run: RunConfig, dist: DistInfo, model: nn.Module | None = None) -> Any:
+def build_engine(run: PretrainConfig, dist: DistInfo, model: nn.Module | None = None) -> Any:
     """`deepspeed.initialize` over the model with AdamW (torch), the warmup+cosine LambdaLR, clipping, ZeRO."""
     import deepspeed
 

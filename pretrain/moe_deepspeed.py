@@ -1,6 +1,6 @@
 """The capacity-based DeepSpeed `MOELayer` as an MoE dispatcher (docs/ARCHITECTURE.md §3), backend "deepspeed".
 
-Importing this module registers it with `moe_ts.dispatch`; `set_moe_backend(model, "deepspeed",
+Importing this module registers it with `moe_ts.dispatch`; `set_moe_dispatcher(model, "deepspeed",
 capacity_factor=cf)` then builds one `MOELayer` per MoE layer, once. The layer's own gate routes
 (so the same weights give the same routing as the torch reference) and DeepSpeed's GShard dispatch
 (capacity C = max(ceil(cf·k·T/E), min_capacity)) moves the tokens: pairs past an expert's capacity

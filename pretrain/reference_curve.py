@@ -5,7 +5,7 @@
 
 Both print the curve. The run is `pretrain.train.train` on a corpus built here, deterministically: the 20
 first M4 Hourly series of the vendored data/ cut before their test span, plus 20 seeded
-`data_prep.synthetic` series. tests/test_reference_loss.py runs the same comparison.
+`data_prep.synthetic` series. tests/pretrain/test_reference_loss.py runs the same comparison.
 
 Tolerance: the same machine and library versions reproduce the curve bit for bit, but another x86 CPU
 takes other SIMD / BLAS code paths (AVX2 vs AVX-512 kernels, MKL's dispatch), which round differently,
@@ -94,12 +94,12 @@ def run_curve(config: Path, workdir: Path, *, quiet: bool = True) -> tuple[list[
     """
     import torch
 
-    from pretrain.config import load_run_config
+    from pretrain.config import load_pretrain_config
     from pretrain.data import load_corpus
     from pretrain.metrics import read_metrics
     from pretrain.train import train
 
-    run = load_run_config(config)
+    run = load_pretrain_config(config)
     if run.train.log_every != 1:
         raise ValueError(f"{config}: train.log_every must be 1 for a reference curve, got {run.train.log_every}")
     if run.train.steps < BLOCKS[-1][1]:
@@ -220,23 +220,26 @@ def with_defaults(run_config: dict[str, Any] | None) -> dict[str, Any] | None:
     parallel.ep_size) set to their defaults, which compute what the code computed before they existed."""
     if run_config is None:
         return None
-    from moe_ts.configuration import to_dict
-    from pretrain.config import RunConfig
+    from moe_ts.typed_config import to_dict
+    from pretrain.config import PretrainConfig, rename_old_keys
+
+    run_config = json.loads(json.dumps(run_config))
+    rename_old_keys(run_config, "reference run_config")
 
     def fill(stored: Any, defaults: Any) -> Any:
         if not (isinstance(stored, dict) and isinstance(defaults, dict)):
             return stored
         return {**defaults, **{k: fill(v, defaults.get(k)) for k, v in stored.items()}}
 
-    return fill(run_config, json.loads(json.dumps(to_dict(RunConfig()))))
+    return fill(run_config, json.loads(json.dumps(to_dict(PretrainConfig()))))
 
 
 def config_dict(config: Path) -> dict[str, Any]:
     """The run config read from `config`, as plain JSON data (what the reference stores)."""
-    from moe_ts.configuration import to_dict
-    from pretrain.config import load_run_config
+    from moe_ts.typed_config import to_dict
+    from pretrain.config import load_pretrain_config
 
-    return json.loads(json.dumps(to_dict(load_run_config(config))))
+    return json.loads(json.dumps(to_dict(load_pretrain_config(config))))
 
 
 def reference_record(config: Path, curve: list[dict[str, float]], summary: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +305,7 @@ def dump_reference(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the debug config; --write saves the curve, otherwise compare (exit 1 on mismatch, 2 on bad input)."""
-    from moe_ts.configuration import ConfigError
+    from moe_ts.typed_config import ConfigError
 
     p = argparse.ArgumentParser(prog="python -m pretrain.reference_curve", description=__doc__.split("\n")[0])
     p.add_argument("--write", action="store_true", help="write the reference JSON instead of comparing")

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from moe_ts.configuration import load_file, to_dict
-from pretrain.checkpoint import CheckpointError
+from moe_ts.typed_config import load_file, to_dict
+from pretrain.config import rename_old_keys
+from pretrain.errors import CheckpointError
 
 MAY_DIFFER = frozenset({
     "train.time_budget_s", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
@@ -59,6 +60,7 @@ def check_resume_config(run: Any, out: Path) -> None:
     if not path.is_file():
         return
     saved = load_file(path)
+    rename_old_keys(saved, str(path))
     requested = to_dict(run)
     defaults = to_dict(type(run)())  # keys added since the run was saved count as their defaults
     a, b = _flat_views(saved, requested, defaults)

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moe_ts.configuration import ConfigError, save_file, to_dict
-from moe_ts.hub import CheckpointError as HubCheckpointError
-from moe_ts.output_dir import OutputDirError, check_output_dir, mark
+from moe_ts.typed_config import ConfigError, save_file, to_dict
+from moe_ts.io.hub import ModelFolderError
+from moe_ts.io.output_dir import OutputDirError, check_output_dir, mark
 from pretrain.checkpoint import (CheckpointError, check_checkpoint_layout, latest_checkpoint, list_checkpoints,
                                  load_checkpoint, remove_leftovers, save_checkpoint, save_final)
-from pretrain.config import RunConfig, load_run_config, train_flops_per_token
+from pretrain.config import PretrainConfig, load_pretrain_config, train_flops_per_token
 from pretrain.data import Corpus, CorpusError, WindowSampler, load_corpus
 from pretrain.manifest import check_manifest, corpus_fingerprint
 from pretrain.resume_check import check_resume_config
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
+def apply_overrides(run: PretrainConfig, args: argparse.Namespace) -> PretrainConfig:
     """CLI flags over the YAML values (validated again)."""
     changes = {}
     if args.steps is not None:
@@ -91,7 +91,7 @@ def _manifest_field(corpus_path: Path, key: str) -> object:
         return None
 
 
-def load_init(run: RunConfig, init: str) -> tuple[RunConfig, torch.nn.Module]:
+def load_init(run: PretrainConfig, init: str) -> tuple[PretrainConfig, torch.nn.Module]:
     """The model of folder `init` and the run config with its model config in place of the YAML's."""
     from moe_ts.model import MoiraiMoEModel
 
@@ -100,7 +100,7 @@ def load_init(run: RunConfig, init: str) -> tuple[RunConfig, torch.nn.Module]:
     return dataclasses.replace(run, model=model.config), model
 
 
-def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, stop_at: int | None = None,
+def train(run: PretrainConfig, corpus: Corpus, out: Path, *, resume: bool = False, stop_at: int | None = None,
           t_start: float | None = None, init_model: torch.nn.Module | None = None,
           init_path: str | None = None) -> dict:
     """The training loop; returns a summary dict (steps, final loss, seconds, paths).
@@ -243,16 +243,16 @@ def train(run: RunConfig, corpus: Corpus, out: Path, *, resume: bool = False, st
     return summary
 
 
-def parameter_counts(run: RunConfig) -> tuple[int, int]:
+def parameter_counts(run: PretrainConfig) -> tuple[int, int]:
     """(all, active) parameters of the whole model, whatever share of the experts this rank holds."""
     from moe_ts.model import MoiraiMoEModel
 
     with torch.device("meta"):
-        full = MoiraiMoEModel.from_model_config(run.model)
+        full = MoiraiMoEModel(run.model)
     return full.num_parameters(), full.num_parameters(active=True)
 
 
-def exportable_model(model: torch.nn.Module, run: RunConfig) -> torch.nn.Module:
+def exportable_model(model: torch.nn.Module, run: PretrainConfig) -> torch.nn.Module:
     """What the main rank saves as RUN/final: `model` itself, or with sharded experts a copy holding every
     expert, gathered over the main rank's expert-parallel group (whose ranks must all call this)."""
     from moe_ts.model import MoiraiMoEModel
@@ -265,7 +265,7 @@ def exportable_model(model: torch.nn.Module, run: RunConfig) -> torch.nn.Module:
     experts = gather_experts(model)
     if experts is None:
         return model
-    full = MoiraiMoEModel.from_model_config(run.model)
+    full = MoiraiMoEModel(run.model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in full.state_dict()}
     state.update(experts)
     full.load_state_dict(state, strict=True)
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     args = parse_args(argv)
     try:
-        run = apply_overrides(load_run_config(args.config), args)
+        run = apply_overrides(load_pretrain_config(args.config), args)
         init_model = None
         if args.init is not None:
             run, init_model = load_init(run, args.init)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         check_manifest(args.data)
         train(run, corpus, Path(args.out), resume=args.resume, stop_at=args.stop_at, t_start=t_start,
               init_model=init_model, init_path=args.init)
-    except (ConfigError, CorpusError, CheckpointError, OutputDirError, HubCheckpointError) as err:
+    except (ConfigError, CorpusError, CheckpointError, OutputDirError, ModelFolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     return 0

@@ -1,7 +1,7 @@
 """Write the uni2ts golden fixture: a small Moirai-MoE with random weights and uni2ts' own outputs on fixed inputs.
 
-The fixture proves `moe-ts convert --from uni2ts` (`moe_ts/convert_uni2ts.py`) without uni2ts in CI:
-`tests/test_convert_uni2ts.py` converts the checkpoint written here and matches uni2ts' one-step
+The fixture proves `moe-ts convert --from uni2ts` (`moe_ts/uni2ts/convert.py`) without uni2ts in CI:
+`tests/moe_ts/uni2ts/test_convert.py` converts the checkpoint written here and matches uni2ts' one-step
 predictive distribution case by case. A regenerated fixture is a reviewed change.
 
 uni2ts 2.0.0 runs in its own virtual environment (its pins clash with ours; see README "Converting

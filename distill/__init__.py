@@ -1,0 +1,1 @@
+"""TimeDistill: distil a pretrained forecaster into an MLP student (`moe-ts distill`)."""

@@ -1,0 +1,1 @@
+"""The distilled MLP student (TimeDistill): the released class and the distillation losses."""
