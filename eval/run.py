@@ -23,8 +23,9 @@ import datetime
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from eval.baselines import Naive, SeasonalNaive
 from eval.plots import plot_suite
@@ -35,6 +36,7 @@ from moe_ts.io.output_dir import check_output_dir, mark
 
 SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "probes", "all")
 ALL_SUITES = ("monash", "zeroshot", "lsf")
+BASELINE_NAMES = ("naive", "seasonal_naive")  # --checkpoint values that name a baseline, not a folder
 
 
 def load_forecaster(checkpoint: str) -> tuple[Forecaster, str, dict[str, Any]]:
@@ -87,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "a decoding or checkpoint without looking at the test split")
     p.add_argument("--chunk-size", type=_positive, default=1024, help="instances per forecast() call")
     p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
-    p.add_argument("--decode", choices=("median", "mean", "sample", "uni2ts"),
-                   help="what the model feeds back while decoding (default: forecast()'s; see moe_ts/forecasting.py)")
+    p.add_argument("--decode", help="what the model feeds back while decoding: median, mean, sample or uni2ts "
+                                     "(default: forecast()'s; see moe_ts/forecasting.py)")
     p.add_argument("--patches-per-step", type=_positive,
                    help="patches each decoding step emits, 1..the model's predict_patches (default: all)")
-    p.add_argument("--feedback-noise", type=_unit_interval,
+    p.add_argument("--feedback-noise", type=float,
                    help="--decode sample: share of each draw's deviation from its component's center that a sample "
                         "path feeds back, 0..1 (1 = plain ancestral sampling; default: forecast()'s)")
     p.add_argument("--baselines", default="snaive,naive",
@@ -127,17 +129,10 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return [(s, ds) for s, ds in plan if ds]
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     """One line on stderr and exit `code` (no usage block, no traceback)."""
     print(f"moe-ts eval: error: {message}", file=sys.stderr)
     raise SystemExit(code)
-
-
-def _unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
 
 
 def _predicted_patches(model: object) -> int | None:
@@ -145,88 +140,99 @@ def _predicted_patches(model: object) -> int | None:
     return getattr(getattr(model, "config", None), "predict_patches", None)
 
 
-def _patches_per_step(model: object, value: int) -> int:
-    """`value` checked against the model's predict_patches (ValueError for a baseline, student or MSFT model)."""
+def _decode_kwargs(args: argparse.Namespace, model: object) -> dict[str, Any]:
+    """The decoding flags given, as `forecast()` keywords, checked by `DecodeOptions` against the model."""
+    from moe_ts.forecasting import DecodeOptions, DecodeOptionsError  # torch: loaded with the model anyway
+
+    given = {key: value for key, value in (("decode", args.decode), ("patches_per_step", args.patches_per_step),
+                                           ("feedback_noise", args.feedback_noise)) if value is not None}
     predicted = _predicted_patches(model)
-    if predicted is None:
+    if predicted is None and "patches_per_step" in given:
         raise ValueError("--patches-per-step applies to a MoE model checkpoint (it decodes patch by patch)")
-    if not 1 <= value <= predicted:
-        raise ValueError(f"--patches-per-step {value}: the model predicts {predicted} patch(es) per position "
-                         f"(allowed 1..{predicted})")
-    return value
+    if predicted is None and "feedback_noise" in given:
+        raise ValueError("--feedback-noise applies to a MoE model checkpoint (it samples autoregressively)")
+    if "decode" in given and args.checkpoint in BASELINE_NAMES:
+        raise ValueError("--decode applies to a model checkpoint, not a baseline")
+    try:
+        options = DecodeOptions(**given)
+        if predicted is not None:
+            options.patches_for(predicted)
+    except DecodeOptionsError as err:
+        raise ValueError(err.flag_message) from None
+    return given
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.list:
-        from eval.listing import dataset_listing
+@dataclass
+class _Setup:
+    """What a run evaluates: the forecaster and its extra keywords, the baselines, and the tasks or suites."""
 
-        print(dataset_listing(args.data_dir))
-        return 0
+    model: Forecaster
+    model_name: str
+    model_kwargs: dict[str, Any]
+    baselines: list[str]
+    task: Any = None  # --tsf: the one task
+    plan: list[tuple[str, list[str]]] = field(default_factory=list)  # --suite: (suite, datasets) pairs
+
+
+def _check_required(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag, value in (("--checkpoint", args.checkpoint), ("--suite or --tsf", args.suite or args.tsf),
                         ("--out", args.out)):
         if not value:
             parser.error(f"{flag} is required (or --list)")
-    t0 = time.perf_counter()
-    try:
-        baselines = parse_baselines(args.baselines)
-        check_output_dir(args.out, args.overwrite)
-        if args.lsf_split != "test" and args.suite not in ("lsf", "all"):
-            raise ValueError(f"--lsf-split applies to --suite lsf or all, not {args.suite or '--tsf'}")
-        model, model_name, model_kwargs = load_forecaster(args.checkpoint)
-        if args.patches_per_step is not None:
-            model_kwargs = {**model_kwargs, "patches_per_step": _patches_per_step(model, args.patches_per_step)}
-        if args.feedback_noise is not None:
-            if _predicted_patches(model) is None:
-                raise ValueError("--feedback-noise applies to a MoE model checkpoint (it samples autoregressively)")
-            if args.decode not in (None, "sample"):
-                raise ValueError(f"--feedback-noise applies to --decode sample, not {args.decode}")
-            model_kwargs = {**model_kwargs, "feedback_noise": args.feedback_noise}
-        if args.tsf is not None:
-            if args.datasets or args.data_dir:
-                raise ValueError("--datasets and --data-dir apply to --suite only")
-            task = tsf_task(args.tsf, args.horizon, args.context_length or 1000, args.seasonality,
-                            max_series=args.max_series, max_windows=args.max_windows)
-            plan = []
-        elif args.suite == "probes":
-            if args.datasets or args.data_dir:
-                raise ValueError("--datasets and --data-dir do not apply to --suite probes (synthetic series)")
-            from eval.probes import min_context_length
 
-            if args.context_length is not None and args.context_length < min_context_length():
-                raise ValueError(f"--context-length {args.context_length}: the probes need at least "
-                                 f"{min_context_length()} (two periods of the longest, 168)")
-            plan = []
-        else:
-            if args.horizon or args.seasonality:
-                raise ValueError("--horizon and --seasonality apply to --tsf only (registered sets use their protocol)")
-            plan = _plan(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:  # one line, no usage block
-        _fail(str(err.args[0] if isinstance(err, KeyError) and err.args else err), 2)
 
-    if args.decode is not None:
-        if args.checkpoint in ("naive", "seasonal_naive"):
-            _fail("--decode applies to a model checkpoint, not a baseline", 2)
-        model_kwargs = {**model_kwargs, "decode": args.decode}
+def _set_up(args: argparse.Namespace) -> _Setup:
+    """Check the flags, load the forecaster and find the tasks; ValueError / KeyError / FileNotFoundError if off."""
+    baselines = parse_baselines(args.baselines)
+    check_output_dir(args.out, args.overwrite)
+    if args.lsf_split != "test" and args.suite not in ("lsf", "all"):
+        raise ValueError(f"--lsf-split applies to --suite lsf or all, not {args.suite or '--tsf'}")
+    model, model_name, model_kwargs = load_forecaster(args.checkpoint)
+    setup = _Setup(model, model_name, {**model_kwargs, **_decode_kwargs(args, model)}, baselines)
+    if args.tsf is not None:
+        if args.datasets or args.data_dir:
+            raise ValueError("--datasets and --data-dir apply to --suite only")
+        setup.task = tsf_task(args.tsf, args.horizon, args.context_length or 1000, args.seasonality,
+                              max_series=args.max_series, max_windows=args.max_windows)
+    elif args.suite == "probes":
+        if args.datasets or args.data_dir:
+            raise ValueError("--datasets and --data-dir do not apply to --suite probes (synthetic series)")
+        from eval.probes import min_context_length
+
+        if args.context_length is not None and args.context_length < min_context_length():
+            raise ValueError(f"--context-length {args.context_length}: the probes need at least "
+                             f"{min_context_length()} (two periods of the longest, 168)")
+    else:
+        if args.horizon or args.seasonality:
+            raise ValueError("--horizon and --seasonality apply to --tsf only (registered sets use their protocol)")
+        setup.plan = _plan(args)
+    return setup
+
+
+def _run_suites(args: argparse.Namespace, setup: _Setup) -> list[SuiteResult]:
+    """Evaluate the model and the baselines on the --tsf task, the probes or the planned suites."""
     cfg = EvalConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
-                    chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=model_kwargs)
+                     chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=setup.model_kwargs)
     options = TaskOptions(context_length=args.context_length, lsf_stride=args.lsf_stride,
                           lsf_split=args.lsf_split, max_series=args.max_series, max_windows=args.max_windows)
     results: list[SuiteResult] = []
-    if args.tsf is not None:
-        results.append(run_task_suite("tsf", [task], model, cfg, baselines=baselines, n_jobs=args.n_jobs))
+    if setup.task is not None:
+        results.append(run_task_suite("tsf", [setup.task], setup.model, cfg, baselines=setup.baselines,
+                                      n_jobs=args.n_jobs))
     if args.suite == "probes":
-        from eval.probes import run_probes, write_probe_table
+        from eval.probes import run_probes
 
-        results.append(run_probes(model, cfg, args.probe_series, args.context_length, baselines, args.n_jobs))
-    for suite, datasets in plan:
-        results.append(run_suite(suite, datasets, model, args.data_dir, options, cfg, baselines=baselines,
-                                 n_jobs=args.n_jobs))
+        results.append(run_probes(setup.model, cfg, args.probe_series, args.context_length, setup.baselines,
+                                  args.n_jobs))
+    for suite, datasets in setup.plan:
+        results.append(run_suite(suite, datasets, setup.model, args.data_dir, options, cfg,
+                                 baselines=setup.baselines, n_jobs=args.n_jobs))
+    return results
 
-    missing = [f"{m.dataset} ({m.message})" for r in results for m in r.missing]
-    if not any(r.tasks for r in results):
-        _fail(f"nothing evaluated, every dataset is missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
+
+def _write_outputs(args: argparse.Namespace, argv: list[str] | None, setup: _Setup, results: list[SuiteResult],
+                   t0: float) -> str:
+    """Write the marker, provenance, plots and reports under --out; the markdown to print."""
     args.out.mkdir(parents=True, exist_ok=True)
     mark(args.out, "eval")
     from moe_ts.io.provenance import write_eval_source
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     write_eval_source(args.out, args.checkpoint if Path(args.checkpoint).is_dir() else None)  # None: a baseline
     if args.plot_series > 0:
         for r in results:
-            plot_suite(r, args.out, model_name)
+            plot_suite(r, args.out, setup.model_name)
     argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     header = [
         f"- command: `moe-ts eval {argv_text}`",
@@ -245,12 +251,35 @@ def main(argv: list[str] | None = None) -> int:
         f"- written {datetime.datetime.now().isoformat(timespec='seconds')}, {time.perf_counter() - t0:.1f} s",
         "- point metrics use the median (MSE the mean); CRPS = mean weighted quantile loss over 0.1..0.9; "
         "rel. = model / Seasonal Naive; all metrics of all roles are in results.csv",
-        f"- baselines: {', '.join(baselines)} (statsforecast ones: eval/classical.py)",
+        f"- baselines: {', '.join(setup.baselines)} (statsforecast ones: eval/classical.py)",
     ]
-    text = write_reports(results, args.out, model_name, header)
+    text = write_reports(results, args.out, setup.model_name, header)
     if args.suite == "probes":
-        text += "\n" + write_probe_table(results[-1], args.out, model_name)
-    print(text)
+        from eval.probes import write_probe_table
+
+        text += "\n" + write_probe_table(results[-1], args.out, setup.model_name)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        from eval.listing import dataset_listing
+
+        print(dataset_listing(args.data_dir))
+        return 0
+    _check_required(parser, args)
+    t0 = time.perf_counter()
+    try:
+        setup = _set_up(args)
+    except (ValueError, KeyError, FileNotFoundError) as err:  # one line, no usage block
+        _fail(str(err.args[0] if isinstance(err, KeyError) and err.args else err), 2)
+    results = _run_suites(args, setup)
+    missing = [f"{m.dataset} ({m.message})" for r in results for m in r.missing]
+    if not any(r.tasks for r in results):
+        _fail(f"nothing evaluated, every dataset is missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
+    print(_write_outputs(args, argv, setup, results, t0))
     if args.datasets and missing:  # asked for by name: the results are written, but the run is not complete
         _fail(f"requested dataset(s) missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
     return 0

@@ -30,25 +30,81 @@ per position (`predict_patches`), Q values a decoding step emits (patches_per_st
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from moe_ts.attention import LayerCache
+from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.packing import (PackedLayout, as_context_arrays, left_pad, masked_stats, observed_time_ids, patchify,
-                            prepare_contexts, standardise, time_causal_mask)
+from moe_ts.packing import (PackedLayout, left_pad, masked_stats, observed_time_ids, patchify, prepare_contexts,
+                            standardise, time_causal_mask)
 from moe_ts.uni2ts.decoding import uni2ts_paths
 
 if TYPE_CHECKING:
+    from moe_ts.config import ModelConfig
     from moe_ts.network import MoiraiMoENetwork as MoiraiMoEModel  # forecasting needs only the network
 
 
 DECODE_MODES = ("median", "mean", "sample", "uni2ts")
 MEDIAN_DRAWS = 100  # draws per step for the fed-back median ("median" mode) when fewer samples are asked for
 DEFAULT_FEEDBACK_NOISE = 0.5  # decode="sample": share of each draw's deviation that is fed back (EXPERIMENTS.md)
+
+
+class DecodeOptionsError(ValueError):
+    """A decoding option that does not apply; `flag_message` says it in the eval CLI's flag names."""
+
+    def __init__(self, message: str, flag_message: str) -> None:
+        super().__init__(message)
+        self.flag_message = flag_message
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How `forecast` decodes (the module docstring): its keywords, checked once, on construction, and against
+    a model by `patches_for`. The eval CLI checks its flags with it. The other families accept these keywords,
+    check them and do not use them: the student does not decode, MSFT always feeds back each scale's median."""
+
+    decode: str = "sample"
+    patches_per_step: int | None = None  # None: all of the model's predict_patches
+    feedback_noise: float | None = None  # decode="sample" only; None: DEFAULT_FEEDBACK_NOISE
+    use_kv_cache: bool = True  # False: re-encode the whole sequence at each step (the cache's reference)
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise DecodeOptionsError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}",
+                                     f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode}")
+        if self.feedback_noise is None:
+            return
+        if self.decode != "sample":
+            raise DecodeOptionsError(f"feedback_noise applies to decode='sample', not {self.decode!r}",
+                                     f"--feedback-noise applies to --decode sample, not {self.decode}")
+        if not 0.0 <= self.feedback_noise <= 1.0:
+            raise DecodeOptionsError(f"feedback_noise must be in [0, 1], got {self.feedback_noise}",
+                                     f"--feedback-noise must be in [0, 1], got {self.feedback_noise:g}")
+
+    @property
+    def noise(self) -> float:
+        """The share of each draw's deviation that decode="sample" feeds back."""
+        return DEFAULT_FEEDBACK_NOISE if self.feedback_noise is None else float(self.feedback_noise)
+
+    def patches_for(self, predict_patches: int) -> int:
+        """Patches each step emits for a model predicting `predict_patches` per position (K)."""
+        per_step = predict_patches if self.patches_per_step is None else self.patches_per_step
+        if not 1 <= per_step <= predict_patches:
+            raise DecodeOptionsError(
+                f"patches_per_step must be in 1..{predict_patches} (the model's predict_patches), "
+                f"got {self.patches_per_step}",
+                f"--patches-per-step {self.patches_per_step}: the model predicts {predict_patches} patch(es) per "
+                f"position (allowed 1..{predict_patches})")
+        if self.decode == "uni2ts" and per_step != predict_patches:
+            raise DecodeOptionsError(
+                "decode='uni2ts' emits all predicted patches per step; patches_per_step does not apply",
+                "--decode uni2ts emits all predicted patches per step; --patches-per-step does not apply")
+        return per_step
 
 
 class _Decoder:
@@ -115,68 +171,35 @@ def forecast(
     contexts: list of 1-D arrays / pandas Series / tensors (any lengths, NaN = missing) or a 2-D array.
     context_length: the most recent points used, at most max_seq_len·patch_size (default: what fits the
     model's max_seq_len together with the horizon's patches, and at least half of it).
-    decode: what each step feeds back, "median" | "mean" | "sample" | "uni2ts" (see the module docstring).
+    decode, patches_per_step, feedback_noise, use_kv_cache: the `DecodeOptions` (see the module docstring).
     patches_per_step: how many of the model's `predict_patches` predicted patches each decoding step emits
     and feeds back (default: all of them). 1 decodes a multi-patch model patch by patch, as a next-patch model.
     feedback_noise: decode="sample" only, in [0, 1]: each path feeds back its draw's component center plus
     this share of the draw's deviation from it (default DEFAULT_FEEDBACK_NOISE; 1 = plain ancestral sampling).
     progress: show a progress bar over the batches (on a terminal).
-    Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H].
+    Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H] (`moe_ts.forecast_harness`).
     """
     cfg = model.config
-    if decode not in DECODE_MODES:
-        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
-    if prediction_length <= 0:
-        raise ValueError(f"prediction_length must be > 0, got {prediction_length}")
-    if num_samples <= 0:
-        raise ValueError(f"num_samples must be > 0, got {num_samples}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    per_step = cfg.predict_patches if patches_per_step is None else patches_per_step
-    if not 1 <= per_step <= cfg.predict_patches:
-        raise ValueError(f"patches_per_step must be in 1..{cfg.predict_patches} (the model's predict_patches), "
-                         f"got {patches_per_step}")
-    if feedback_noise is not None and decode != "sample":
-        raise ValueError(f"feedback_noise applies to decode='sample', not {decode!r}")
-    noise = DEFAULT_FEEDBACK_NOISE if feedback_noise is None else float(feedback_noise)
-    if not 0.0 <= noise <= 1.0:
-        raise ValueError(f"feedback_noise must be in [0, 1], got {feedback_noise}")
-    if decode == "uni2ts" and per_step != cfg.predict_patches:
-        raise ValueError("decode='uni2ts' emits all predicted patches per step; patches_per_step does not apply")
-    patch = cfg.patch_size
-    horizon_patches = math.ceil(prediction_length / patch)
+    options = DecodeOptions(decode, patches_per_step, feedback_noise, use_kv_cache)
+    check_request(prediction_length, num_samples, batch_size)
+    per_step = options.patches_for(cfg.predict_patches)
+    horizon_patches = math.ceil(prediction_length / cfg.patch_size)
+    context_length = _checked_context_length(cfg, context_length, horizon_patches)
+    arrays = prepare_contexts(context_arrays(contexts), context_length, cfg.patch_size, allow_short_context)
+    return forecast_batches(
+        model, arrays, lambda chunk: _sample_paths(model, chunk, horizon_patches, num_samples, options, per_step),
+        prediction_length, quantile_levels, seed, batch_size, progress)
+
+
+def _checked_context_length(cfg: "ModelConfig", context_length: int | None, horizon_patches: int) -> int:
+    """`context_length` checked against the model's window, or the default for this horizon."""
     if context_length is None:
         # Context and horizon together fit the trained window; a horizon longer than half of it still keeps
         # half the window as context (decoding then runs past the trained positions: RoPE extrapolates).
-        context_length = max(cfg.max_seq_len - horizon_patches, cfg.max_seq_len // 2, 1) * patch
-    elif not 1 <= context_length <= cfg.max_context:
+        return max(cfg.max_seq_len - horizon_patches, cfg.max_seq_len // 2, 1) * cfg.patch_size
+    if not 1 <= context_length <= cfg.max_context:
         raise ValueError(f"context_length must be in 1..{cfg.max_context} (max_seq_len·patch_size), got {context_length}")
-    arrays = prepare_contexts(as_context_arrays(contexts), context_length, patch, allow_short_context)
-    if not arrays:
-        raise ValueError("no context series given")
-    levels = tuple(float(q) for q in quantile_levels)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    # Draws are consumed in batch order: the same seed, batch_size and series order give the same samples.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if seed is not None:
-            torch.manual_seed(seed)
-        try:
-            chunks = []
-            starts: Iterable[int] = range(0, len(arrays), batch_size)
-            if progress:
-                from tqdm import tqdm
-
-                starts = tqdm(starts, desc="forecast", unit="batch", disable=None)
-            for start in starts:
-                chunk = arrays[start:start + batch_size]
-                chunks.append(_sample_paths(model, chunk, horizon_patches, num_samples, use_kv_cache, decode,
-                                            per_step, noise))
-            samples = torch.cat(chunks, dim=0)[..., :prediction_length].numpy()
-        finally:
-            model.train(was_training)
-    return ForecastOutput.from_samples(samples, levels)
+    return context_length
 
 
 def prepare_decoder(
@@ -200,14 +223,15 @@ def prepare_decoder(
 
 
 def _sample_paths(
-    model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int, use_cache: bool,
-    decode: str, per_step: int, feedback_noise: float,
+    model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int,
+    options: DecodeOptions, per_step: int,
 ) -> Tensor:
     """[B, S, horizon_patches·P] sample paths on the original scale; each step emits `per_step` patches."""
+    decode, feedback_noise = options.decode, options.noise
     if decode == "uni2ts":
         return uni2ts_paths(model, arrays, horizon_patches, num_samples)
     param = next(model.parameters())
-    decoder, loc, scale = prepare_decoder(model, arrays, use_cache)
+    decoder, loc, scale = prepare_decoder(model, arrays, options.use_kv_cache)
     hidden = decoder.prefill()
     if decode == "sample":
         hidden = hidden.repeat_interleave(num_samples, 0)

@@ -13,42 +13,30 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelHubMixin
 
 from moe_ts.config import ModelConfig, drop_runtime_keys
-from moe_ts.typed_config import from_dict, to_dict
 from moe_ts.forecast_output import ForecastOutput
 from moe_ts.forecasting import forecast
 from moe_ts.uni2ts.decoding import forecast_group
-from moe_ts.io.hub import HubIOMixin
+from moe_ts.io.hub import HubIOMixin, released_class_keywords
 from moe_ts.io.model_card import MODEL_CARD_TEMPLATE, architecture_summary
 from moe_ts.network import MoiraiMoENetwork
 
 
-def _encode_config(cfg: ModelConfig) -> dict:
-    return to_dict(cfg)
-
-
-def _decode_config(data: dict) -> ModelConfig:
-    data, _ = drop_runtime_keys(data, "config.json")
-    return from_dict(ModelConfig, data, "config")
+def _without_runtime_keys(data: dict) -> dict:
+    """config.json without the keys that became runtime choices (`moe_ts.config.drop_runtime_keys`)."""
+    return drop_runtime_keys(data, "config.json")[0]
 
 
 class MoiraiMoEModel(
     MoiraiMoENetwork,
     HubIOMixin,
     ModelHubMixin,
-    library_name="moe-ts",
-    tags=["time-series", "forecasting", "mixture-of-experts"],
-    repo_url="https://github.com/moe-ts/moe-ts",
-    pipeline_tag="time-series-forecasting",
-    license="other",  # `moe-ts export --license` sets the release's licence
-    coders={ModelConfig: (_encode_config, _decode_config)},
-    model_card_template=MODEL_CARD_TEMPLATE,
+    **released_class_keywords(ModelConfig, "mixture-of-experts", migrate=_without_runtime_keys,
+                              model_card_template=MODEL_CARD_TEMPLATE),
 ):
     """Decoder-only sparse-MoE forecaster: `forward` gives hidden states, `forecast` sample paths."""
 
     def __init__(self, config: ModelConfig) -> None:
-        if isinstance(config, dict):
-            config = _decode_config(config)
-        super().__init__(config)
+        super().__init__(self.typed_config(config))
 
     def generate_model_card(self, *args: Any, **kwargs: Any):
         """The card template filled with this model's sizes (and `eval_table`, `training`, ... when given).

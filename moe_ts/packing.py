@@ -137,10 +137,11 @@ def as_context_arrays(contexts: object) -> list[np.ndarray]:
 
 
 def prepare_contexts(
-    arrays: Sequence[np.ndarray], max_length: int, patch_size: int, allow_short_context: bool
+    arrays: Sequence[np.ndarray], max_length: int, min_length: int, allow_short_context: bool,
+    min_name: str = "one patch",
 ) -> list[np.ndarray]:
     """The last `max_length` points of each series, refused by series index if unusable (inf, nothing
-    observed, shorter than one patch unless `allow_short_context`)."""
+    observed, shorter than `min_length` points, the model's `min_name`, unless `allow_short_context`)."""
     prepared = []
     for i, arr in enumerate(arrays):
         arr = arr[-max_length:]
@@ -148,9 +149,9 @@ def prepare_contexts(
             raise ValueError(f"series {i}: context contains inf")
         if len(arr) == 0 or np.isnan(arr).all():
             raise ValueError(f"series {i}: context has no observed value (empty or all NaN)")
-        if len(arr) < patch_size and not allow_short_context:
+        if len(arr) < min_length and not allow_short_context:
             raise ValueError(
-                f"series {i}: context has {len(arr)} points, shorter than one patch ({patch_size}); "
+                f"series {i}: context has {len(arr)} points, shorter than {min_name} ({min_length}); "
                 "pass allow_short_context=True to left-pad it with missing values"
             )
         prepared.append(arr)

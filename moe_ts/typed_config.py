@@ -10,7 +10,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -108,6 +108,17 @@ def to_dict(obj: Any) -> dict[str, Any]:
         return v
 
     return convert(obj)
+
+
+def dataclass_coders(
+    cls: type[T], migrate: Callable[[dict[str, Any]], dict[str, Any]] | None = None, path: str = "config"
+) -> tuple[Callable[[T], dict[str, Any]], Callable[[dict[str, Any]], T]]:
+    """(encode, decode) of dataclass `cls` for huggingface_hub's `ModelHubMixin(coders=...)`: `to_dict`, and
+    `from_dict` after `migrate` (e.g. `moe_ts.config.drop_runtime_keys`) updates a dict older code wrote."""
+    def decode(data: dict[str, Any]) -> T:
+        return from_dict(cls, migrate(data) if migrate is not None else data, path)
+
+    return to_dict, decode
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

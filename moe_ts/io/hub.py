@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from huggingface_hub import constants, hf_hub_download
@@ -20,9 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from moe_ts.io.output_dir import MARKER, check_output_dir, make_staging_dir, swap_in
+from moe_ts.typed_config import dataclass_coders
 
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
 CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
+REPO_URL = "https://github.com/moe-ts/moe-ts"
 
 
 class ModelFolderError(RuntimeError):
@@ -86,8 +88,36 @@ def load_state_strict(model: torch.nn.Module, weights_path: Path | str, map_loca
     model.load_state_dict(state, strict=True)
 
 
+def released_class_keywords(
+    config_class: type, *family_tags: str, migrate: Callable[[dict], dict] | None = None,
+    repo_url: str | None = REPO_URL, **card: Any,
+) -> dict[str, Any]:
+    """`ModelHubMixin`'s class keywords of a released family: `class M(..., HubIOMixin, ModelHubMixin, **these)`.
+
+    moe-ts' library name, pipeline tag and licence ("other": `moe-ts export --license` sets a release's), the
+    family's tags after "time-series" and "forecasting", the coders of its config dataclass
+    (`moe_ts.typed_config.dataclass_coders`, `migrate` updating what older code wrote) and any card option such as
+    `model_card_template`.
+    """
+    return {"library_name": "moe-ts", "tags": ["time-series", "forecasting", *family_tags], "repo_url": repo_url,
+            "pipeline_tag": "time-series-forecasting", "license": "other",
+            "coders": {config_class: dataclass_coders(config_class, migrate)}, **card}
+
+
 class HubIOMixin:
     """Overrides ModelHubMixin's framework hooks; put it before ModelHubMixin in the bases."""
+
+    _decode_config: Callable[[dict], Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        if kwargs.get("coders"):  # `released_class_keywords`: one config dataclass per released class
+            (_, cls._decode_config), = kwargs["coders"].values()
+        super().__init_subclass__(**kwargs)
+
+    @classmethod
+    def typed_config(cls, config: Any) -> Any:
+        """`config` as the class's config dataclass: a dict (config.json's content) is decoded by its coders."""
+        return cls._decode_config(config) if isinstance(config, dict) else config
 
     def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None,
                         overwrite: bool = False, **kwargs: Any):  # type: ignore[override]

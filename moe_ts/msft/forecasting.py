@@ -18,15 +18,15 @@ Shape legend: B series, S samples, P patch size, n_i tokens of scale i, H horizo
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.forecasting import MEDIAN_DRAWS
-from moe_ts.packing import as_context_arrays
+from moe_ts.forecasting import MEDIAN_DRAWS, DecodeOptions
 from moe_ts.msft.network import avg_pool_nan
 from moe_ts.packing import PackedLayout, masked_stats, patchify, standardise
 
@@ -104,22 +104,31 @@ def _forecast_batch(net: "MSFTNetwork", arrays: list[np.ndarray], context_length
 @torch.no_grad()
 def msft_forecast(net: "MSFTNetwork", contexts: object, prediction_length: int, num_samples: int = 100,
                   quantile_levels: Iterable[float] = DEFAULT_QUANTILES, seed: int | None = None, batch_size: int = 64,
-                  context_length: int | None = None, **_: object) -> ForecastOutput:
+                  context_length: int | None = None, allow_short_context: bool = True, progress: bool = False,
+                  **decoding: Any) -> ForecastOutput:
     """Probabilistic forecast of each context series (1-D arrays, NaN = missing), as `moe_ts.forecasting.forecast`.
 
     context_length: the most recent points used, a multiple of patch_size·2^K (default
-    `default_context_length`); a shorter series is left-padded with missing values, but it must hold
-    at least one patch of the coarsest scale (patch_size·2^K points). Other keyword arguments of
-    `moe_ts.forecasting.forecast` (`decode`, `allow_short_context`, ...) are accepted and ignored: every
-    scale decodes by feeding back its median.
+    `default_context_length`); a shorter series is always left-padded with missing values (whatever
+    `allow_short_context` says), but it must hold at least one patch of the coarsest scale (patch_size·2^K
+    points). decoding: the MoE model's `DecodeOptions` keywords (decode, patches_per_step, ...), checked as there
+    and not used: every scale decodes by feeding back its median, re-encoding the sequence at each step.
     """
+    DecodeOptions(**decoding)  # a caller written for the MoE model passes them; MSFT decodes one way
+    check_request(prediction_length, num_samples, batch_size)
     unit = net.config.patch_size * net.msft.pool
     context_length = default_context_length(net) if context_length is None else context_length
     if context_length % unit or context_length < unit:
         raise ValueError(f"context_length {context_length} must be a positive multiple of patch_size·2^K = {unit}")
-    if prediction_length <= 0 or num_samples <= 0:
-        raise ValueError(f"prediction_length and num_samples must be > 0, got {prediction_length}, {num_samples}")
-    arrays = as_context_arrays(contexts)
+    arrays = _checked_contexts(net, context_arrays(contexts))
+    return forecast_batches(
+        net, arrays, lambda chunk: _forecast_batch(net, chunk, context_length, prediction_length, num_samples),
+        prediction_length, quantile_levels, seed, batch_size, progress)
+
+
+def _checked_contexts(net: "MSFTNetwork", arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """`arrays`, refused by series index when one holds inf or too short an observed span for the coarsest scale."""
+    unit = net.config.patch_size * net.msft.pool
     for i, a in enumerate(arrays):
         observed = np.flatnonzero(~np.isnan(a))
         if len(observed) == 0 or len(a) - observed[0] < unit:
@@ -128,15 +137,4 @@ def msft_forecast(net: "MSFTNetwork", contexts: object, prediction_length: int, 
                              f"(patch_size·2^K)")
         if np.isinf(a).any():
             raise ValueError(f"series {i}: context contains inf")
-    device = next(net.parameters()).device
-    was_training = net.training
-    net.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if seed is not None:
-            torch.manual_seed(seed)
-        try:
-            chunks = [_forecast_batch(net, arrays[s:s + batch_size], context_length, prediction_length, num_samples)
-                      for s in range(0, len(arrays), batch_size)]
-        finally:
-            net.train(was_training)
-    return ForecastOutput.from_samples(torch.cat(chunks).numpy(), tuple(float(q) for q in quantile_levels))
+    return arrays

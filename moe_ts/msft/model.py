@@ -11,9 +11,8 @@ from typing import Any, Literal
 from huggingface_hub import ModelHubMixin
 
 from moe_ts.config import ModelConfig, drop_runtime_keys
-from moe_ts.typed_config import from_dict, to_dict
 from moe_ts.forecast_output import ForecastOutput
-from moe_ts.io.hub import HubIOMixin
+from moe_ts.io.hub import HubIOMixin, released_class_keywords
 from moe_ts.msft.network import MSFTConfig, MSFTNetwork
 from moe_ts.msft.forecasting import msft_forecast
 from moe_ts.network import MoiraiMoENetwork
@@ -31,32 +30,25 @@ class MSFTModelConfig:
     model_type: Literal["msft"] = MSFT_MODEL_TYPE  # what `moe_ts.io.loading` dispatches on
 
 
-def _encode(cfg: MSFTModelConfig) -> dict:
-    return to_dict(cfg)
-
-
-def _decode(data: dict) -> MSFTModelConfig:
+def _model_without_runtime_keys(data: dict) -> dict:
+    """config.json with its `model` section without the keys that became runtime choices."""
     data = dict(data)
     if isinstance(data.get("model"), dict):
         data["model"], _ = drop_runtime_keys(data["model"], "config.json")
-    return from_dict(MSFTModelConfig, data, "config")
+    return data
 
 
 class MSFTModel(
     MSFTNetwork,
     HubIOMixin,
     ModelHubMixin,
-    library_name="moe-ts",
-    tags=["time-series", "forecasting", "mixture-of-experts", "msft"],
-    pipeline_tag="time-series-forecasting",
-    license="other",
-    coders={MSFTModelConfig: (_encode, _decode)},
+    **released_class_keywords(MSFTModelConfig, "mixture-of-experts", "msft", migrate=_model_without_runtime_keys,
+                              repo_url=None),
 ):
     """A pretrained network with MSFT's multi-scale modules; `forecast` combines the scales' forecasts."""
 
     def __init__(self, config: MSFTModelConfig) -> None:
-        if isinstance(config, dict):
-            config = _decode(config)
+        config = self.typed_config(config)
         super().__init__(MoiraiMoENetwork(config.model), config.msft)
 
     @classmethod

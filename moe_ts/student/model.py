@@ -9,9 +9,9 @@ pre-activations [B, W], as in the reference code's decomposed MLP.
 
 Forecasts are POINT forecasts: `forecast` returns `ForecastOutput.from_point` (every quantile equals the
 point, `samples` is None), so interval metrics (CRPS, MSIS) of a student are those of a point forecast.
-`num_samples`, `seed`, `decode` and `use_kv_cache` are accepted so that callers written for the MoE model
-work unchanged, and ignored. A horizon longer than the trained one is forecast by feeding the student's
-own forecast back as context (recursive rollout).
+`num_samples`, `seed` and the MoE model's decoding options (`moe_ts.forecasting.DecodeOptions`) are
+accepted so that callers written for the MoE model work unchanged, and do not apply. A horizon longer
+than the trained one is forecast by feeding the student's own forecast back as context (recursive rollout).
 
 Missing values: a context shorter than `context_length` is left-padded with missing values; missing
 values enter as 0 after normalising (the context mean), as the MoE model's default `zero_normalized`.
@@ -31,10 +31,12 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, ModelHubMixin
 from torch import Tensor, nn
 
-from moe_ts.typed_config import ConfigError, from_dict, to_dict
+from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.packing import as_context_arrays
-from moe_ts.io.hub import HubIOMixin
+from moe_ts.forecasting import DecodeOptions
+from moe_ts.io.hub import HubIOMixin, released_class_keywords
+from moe_ts.packing import prepare_contexts
+from moe_ts.typed_config import ConfigError
 
 STUDENT_MODEL_TYPE = "timedistill_mlp"
 
@@ -61,14 +63,6 @@ class StudentConfig:
             raise ConfigError(f"moving_avg must be an odd number >= 1, got {self.moving_avg}")
         if self.min_scale <= 0:
             raise ConfigError(f"min_scale must be > 0, got {self.min_scale}")
-
-
-def _encode_config(cfg: StudentConfig) -> dict:
-    return to_dict(cfg)
-
-
-def _decode_config(data: dict) -> StudentConfig:
-    return from_dict(StudentConfig, data, "config")
 
 
 STUDENT_CARD_TEMPLATE = """---
@@ -146,19 +140,12 @@ class MLPForecaster(
     nn.Module,
     HubIOMixin,
     ModelHubMixin,
-    library_name="moe-ts",
-    tags=["time-series", "forecasting", "distillation", "mlp"],
-    repo_url="https://github.com/moe-ts/moe-ts",
-    pipeline_tag="time-series-forecasting",
-    license="other",
-    coders={StudentConfig: (_encode_config, _decode_config)},
-    model_card_template=STUDENT_CARD_TEMPLATE,
+    **released_class_keywords(StudentConfig, "distillation", "mlp", model_card_template=STUDENT_CARD_TEMPLATE),
 ):
     """Decomposed MLP point forecaster: `forward` on normalised contexts, `forecast` on raw series."""
 
     def __init__(self, config: StudentConfig) -> None:
-        if isinstance(config, dict):
-            config = _decode_config(config)
+        config = self.typed_config(config)
         super().__init__()
         self.config = config
         self.seasonal = _Branch(config.context_length, config.hidden, config.horizon)
@@ -219,62 +206,38 @@ class MLPForecaster(
         batch_size: int = 256,
         context_length: int | None = None,
         allow_short_context: bool = False,
-        decode: str | None = None,
-        use_kv_cache: bool = True,
-        patches_per_step: int | None = None,
-        feedback_noise: float | None = None,
         progress: bool = False,
+        **decoding: Any,
     ) -> ForecastOutput:
         """Point forecasts of `prediction_length` steps (the MoE model's interface; see the module docstring).
 
         context_length: use at most this many recent points (at most the trained context_length; the rest of
         the window is padded as missing). A context shorter than the window is an error unless
-        `allow_short_context` (then left-padded with missing values). num_samples, seed, decode,
-        use_kv_cache, patches_per_step and feedback_noise are ignored: the student is deterministic and direct.
+        `allow_short_context` (then left-padded with missing values). num_samples and seed do not apply: the
+        student is deterministic. decoding: the MoE model's `DecodeOptions` keywords (decode, patches_per_step,
+        feedback_noise, use_kv_cache), checked as there and not used: the student forecasts directly.
         """
-        del num_samples, seed, decode, use_kv_cache, patches_per_step, feedback_noise
-        cfg = self.config
-        if prediction_length <= 0:
-            raise ValueError(f"prediction_length must be > 0, got {prediction_length}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        used = cfg.context_length if context_length is None else context_length
-        if not 1 <= used <= cfg.context_length:
-            raise ValueError(f"context_length must be in 1..{cfg.context_length} (the student's trained context), "
-                             f"got {context_length}")
-        arrays = as_context_arrays(contexts)
-        if not arrays:
-            raise ValueError("no context series given")
-        window = np.full((len(arrays), cfg.context_length), np.nan, dtype=np.float32)
-        for i, arr in enumerate(arrays):
-            arr = arr[-used:]
-            if np.isinf(arr).any():
-                raise ValueError(f"series {i}: context contains inf")
-            if len(arr) == 0 or np.isnan(arr).all():
-                raise ValueError(f"series {i}: context has no observed value (empty or all NaN)")
-            if len(arr) < used and not allow_short_context:
-                raise ValueError(f"series {i}: context has {len(arr)} points, the student reads {used}; "
-                                 "pass allow_short_context=True to left-pad it with missing values")
-            if len(arr):
-                window[i, cfg.context_length - len(arr):] = arr
-        levels = tuple(float(q) for q in quantile_levels)
-        was_training = self.training
-        self.eval()
-        try:
-            param = next(self.parameters())
-            chunks = []
-            starts: Iterable[int] = range(0, len(arrays), batch_size)
-            if progress:
-                from tqdm import tqdm
+        DecodeOptions(**decoding)  # a caller written for the MoE model passes them; a direct forecast has none
+        check_request(prediction_length, batch_size=batch_size)
+        window = self._context_window(context_arrays(contexts), context_length, allow_short_context)
+        param = next(self.parameters())
+        return forecast_batches(
+            self, window, lambda rows: self._rollout(torch.from_numpy(rows).to(param.device, param.dtype),
+                                                     prediction_length),
+            prediction_length, quantile_levels, batch_size=batch_size, progress=progress)
 
-                starts = tqdm(starts, desc="forecast", unit="batch", disable=None)
-            for start in starts:
-                ctx_bl = torch.from_numpy(window[start:start + batch_size]).to(param.device, param.dtype)
-                chunks.append(self._rollout(ctx_bl, prediction_length))
-            point = torch.cat(chunks).float().cpu().numpy()
-        finally:
-            self.train(was_training)
-        return ForecastOutput.from_point(point, levels)
+    def _context_window(self, arrays: list[np.ndarray], context_length: int | None,
+                        allow_short_context: bool) -> np.ndarray:
+        """[B, L] the last `context_length` points of each series, left-padded with NaN to the trained window."""
+        trained = self.config.context_length
+        used = trained if context_length is None else context_length
+        if not 1 <= used <= trained:
+            raise ValueError(f"context_length must be in 1..{trained} (the student's trained context), "
+                             f"got {context_length}")
+        window = np.full((len(arrays), trained), np.nan, dtype=np.float32)
+        for i, arr in enumerate(prepare_contexts(arrays, used, used, allow_short_context, "the student's window")):
+            window[i, trained - len(arr):] = arr
+        return window
 
     def _rollout(self, ctx_bl: Tensor, prediction_length: int) -> Tensor:
         """[B, prediction_length]: one pass per trained horizon, each fed back as the newest context."""

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from moe_ts.distributions import ScaledMixture
+from moe_ts.forecast_harness import check_request, context_arrays, seeded_eval
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.packing import (PackedLayout, as_context_arrays, left_pad, masked_stats, observed_time_ids, patchify,
+from moe_ts.packing import (PackedLayout, left_pad, masked_stats, observed_time_ids, patchify,
                             standardise, time_causal_mask)
 
 if TYPE_CHECKING:
@@ -162,10 +163,9 @@ def forecast_group(
 ) -> ForecastOutput:
     """Forecast a group of V series jointly (a multivariate frame: 2-D array [V, T], DataFrame columns, or a list
     of equal-length series; NaN = missing). Returns samples [V, S, H], quantiles [V, Q, H] and mean [V, H]."""
-    if prediction_length <= 0 or num_samples <= 0:
-        raise ValueError(f"prediction_length and num_samples must be > 0, got {prediction_length}, {num_samples}")
-    arrays = as_context_arrays(group)
-    if not arrays or len({len(a) for a in arrays}) != 1:
+    check_request(prediction_length, num_samples)
+    arrays = context_arrays(group)
+    if len({len(a) for a in arrays}) != 1:
         raise ValueError(f"a group needs series of one length, got lengths {sorted({len(a) for a in arrays})}")
     cfg = model.config
     horizon_patches = math.ceil(prediction_length / cfg.patch_size)
@@ -174,14 +174,6 @@ def forecast_group(
     group_vt = np.stack(arrays)[:, -context_length:]
     if np.isinf(group_vt).any() or np.isnan(group_vt).all():
         raise ValueError("group: the context contains inf, or no observed value")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if seed is not None:
-            torch.manual_seed(seed)
-        try:
-            samples = group_paths(model, group_vt, horizon_patches, num_samples)[..., :prediction_length].numpy()
-        finally:
-            model.train(was_training)
+    with seeded_eval(model, seed):
+        samples = group_paths(model, group_vt, horizon_patches, num_samples)[..., :prediction_length].numpy()
     return ForecastOutput.from_samples(samples, tuple(float(q) for q in quantile_levels))
