@@ -140,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", str(total))
     seconds["dense"] = time.time() - t
 
-    from pretrain.data import WindowSampler, load_corpus
+    from data_prep.corpus import open_corpus
+    from pretrain.data import WindowSampler
 
     datasets = args.datasets.split(",")
     rows = []
     for arm in ARMS:
         model = MoiraiMoEModel.from_pretrained(w / arm / "final")
-        sampler = WindowSampler(load_corpus(args.corpus), patch_size=model.config.patch_size,
+        sampler = WindowSampler(open_corpus(args.corpus), patch_size=model.config.patch_size,
                                 seq_patches=model.config.max_seq_len, seed=123)
         torch.manual_seed(0)
         routing = routing_stats(model, sampler.next_batch(16)) if model.config.moe.num_experts > 1 else []

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_prep.corpus import load_corpus
+from data_prep.corpus import load_corpus_dataset
 
 WINDOW = 16
 MIN_DISTINCT = 6
@@ -188,7 +188,7 @@ def check_corpus(
 ) -> LeakReport:
     """Search the corpus for every available evaluation test window; returns a LeakReport (report.ok when clean)."""
     report = LeakReport()
-    corpus = load_corpus(corpus_path)  # first: a bad path fails before the slow window collection
+    corpus = load_corpus_dataset(corpus_path)  # first: a bad path fails before the slow window collection
     windows = collect_test_windows(data_dir, names, window, report, min_distinct)
     table = corpus.data.table if hasattr(corpus.data, "table") else corpus.data
     targets = table.column("target")

@@ -17,7 +17,6 @@ is replaced only when moe-ts wrote it, or with --overwrite (see `moe_ts.io.outpu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from data_prep.corpus import BUILD_PREFIX, CorpusEntry, cut_series, write_corpus
+from data_prep.corpus import (BUILD_PREFIX, CorpusEntry, cut_series, load_corpus_dataset, target_arrays, write_corpus,
+                              write_manifest)
 from data_prep.series import Series
 from data_prep.paths import resolve_data_dir
 from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_random_walks, generate_synthetic
@@ -98,7 +98,6 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
     """Run the leak check on the written corpus and cut every corpus row just before the first copy of an
     evaluation test window it holds (real data has cross-series duplicates, e.g. M1 MNM44 holds MNM46's test
     values). Rewrites the corpus in place; returns what was cut. Raises if a second check still finds a leak."""
-    from data_prep.corpus import load_corpus
     from data_prep.leak_check import check_corpus
 
     report = check_corpus(out, data_dir)
@@ -108,7 +107,7 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
     for leak in report.leaks:
         if leak.corpus_row not in first or leak.corpus_offset < first[leak.corpus_row][0]:
             first[leak.corpus_row] = (leak.corpus_offset, f"{leak.eval_dataset}/{leak.eval_item_id}")
-    corpus = load_corpus(out)
+    corpus = load_corpus_dataset(out)
     cuts: list[dict] = []
     by_name = {st.name: st for st in stats}
     fixed: list[CorpusEntry] = []
@@ -142,13 +141,12 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
     """Replace the corpus at `out` by its rows `keep` (all when None) followed by `extra`; returns rows added."""
     import datasets
 
-    from data_prep.corpus import load_corpus
-
     patch = out.with_name(out.name + ".patch")
     tmp = out.with_name(out.name + ".rewritten")
     added = write_corpus(extra, patch)
-    corpus = load_corpus(out)
-    merged = datasets.concatenate_datasets([corpus if keep is None else corpus.select(keep), load_corpus(patch)])
+    corpus = load_corpus_dataset(out)
+    kept = corpus if keep is None else corpus.select(keep)
+    merged = datasets.concatenate_datasets([kept, load_corpus_dataset(patch)])
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -156,7 +154,7 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-    del corpus, merged
+    del corpus, kept, merged
     shutil.rmtree(out)
     shutil.rmtree(patch)
     tmp.rename(out)
@@ -165,10 +163,9 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
 
 def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> int:
     """Append `count` TSMixup series (data_prep.tsmixup) mixed from the corpus' real rows; returns rows added."""
-    from data_prep.corpus import load_corpus, target_arrays
     from data_prep.tsmixup import DATASET, MIN_LENGTH as MIX_MIN_LENGTH, generate_tsmixup
 
-    corpus = load_corpus(out)
+    corpus = load_corpus_dataset(out)
     every = target_arrays(corpus)
     table = corpus.data.table
     real = [i for i, name in enumerate(table.column("dataset").to_pylist()) if name not in SYNTHETIC_SOURCES]
@@ -251,7 +248,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
               f"(e.g. {cuts[0]['dataset']}/{cuts[0]['item_id']}: {cuts[0]['reason']}); the leak check now passes")
     elif args.exclude_eval:
         print("leak check: no evaluation test window in the corpus")
-    manifest = {
+    settings = {
         "corpus": str(out),
         "data_dir": str(data_dir),
         "exclude_eval": args.exclude_eval,
@@ -263,17 +260,13 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
         "random_walk_count": args.random_walk_count,
         "tsmixup_count": args.tsmixup_count,
         "max_series_per_dataset": args.max_series_per_dataset,
-        "rows": rows,
-        "complete": True,  # written last: a corpus without it is an interrupted build
-        "points": total_points,
-        "decontaminated": cuts,
-        "sources": [
-            {"name": st.name, "series": st.series, "points": st.points, "dropped_short": st.dropped_short, "note": st.note,
-             "spans": [{"item_id": i, "span_start": a, "span_end": b, "source_length": n} for i, a, b, n in st.spans]}
-            for st in stats
-        ],
     }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    sources = [
+        {"name": st.name, "series": st.series, "points": st.points, "dropped_short": st.dropped_short, "note": st.note,
+         "spans": [{"item_id": i, "span_start": a, "span_end": b, "source_length": n} for i, a, b, n in st.spans]}
+        for st in stats
+    ]
+    write_manifest(staging, settings, rows, total_points, cuts, sources)  # last: marks the corpus complete
 
 
 def main(argv: list[str] | None = None) -> int:

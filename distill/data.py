@@ -126,9 +126,9 @@ def dataset_windows(name: str, data_dir: str | os.PathLike[str] | None, context:
 def corpus_windows(path: str | Path, context: int, horizon: int, stride: int = 1, max_windows: int | None = None,
                    max_val: int | None = None) -> DistillData:
     """Windows of an Arrow corpus (`moe-ts prepare`): validation = the last H points of each series."""
-    from pretrain.data import load_corpus
+    from data_prep.corpus import open_corpus
 
-    corpus = load_corpus(path)
+    corpus = open_corpus(path)
     values = [np.asarray(corpus.values(i), dtype=np.float64) for i in range(len(corpus))]
     train, val = _last_part_windows(f"--data {path}", values, context, horizon, stride, max_windows, max_val)
     desc = f"corpus {path}: {len(values)} series; validation = the last {horizon} points of each; stride {stride}"

@@ -78,8 +78,8 @@ def build(checkpoint: str, corpus_path: str, out: Path, *, num_windows: int = 25
           overwrite: bool = False) -> dict:
     """The whole command; returns the report written to DIR/centroids.json."""
     from moe_ts.model import MoiraiMoEModel
-    from pretrain.data import WindowSampler, load_corpus
-    from pretrain.manifest import check_manifest
+    from data_prep.corpus import check_manifest, open_corpus
+    from pretrain.data import WindowSampler
 
     if num_windows < 1:
         raise ValueError(f"--num-windows must be >= 1, got {num_windows}")
@@ -89,7 +89,7 @@ def build(checkpoint: str, corpus_path: str, out: Path, *, num_windows: int = 25
     t0 = time.time()
     source = MoiraiMoEModel.from_pretrained(checkpoint)
     cfg = centroid_config(source.config, num_experts, top_k, select, checkpoint)
-    corpus = load_corpus(corpus_path)
+    corpus = open_corpus(corpus_path)
     check_manifest(corpus_path)
     sampler = WindowSampler(corpus, patch_size=cfg.patch_size, seq_patches=cfg.max_seq_len, seed=seed)
     sizes = [ROWS_PER_BATCH] * (num_windows // ROWS_PER_BATCH) + ([num_windows % ROWS_PER_BATCH] if num_windows % ROWS_PER_BATCH else [])

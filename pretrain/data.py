@@ -1,121 +1,25 @@
-"""Pretraining data: memory-mapped corpus, mixture sampling, random windows, packing (docs/ARCHITECTURE.md §4).
+"""Pretraining batches: mixture sampling, random windows, packing (docs/ARCHITECTURE.md §4).
 
 A packed row holds N = model.max_seq_len patches of P = patch_size values. Windows of random length
 are cropped from series drawn by dataset mixture weights and laid one after another, each starting at
 a patch boundary; `sample_id` numbers them 1..m per patch (0 = padding) and the unused tail of a
 window's last patch is NaN. The sampler draws from one numpy Generator; its state and counters form
 `state_dict()`, so a run resumed from a checkpoint sees exactly the batches of an uninterrupted one.
+The corpus itself (folder, schema, manifest, the memory-mapped `Corpus`) is data_prep/corpus.py.
 
 Shape legend: B rows per batch, N patches per row, P patch size, R corpus rows (series).
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
+from data_prep.corpus import Corpus, CorpusError
+
 MAX_CONSECUTIVE_SKIPS = 1000  # all-missing windows in a row before the corpus is declared unusable
-
-
-class CorpusError(ValueError):
-    """The corpus folder is missing, unreadable, empty, or does not fit the sampling config."""
-
-
-@dataclass
-class Corpus:
-    """Read-only view of an Arrow corpus: one row per univariate series, values memory-mapped."""
-
-    path: Path
-    chunk_values: list[np.ndarray]  # flat float32 values of each Arrow chunk of `target`
-    chunk_offsets: list[np.ndarray]  # list offsets of each chunk, into its chunk_values
-    chunk_first_row: np.ndarray  # [num_chunks] global row index of each chunk's first row
-    lengths: np.ndarray  # [R] int64 series lengths
-    n_observed: np.ndarray  # [R] int64 non-NaN values per series
-    dataset: np.ndarray  # [R] dataset name per series (object array of str)
-    item_id: np.ndarray  # [R] item id per series (object array of str)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def values(self, row: int) -> np.ndarray:
-        """The target of series `row` (a view into the memory-mapped data; NaN = missing)."""
-        c = int(np.searchsorted(self.chunk_first_row, row, side="right")) - 1
-        local = row - int(self.chunk_first_row[c])
-        off = self.chunk_offsets[c]
-        return self.chunk_values[c][off[local]:off[local + 1]]
-
-
-def _chunk_arrays(chunk: pa.Array, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Flat float32 values and offsets of one list-typed Arrow chunk; null values become NaN."""
-    if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
-        raise CorpusError(f"{path}: column 'target' must be a list of floats, got {chunk.type}")
-    values = chunk.values
-    if not pa.types.is_floating(values.type) and not pa.types.is_integer(values.type):
-        raise CorpusError(f"{path}: column 'target' must hold numbers, got {values.type}")
-    if values.null_count:
-        values = pc.fill_null(values.cast(pa.float32()), float("nan"))
-    if values.type != pa.float32():
-        values = values.cast(pa.float32())
-    return values.to_numpy(zero_copy_only=False), chunk.offsets.to_numpy().astype(np.int64)
-
-
-def load_corpus(path: str | Path) -> Corpus:
-    """Open a corpus written by `datasets.Dataset.save_to_disk` (memory-mapped, nothing copied)."""
-    import datasets  # deferred: heavy import
-
-    path = Path(path)
-    if not path.exists():
-        raise CorpusError(f"{path}: corpus directory not found (build one with `moe-ts prepare --out {path}`)")
-    state = path / "state.json"
-    if state.is_file() and json.loads(state.read_text()).get("_data_files") == []:  # datasets cannot load 0 shards
-        raise CorpusError(f"{path}: corpus is empty (0 series)")
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise CorpusError(f"{path}: not a corpus written by datasets.save_to_disk ({err})") from err
-    if not isinstance(ds, datasets.Dataset):
-        raise CorpusError(f"{path}: expected one Dataset, found a {type(ds).__name__} with splits {list(ds)}")
-    missing = [c for c in ("item_id", "dataset", "target") if c not in ds.column_names]
-    if missing:
-        raise CorpusError(f"{path}: corpus lacks column(s) {missing} (has {ds.column_names})")
-    if len(ds) == 0:
-        raise CorpusError(f"{path}: corpus is empty (0 series)")
-    table = ds.data.table
-    if ds._indices is not None:  # a selected/shuffled view: materialise the selected rows
-        table = table.take(ds._indices.column(0))
-    target_col = table.column("target")
-    if target_col.null_count:
-        first = pc.index(pc.is_null(target_col), True).as_py()
-        raise CorpusError(f"{path}: series {table.column('item_id')[first].as_py()!r} (row {first}) has a null "
-                          f"target; store an empty or all-NaN list instead")
-    chunk_values, chunk_offsets, firsts, lengths, observed = [], [], [], [], []
-    row = 0
-    for chunk in target_col.chunks:
-        vals, offs = _chunk_arrays(chunk, path)
-        chunk_values.append(vals)
-        chunk_offsets.append(offs)
-        firsts.append(row)
-        row += len(offs) - 1
-        lengths.append(np.diff(offs))
-        csum = np.concatenate([[0], np.cumsum(~np.isnan(vals), dtype=np.int64)])
-        observed.append(csum[offs[1:]] - csum[offs[:-1]])
-    return Corpus(
-        path=path,
-        chunk_values=chunk_values,
-        chunk_offsets=chunk_offsets,
-        chunk_first_row=np.asarray(firsts, dtype=np.int64),
-        lengths=np.concatenate(lengths).astype(np.int64),
-        n_observed=np.concatenate(observed).astype(np.int64),
-        dataset=np.asarray(table.column("dataset").to_pylist(), dtype=object),
-        item_id=np.asarray(table.column("item_id").to_pylist(), dtype=object),
-    )
 
 
 # Synthetic sources a config may name that an older or smaller corpus lacks; the error says how to add them.

@@ -1,4 +1,4 @@
-"""The capacity-based DeepSpeed `MOELayer` as an MoE dispatcher (docs/ARCHITECTURE.md §3), backend "deepspeed".
+"""The capacity-based DeepSpeed `MOELayer` as an MoE dispatcher (docs/ARCHITECTURE.md §3), dispatcher "deepspeed".
 
 Importing this module registers it with `moe_ts.dispatch`; `set_moe_dispatcher(model, "deepspeed",
 capacity_factor=cf)` then builds one `MOELayer` per MoE layer, once. The layer's own gate routes

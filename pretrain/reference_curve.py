@@ -94,8 +94,8 @@ def run_curve(config: Path, workdir: Path, *, quiet: bool = True) -> tuple[list[
     """
     import torch
 
+    from data_prep.corpus import open_corpus
     from pretrain.config import load_pretrain_config
-    from pretrain.data import load_corpus
     from pretrain.metrics import read_metrics
     from pretrain.train import train
 
@@ -111,7 +111,7 @@ def run_curve(config: Path, workdir: Path, *, quiet: bool = True) -> tuple[list[
     try:
         with (contextlib.redirect_stdout(log) if quiet else contextlib.nullcontext()), \
                 (contextlib.redirect_stderr(log) if quiet else contextlib.nullcontext()):
-            train(run, load_corpus(workdir / "corpus"), workdir / "run")
+            train(run, open_corpus(workdir / "corpus"), workdir / "run")
     except BaseException:
         sys.stderr.write(log.getvalue())  # the run's own log explains the failure
         raise

@@ -20,7 +20,7 @@ ALLOWED = {
     "pretrain": {"kernels", "moe_ts", "data_prep"},
     "eval": {"kernels", "moe_ts", "data_prep"},
     "finetune": {"kernels", "moe_ts", "data_prep", "eval"},
-    "distill": {"kernels", "moe_ts", "data_prep", "pretrain"},
+    "distill": {"kernels", "moe_ts", "data_prep"},
     "cli": {"kernels", "moe_ts", "data_prep", "pretrain", "eval", "finetune", "distill"},
 }
 FORBIDDEN_IN_LIBRARY = ("deepspeed", "pretrain", "eval", "data_prep", "finetune", "distill", "cli")
