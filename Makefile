@@ -18,7 +18,7 @@ export WANDB_MODE       ?= offline
 export HF_HUB_OFFLINE   := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-fast clean-demo
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ $(STAMP): setup.py constraints.txt
 
 install: $(STAMP)
 
+# The full suite (what CI runs through .ci/run), ending with its 15 slowest tests.
 test: $(STAMP)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q --durations=15
+
+# The suite without the tests marked slow (> ~10 s each) or dist (several processes): a few minutes on 2 cores.
+test-fast: $(STAMP)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not dist"
 
 demo: $(STAMP)
 	@mkdir -p $(DEMO)

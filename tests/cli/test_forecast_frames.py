@@ -7,17 +7,12 @@ import pandas as pd
 import pytest
 
 from cli.main import main
-from moe_ts.config import ModelConfig, MoEConfig
 from moe_ts.model import MoiraiMoEModel
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    cfg = ModelConfig(patch_size=8, max_seq_len=16, d_model=16, num_layers=1, num_heads=2,
-                      moe=MoEConfig(num_experts=3, top_k=1, d_ff=8))
-    path = tmp_path_factory.mktemp("frames") / "ck"
-    MoiraiMoEModel(cfg).save_pretrained(path)
-    return path
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint  # the tiny model's folder (conftest.py), shared and read-only
 
 
 def forecast(ckpt, tmp_path, frame, *extra, name="in.csv"):

@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from data_prep.corpus import CorpusEntry, cut_series, load_corpus, write_corpus
+from data_prep.corpus import CorpusEntry, cut_series, load_corpus_dataset, write_corpus
 from data_prep.series import Series
 
 
@@ -12,7 +12,7 @@ def test_round_trip_and_schema(tmp_path):
     a = Series("a", np.array([1.0, np.nan, 3.5]), "h", pd.Timestamp("2020-01-01 05:00"), "demo", group_id="g1")
     b = Series("b", np.arange(5, dtype=np.float64), "MS", None, "demo")
     n = write_corpus(iter([a, b]), tmp_path / "c")
-    corpus = load_corpus(tmp_path / "c")
+    corpus = load_corpus_dataset(tmp_path / "c")
     assert n == 2 and len(corpus) == 2
     schema = corpus.data.schema
     assert schema.field("start").type == pa.timestamp("s")
@@ -32,7 +32,7 @@ def test_cut_series_records_span_and_shifts_start(tmp_path):
     monthly = cut_series(Series("m", np.arange(6.0), "MS", pd.Timestamp("2021-01-01")), 2, 6)
     assert monthly.series.start == pd.Timestamp("2021-03-01")
     write_corpus([entry, CorpusEntry(s, "x", 0, 10)], tmp_path / "c")
-    rows = load_corpus(tmp_path / "c")[:]
+    rows = load_corpus_dataset(tmp_path / "c")[:]
     assert rows["span_start"] == [3, 0] and rows["span_end"] == [7, 10] and rows["target"][0] == [3, 4, 5, 6]
     with pytest.raises(ValueError, match=r"bad span \[5, 20\)"):
         cut_series(s, 5, 20)
@@ -41,9 +41,9 @@ def test_cut_series_records_span_and_shifts_start(tmp_path):
 def test_rewrite_replaces_and_bad_inputs_fail(tmp_path):
     write_corpus([Series("a", [1.0, 2.0], "D")], tmp_path / "c")
     write_corpus([Series("b", [1.0, 2.0, 3.0], "D"), Series("c", [4.0], "D")], tmp_path / "c")
-    assert load_corpus(tmp_path / "c")["item_id"] == ["b", "c"]
+    assert load_corpus_dataset(tmp_path / "c")["item_id"] == ["b", "c"]
     with pytest.raises(ValueError, match="series 'e' of 'demo' is empty"):
         write_corpus([Series("e", np.array([]), "D", dataset="demo")], tmp_path / "d")
     with pytest.raises(FileNotFoundError, match="no corpus at"):
-        load_corpus(tmp_path / "nothing")
+        load_corpus_dataset(tmp_path / "nothing")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".corpus-build")]  # temp cache cleaned up

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from data_prep import leak_check, prepare
-from data_prep.corpus import load_corpus, write_corpus
+from data_prep.corpus import load_corpus_dataset, write_corpus
 from data_prep.series import Series
 from data_prep.registry import get_spec, load_series
 from data_prep.registry import test_span as span_of
@@ -26,7 +26,7 @@ def built(tmp_path_factory):
 
 
 def test_exclusion_cuts_every_series_before_its_test_span(built):
-    corpus = load_corpus(built / "clean")
+    corpus = load_corpus_dataset(built / "clean")
     manifest = json.loads((built / "clean" / "manifest.json").read_text())
     assert manifest["exclude_eval"] is True and manifest["seed"] == 0 and manifest["rows"] == len(corpus)
     counts = {s["name"]: s["series"] for s in manifest["sources"]}
@@ -72,8 +72,8 @@ def test_leak_check_passes_clean_and_catches_leaky(built, capsys):
 
 def test_synthetic_part_is_reproducible(built, tmp_path):
     assert prepare.main(["--out", str(tmp_path / "again"), "--datasets", "tourism_yearly", "--include-eval", *SMALL]) == 0
-    a = load_corpus(built / "clean").filter(lambda r: r["dataset"] == "kernelsynth")["target"]
-    b = load_corpus(tmp_path / "again").filter(lambda r: r["dataset"] == "kernelsynth")["target"]
+    a = load_corpus_dataset(built / "clean").filter(lambda r: r["dataset"] == "kernelsynth")["target"]
+    b = load_corpus_dataset(tmp_path / "again").filter(lambda r: r["dataset"] == "kernelsynth")["target"]
     assert a == b and len(a) == 3
 
 
@@ -102,7 +102,7 @@ def test_zero_shot_dropped_and_cross_series_copies_cut(tmp_path, capsys):
     assert prepare.main(["--out", str(tmp_path / "clean"), *common]) == 0
     out = capsys.readouterr().out
     assert "zeroshot evaluation set: left out" in out and "decontaminated 1 series" in out
-    rows = load_corpus(tmp_path / "clean").to_pandas()
+    rows = load_corpus_dataset(tmp_path / "clean").to_pandas()
     assert "electricity" not in set(rows.dataset)
     t2 = rows[rows.item_id == "T2"].iloc[0]
     assert t2.span_end == 10 and len(t2.target) == 10  # cut just before the copy of T1's test window

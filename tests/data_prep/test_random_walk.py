@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_prep import prepare
-from data_prep.corpus import load_corpus
+from data_prep.corpus import load_corpus_dataset
 from data_prep.synthetic import generate_random_walks
 
 WALKS = generate_random_walks(300, seed=3)
@@ -75,12 +75,12 @@ def test_prepare_writes_random_walks_only_when_asked(tmp_path, capsys):
             "0", "--periodic-count", "0", "--tsmixup-count", "0"]
     assert prepare.main(["--out", str(tmp_path / "c"), *args, "--random-walk-count", "5"]) == 0
     assert re.search(r"^random_walk +5 +\d+  seed 0$", capsys.readouterr().out, re.M)
-    corpus = load_corpus(tmp_path / "c").to_pandas()
+    corpus = load_corpus_dataset(tmp_path / "c").to_pandas()
     walks = corpus[corpus.dataset == "random_walk"]
     assert len(walks) == 5
     np.testing.assert_array_equal(walks.target.iloc[2], generate_random_walks(5, seed=0)[2].target)
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["random_walk_count"] == 5
     assert prepare.main(["--out", str(tmp_path / "none"), *args]) == 0  # default 0: corpora built before are unchanged
-    assert "random_walk" not in set(load_corpus(tmp_path / "none")["dataset"])
+    assert "random_walk" not in set(load_corpus_dataset(tmp_path / "none")["dataset"])
     with pytest.raises(SystemExit, match="--random-walk-count must be >= 0"):
         prepare.main(["--out", str(tmp_path / "bad"), *args, "--random-walk-count", "-1"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep import leak_check, prepare
-from data_prep.corpus import load_corpus
+from data_prep.corpus import load_corpus_dataset
 from data_prep.tsmixup import generate_tsmixup
 
 
@@ -78,7 +78,7 @@ def test_prepare_appends_mixes_of_decontaminated_real_rows(tmp_path, capsys):
             "3", "--kernelsynth-count", "0", "--periodic-count", "0"]
     assert prepare.main(["--out", str(tmp_path / "c"), *args, "--tsmixup-count", "6"]) == 0
     assert re.search(r"^tsmixup +6 +\d+  seed 0, mixed from 16 real series$", capsys.readouterr().out, re.M)
-    corpus = load_corpus(tmp_path / "c").to_pandas()
+    corpus = load_corpus_dataset(tmp_path / "c").to_pandas()
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["tsmixup_count"] == 6 and manifest["rows"] == len(corpus)
     mixed = corpus[corpus.dataset == "tsmixup"]
@@ -88,7 +88,7 @@ def test_prepare_appends_mixes_of_decontaminated_real_rows(tmp_path, capsys):
     assert source["note"] == "seed 0, mixed from 16 real series"  # car_parts' 39-point series are too short to mix
     assert leak_check.main([str(tmp_path / "c"), "--datasets", "m4_hourly,tourism_monthly,car_parts"]) == 0
     assert prepare.main(["--out", str(tmp_path / "none"), *args, "--tsmixup-count", "0"]) == 0
-    assert "tsmixup" not in set(load_corpus(tmp_path / "none")["dataset"])
+    assert "tsmixup" not in set(load_corpus_dataset(tmp_path / "none")["dataset"])
 
 
 def test_prepare_without_long_real_series_says_how_to_skip_mixing(tmp_path):

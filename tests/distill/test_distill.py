@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from cli.main import main
-from moe_ts.config import ModelConfig, MoEConfig
 from moe_ts.student.objectives import distill_loss, multiscale_mse, spectral_kl
 from moe_ts.io.loading import load_model
 from moe_ts.model import MoiraiMoEModel
@@ -24,11 +23,10 @@ from distill.data import DistillData, WindowSet
 from distill.teacher_cache import TeacherSettings, cached_teacher_outputs
 
 
-def tiny_teacher(seed: int = 0) -> MoiraiMoEModel:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(patch_size=8, max_seq_len=8, d_model=16, num_layers=1, num_heads=2,
-                      moe=MoEConfig(num_experts=3, top_k=1, d_ff=8))
-    return MoiraiMoEModel(cfg).eval()
+@pytest.fixture()
+def tiny_teacher(tiny_model) -> MoiraiMoEModel:
+    """The tiny model (conftest.py, seed 0) over 8 positions of 8 points: it reads at most 64 context points."""
+    return tiny_model(seed=0, max_seq_len=8).eval()
 
 
 def sine_windows(n: int, context: int, horizon: int, seed: int = 0) -> WindowSet:
@@ -150,8 +148,8 @@ def test_student_forecast_is_a_point_forecast_rolled_out_past_its_horizon():
 
 # --- teacher-output cache -----------------------------------------------------------------------------------
 
-def test_teacher_cache_is_reused_and_invalidated_when_the_teacher_changes(tmp_path, monkeypatch):
-    teacher = tiny_teacher()
+def test_teacher_cache_is_reused_and_invalidated_when_the_teacher_changes(tmp_path, monkeypatch, tiny_teacher):
+    teacher = tiny_teacher
     ctx = sine_windows(6, 32, 0).contexts
     settings = TeacherSettings(num_samples=4, batch_size=4)
     calls = []
@@ -227,9 +225,8 @@ def test_alpha_beta_zero_is_plain_supervised_training():
 # --- the command and its one-line errors --------------------------------------------------------------------
 
 @pytest.fixture()
-def teacher_dir(tmp_path):
-    tiny_teacher().save_pretrained(tmp_path / "teacher")
-    return tmp_path / "teacher"
+def teacher_dir(tmp_path, make_checkpoint):
+    return make_checkpoint(tmp_path / "teacher", seed=0, max_seq_len=8)  # the tiny teacher's folder
 
 
 def _corpus(tmp_path, lengths):

@@ -110,6 +110,7 @@ def test_cli_rejects_an_unknown_baseline(tmp_path, capsys):
     assert "unknown baseline 'foo'" in capsys.readouterr().err
 
 
+@pytest.mark.dist  # a pool of 2 worker processes
 def test_two_processes_give_the_same_forecasts_and_counts():
     ys = [_seasonal(60 + 7 * i, seed=i) for i in range(5)] + [np.array([1.0, 2.0])]
     one = StatsForecastBaseline("autotheta", 12, n_jobs=1)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from data_prep.corpus import write_corpus
@@ -18,8 +17,7 @@ from eval.baselines import SeasonalNaive
 from eval.probes import PROBE_NAMES, PROBES, get_probes, probe_task, run_probes
 from eval.run import main
 from eval.runner import MODEL, NAIVE, SNAIVE, EvalConfig
-from moe_ts.config import ModelConfig, MoEConfig, load_model_config
-from moe_ts.model import MoiraiMoEModel
+from moe_ts.config import load_model_config
 from pretrain.train import main as pretrain_main
 
 
@@ -29,13 +27,9 @@ def _read(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(patch_size=8, max_seq_len=16, d_model=32, num_layers=2, num_heads=4,
-                      moe=MoEConfig(num_experts=4, top_k=2, d_ff=24))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_random"
-    MoiraiMoEModel(cfg).eval().save_pretrained(path)
-    return path
+def tiny_checkpoint(tmp_path_factory, make_checkpoint) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_random", seed=0, d_model=32, num_layers=2,
+                           num_heads=4, moe=dict(num_experts=4, top_k=2, d_ff=24))
 
 
 def test_probe_suite_end_to_end_on_a_random_model(tiny_checkpoint, tmp_path):
@@ -132,7 +126,8 @@ def test_cli_names_a_context_too_short_for_the_probes(tmp_path, capsys):
 
 
 
-def test_probes_see_what_a_briefly_trained_model_learned(tmp_path):
+@pytest.mark.slow  # 400 pretraining steps
+def test_probes_see_what_a_briefly_trained_model_learned(tmp_path, make_checkpoint):
     """A small model pretrained (the real `moe-ts pretrain` path) for 400 steps on noisy sines of period 12-48
     continues the period-24 probe far better than the same model untrained and than Naive, and does not continue
     the period-168 probe, a period it never saw: the probe suite tells a learned cycle from an unlearned one."""
@@ -153,9 +148,7 @@ def test_probes_see_what_a_briefly_trained_model_learned(tmp_path):
              "checkpoint_every": 1000, "seed": 0, "wandb_mode": "disabled"}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({"model": model, "train": train}))
     assert pretrain_main(["--config", str(tmp_path / "run.yaml"), "--data", str(corpus), "--out", str(tmp_path / "run")]) == 0
-    torch.manual_seed(0)
-    untrained = tmp_path / "untrained"
-    MoiraiMoEModel(load_model_config(tmp_path / "run.yaml")).eval().save_pretrained(untrained)
+    untrained = make_checkpoint(tmp_path / "untrained", seed=0, config=load_model_config(tmp_path / "run.yaml"))
 
     def probes(checkpoint: Path) -> dict[str, dict]:
         out = tmp_path / f"eval_{checkpoint.name}"

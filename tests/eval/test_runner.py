@@ -237,14 +237,17 @@ def test_runner_rejects_malformed_forecasts():
         evaluate_task(_toy_task(), {MODEL: Bad()}, EvalConfig())
 
 
-def test_fresh_tiny_model_through_the_cli(tmp_path, data_dir):
-    torch = pytest.importorskip("torch")
+@pytest.fixture(scope="module")
+def tiny_yaml_checkpoint(tmp_path_factory, make_checkpoint) -> Path:
+    """An untrained model of configs/tiny.yaml (seed 0) in a folder named `tiny`; read-only."""
     from moe_ts.config import load_model_config
-    from moe_ts.model import MoiraiMoEModel
 
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny"
-    MoiraiMoEModel(load_model_config(REPO / "configs" / "tiny.yaml")).save_pretrained(ckpt)
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_yaml") / "tiny", seed=0,
+                           config=load_model_config(REPO / "configs" / "tiny.yaml"))
+
+
+def test_fresh_tiny_model_through_the_cli(tmp_path, data_dir, tiny_yaml_checkpoint):
+    ckpt = tiny_yaml_checkpoint
     out = tmp_path / "out"
     main(["--checkpoint", str(ckpt), "--suite", "monash", "--datasets", "hospital", "--data-dir", str(data_dir),
           "--max-series", "4", "--num-samples", "8", "--out", str(out)])
@@ -263,22 +266,15 @@ def test_fresh_tiny_model_through_the_cli(tmp_path, data_dir):
     assert any(r["role"] == MODEL for r in _read_csv(tmp_path / "o2" / "results.csv"))
 
 
-def _untrained_tiny(tmp_path: Path, data_dir: Path) -> tuple[Path, list[str]]:
-    """An untrained tiny-config checkpoint and eval arguments for a 2-series hospital run."""
-    torch = pytest.importorskip("torch")
-    from moe_ts.config import load_model_config
-    from moe_ts.model import MoiraiMoEModel
-
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny"
-    MoiraiMoEModel(load_model_config(REPO / "configs" / "tiny.yaml")).save_pretrained(ckpt)
+def _untrained_tiny(ckpt: Path, data_dir: Path) -> tuple[Path, list[str]]:
+    """The untrained tiny-config checkpoint and eval arguments for a 2-series hospital run."""
     common = ["--suite", "monash", "--datasets", "hospital", "--data-dir", str(data_dir), "--max-series", "2",
               "--num-samples", "4", "--plot-series", "0"]
     return ckpt, common
 
 
-def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsys):
-    ckpt, common = _untrained_tiny(tmp_path, data_dir)
+def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsys, tiny_yaml_checkpoint):
+    ckpt, common = _untrained_tiny(tiny_yaml_checkpoint, data_dir)
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), *common, "--patches-per-step", "2", "--out", str(tmp_path / "o1")])
     assert "--patches-per-step 2: the model predicts 1 patch(es) per position" in capsys.readouterr().err
@@ -289,8 +285,8 @@ def test_patches_per_step_is_checked_against_the_model(tmp_path, data_dir, capsy
     assert any(r["role"] == MODEL for r in _read_csv(tmp_path / "o3" / "results.csv"))
 
 
-def test_feedback_noise_flag_is_checked(tmp_path, data_dir, capsys):
-    ckpt, common = _untrained_tiny(tmp_path, data_dir)
+def test_feedback_noise_flag_is_checked(tmp_path, data_dir, capsys, tiny_yaml_checkpoint):
+    ckpt, common = _untrained_tiny(tiny_yaml_checkpoint, data_dir)
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), *common, "--feedback-noise", "0.5", "--decode", "median",
               "--out", str(tmp_path / "o1")])

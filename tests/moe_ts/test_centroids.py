@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from moe_ts.centroids import collect_ffn_inputs, init_centroid_gates, kmeans
-from moe_ts.config import ModelConfig, MoEConfig
 from moe_ts.model import MoiraiMoEModel
 
 
@@ -24,11 +23,9 @@ def test_kmeans_recovers_separated_blobs(batch_size):
         kmeans(x[:3], 5)
 
 
-def test_pretrained_representations_initialise_centroid_gates():
-    torch.manual_seed(0)
-    cfg = ModelConfig(patch_size=8, max_seq_len=8, d_model=16, num_layers=2, num_heads=2,
-                      moe=MoEConfig(num_experts=4, top_k=2, d_ff=8))
-    pretrained = MoiraiMoEModel(cfg)
+def test_pretrained_representations_initialise_centroid_gates(tiny_model):
+    pretrained = tiny_model(seed=0, max_seq_len=8, num_layers=2, moe=dict(num_experts=4, top_k=2))  # 64-point rows
+    cfg = pretrained.config
     batches = [{"target": torch.randn(3, 64), "sample_id": torch.tensor([[1] * 8, [1] * 4 + [0] * 4, [1] * 8])}] * 2
     reps = collect_ffn_inputs(pretrained, batches, max_tokens=30)
     assert len(reps) == 2 and reps[0].shape == (30, 16)

@@ -5,14 +5,13 @@ import dataclasses
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
 
 from cli.main import main as cli_main
 from moe_ts.centroids import kmeans, transfer_to_centroid_model
-from moe_ts.config import ModelConfig, MoEConfig
+from moe_ts.config import ModelConfig
 from moe_ts.model import MoiraiMoEModel
 from pretrain.centroids import centroid_config
 
@@ -40,11 +39,10 @@ def _states(cfg: ModelConfig, model: MoiraiMoEModel, n: int = 6) -> list[torch.T
     return collect_ffn_inputs(model, [batch], max_tokens=10_000)
 
 
-def test_dense_source_upcycled_computes_the_same_function():
+def test_dense_source_upcycled_computes_the_same_function(tiny_model):
     """A dense FFN copied into every expert: any top-k mixture (weights sum to 1) equals the FFN."""
-    torch.manual_seed(0)
-    dense_cfg = ModelConfig(**TINY, moe=MoEConfig(num_experts=1, top_k=1, d_ff=8))
-    dense = MoiraiMoEModel(dense_cfg).eval()
+    dense = tiny_model(seed=0, **TINY, moe=dict(num_experts=1, top_k=1, d_ff=8)).eval()
+    dense_cfg = dense.config
     cfg = centroid_config(dense_cfg, 4, None, "nearest", "src")
     assert (cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.gate) == (4, 2, "centroid")
     states = _states(dense_cfg, dense)
@@ -60,12 +58,11 @@ def test_dense_source_upcycled_computes_the_same_function():
     torch.testing.assert_close(target.layers[1].moe.gate.centroids, centroids[1])
 
 
-def test_moe_source_experts_follow_the_tokens_their_gate_sent():
+def test_moe_source_experts_follow_the_tokens_their_gate_sent(tiny_model):
     """Source gate sends cluster k to expert sigma(k); the target routes cluster k to expert k, which must
     therefore hold source expert sigma(k)."""
-    torch.manual_seed(0)
-    src_cfg = ModelConfig(**{**TINY, "num_layers": 1}, moe=MoEConfig(num_experts=4, top_k=2, d_ff=8))
-    source = MoiraiMoEModel(src_cfg)
+    source = tiny_model(seed=0, **{**TINY, "num_layers": 1}, moe=dict(num_experts=4, top_k=2, d_ff=8))
+    src_cfg = source.config
     sigma = [2, 0, 3, 1]
     centers = torch.eye(4, 16) * 10
     with torch.no_grad():  # gate row sigma(k) points at center k
@@ -83,24 +80,15 @@ def test_moe_source_experts_follow_the_tokens_their_gate_sent():
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    import datasets
-
+def corpus(tmp_path_factory, write_arrow_corpus, make_checkpoint):
     root = tmp_path_factory.mktemp("centroids")
     rng = np.random.default_rng(0)
-    cols = {k: [] for k in ("item_id", "dataset", "freq", "start", "target", "group_id")}
-    for i in range(10):
-        y = (np.sin(np.arange(200) / rng.uniform(2, 8)) * rng.uniform(1, 5)).astype(np.float32)
-        for key, value in (("item_id", f"s-{i}"), ("dataset", "sines"), ("freq", "h"),
-                           ("start", pd.Timestamp("2022-01-01")), ("target", y.tolist()), ("group_id", f"s-{i}")):
-            cols[key].append(value)
-    datasets.Dataset.from_dict(cols).save_to_disk(str(root / "corpus"))
-    (root / "corpus" / "manifest.json").write_text(json.dumps({"complete": True}))
-    torch.manual_seed(0)
-    MoiraiMoEModel(ModelConfig(**TINY, moe=MoEConfig(num_experts=4, top_k=2, d_ff=8))
-                                     ).save_pretrained(root / "moe")
-    MoiraiMoEModel(ModelConfig(**TINY, moe=MoEConfig(num_experts=1, top_k=1, d_ff=8))
-                                     ).save_pretrained(root / "dense")
+    write_arrow_corpus(root / "corpus", [
+        {"item_id": f"s-{i}", "dataset": "sines",
+         "target": (np.sin(np.arange(200) / rng.uniform(2, 8)) * rng.uniform(1, 5)).astype(np.float32)}
+        for i in range(10)])
+    make_checkpoint(root / "moe", seed=0, **TINY, moe=dict(num_experts=4, top_k=2, d_ff=8))
+    make_checkpoint(root / "dense", seed=None, **TINY, moe=dict(num_experts=1, top_k=1, d_ff=8))  # RNG continues
     return root
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pretrain.data import (CorpusError, WindowSampler, load_corpus, mixture_probabilities, pack_windows,
-                           sample_window, series_weights)
+from data_prep.corpus import CorpusError, open_corpus
+from pretrain.data import WindowSampler, mixture_probabilities, pack_windows, sample_window, series_weights
 
 STRIDE = 100_000  # series r holds r * STRIDE + t at time t: every value names its series and position
 
@@ -42,7 +42,7 @@ def make_sampler(corpus, **kw):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     specs = [("short", n) for n in (1, 3, 5, 9, 13)] + [("long", n) for n in (50, 200, 1000)] + [("mid", 30)] * 4
-    return load_corpus(write_corpus(tmp_path_factory.mktemp("c") / "corpus", specs))
+    return open_corpus(write_corpus(tmp_path_factory.mktemp("c") / "corpus", specs))
 
 
 def split_windows(target, sample_id, patch_size):
@@ -114,7 +114,7 @@ def test_series_weights_capped_window_count():
 
 # ---- corpus loading --------------------------------------------------------------------------------
 
-def test_load_corpus_views_match_source(corpus):
+def test_open_corpus_views_match_source(corpus):
     assert len(corpus) == 12
     assert corpus.lengths.tolist()[:5] == [1, 3, 5, 9, 13]
     for row in range(len(corpus)):
@@ -124,24 +124,24 @@ def test_load_corpus_views_match_source(corpus):
         assert corpus.n_observed[row] == obs.sum()
 
 
-def test_load_corpus_errors(tmp_path):
+def test_open_corpus_errors(tmp_path):
     import datasets
 
     with pytest.raises(CorpusError, match="not found"):
-        load_corpus(tmp_path / "nope")
+        open_corpus(tmp_path / "nope")
     (tmp_path / "junk").mkdir()
     with pytest.raises(CorpusError, match="junk: not a corpus"):
-        load_corpus(tmp_path / "junk")
+        open_corpus(tmp_path / "junk")
     empty = {"item_id": [], "dataset": [], "target": []}
     datasets.Dataset.from_dict(empty, features=datasets.Features(
         item_id=datasets.Value("string"), dataset=datasets.Value("string"),
         target=datasets.Sequence(datasets.Value("float32")))).save_to_disk(str(tmp_path / "empty"))
     with pytest.raises(CorpusError, match="empty"):
-        load_corpus(tmp_path / "empty")
+        open_corpus(tmp_path / "empty")
 
 
 def test_all_missing_corpus_is_rejected(tmp_path):
-    corpus = load_corpus(write_corpus(tmp_path / "c", [("x", 10), ("x", 20)], nan_rate=1.1))
+    corpus = open_corpus(write_corpus(tmp_path / "c", [("x", 10), ("x", 20)], nan_rate=1.1))
     with pytest.raises(CorpusError, match="all 2 series are empty or entirely missing"):
         make_sampler(corpus)
 
@@ -256,7 +256,7 @@ def test_all_missing_windows_are_skipped(tmp_path):
     y[390:] = 1.0  # only the very end is observed: most windows are all-missing
     cols = {"item_id": ["x"], "dataset": ["d"], "target": [y.tolist()]}
     datasets.Dataset.from_dict(cols).save_to_disk(str(tmp_path / "c"))
-    sampler = make_sampler(load_corpus(tmp_path / "c"), seq_patches=4, min_window_patches=1)
+    sampler = make_sampler(open_corpus(tmp_path / "c"), seq_patches=4, min_window_patches=1)
     batch = sampler.next_batch(8)
     assert sampler.skipped > 0
     for b in range(8):

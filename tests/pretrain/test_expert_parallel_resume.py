@@ -9,19 +9,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
 
 from pretrain.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # every test here waits on `runs`: three 2-process runs, about 30 s on 2 cores
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = {"patch_size": 4, "max_seq_len": 8, "d_model": 16, "num_layers": 2, "num_heads": 2, "stats_ratio": 0.3,
@@ -34,30 +34,22 @@ COMPARED = ("loss", "nll", "aux", "z", "lr", "grad_norm")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    import datasets
-
+def workdir(tmp_path_factory, write_arrow_corpus):
     root = tmp_path_factory.mktemp("ep_resume")
     rng = np.random.default_rng(0)
-    cols = {k: [] for k in ("item_id", "dataset", "freq", "start", "target", "group_id")}
+    rows = []
     for i in range(16):
         length = int(rng.integers(20, 200))
         y = (np.sin(np.arange(length) / rng.uniform(2, 8)) * rng.uniform(1, 5) if i % 2
              else np.cumsum(rng.normal(size=length))).astype(np.float32)
         name = "sines" if i % 2 else "walks"
-        for key, value in (("item_id", f"{name}-{i}"), ("dataset", name), ("freq", "h"),
-                           ("start", pd.Timestamp("2022-01-01")), ("target", y.tolist()), ("group_id", f"g{i}")):
-            cols[key].append(value)
-    datasets.Dataset.from_dict(cols).save_to_disk(str(root / "corpus"))
-    (root / "corpus" / "manifest.json").write_text(json.dumps({"complete": True}))
+        rows.append({"item_id": f"{name}-{i}", "dataset": name, "target": y, "group_id": f"g{i}"})
+    write_arrow_corpus(root / "corpus", rows)
     (root / "run.yaml").write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN, "parallel": PARALLEL}))
     return root
 
 
-def _torchrun(workdir: Path, out: Path, *extra: str) -> subprocess.Popen:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def _torchrun(workdir: Path, out: Path, port: int, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -97,11 +89,11 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(workdir):
+def runs(workdir, free_port):
     """The uninterrupted run and the killed-then-resumed one (started together: 4 processes on the CPUs)."""
     full, killed = workdir / "full", workdir / "killed"
-    full_proc = _torchrun(workdir, full)
-    victim = _torchrun(workdir, killed)
+    full_proc = _torchrun(workdir, full, free_port())
+    victim = _torchrun(workdir, killed, free_port())
     deadline = time.time() + 240
     latest = killed / "checkpoints" / "latest"
     try:
@@ -117,7 +109,7 @@ def runs(workdir):
     assert victim.returncode == -signal.SIGKILL
     killed_at = latest.read_text()
     assert killed_at != "step-10" and not (killed / "final").exists()  # killed mid-run
-    stdout = _finish(_torchrun(workdir, killed, "--resume"))
+    stdout = _finish(_torchrun(workdir, killed, free_port(), "--resume"))
     assert f"resumed from {killed / 'checkpoints' / killed_at}" in stdout
     assert "experts sharded over 2 ranks" in _finish(full_proc)
     return full, killed

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -130,20 +129,14 @@ def _zero_worker(rank: int, world: int, port: int) -> None:
         engine.destroy()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.mark.dist
+def test_two_process_ep2_step_matches_one_process_loss_and_every_gradient(free_port):
+    mp.spawn(_grad_worker, args=(2, free_port()), nprocs=2, join=True)
 
 
 @pytest.mark.dist
-def test_two_process_ep2_step_matches_one_process_loss_and_every_gradient():
-    mp.spawn(_grad_worker, args=(2, _free_port()), nprocs=2, join=True)
-
-
-@pytest.mark.dist
-def test_zero1_and_zero2_with_ep2_reduce_the_loss():
-    mp.spawn(_zero_worker, args=(2, _free_port()), nprocs=2, join=True)
+def test_zero1_and_zero2_with_ep2_reduce_the_loss(free_port):
+    mp.spawn(_zero_worker, args=(2, free_port()), nprocs=2, join=True)
 
 
 def test_ep_size_must_divide_the_experts_and_the_world_size():
@@ -170,23 +163,25 @@ def _stalled_peer_worker(rank: int, world: int, port: int, result_path: str) -> 
     if rank == 1:
         time.sleep(12)  # alive but stuck: never joins the collective
         return
-    t0 = time.time()
     try:
         dist.all_reduce(torch.ones(1), group=ep_group)
         outcome = "no error"
     except Exception as err:  # noqa: BLE001 - the backend's own exception type
         outcome = type(err).__name__ + ": " + str(err).splitlines()[0]
     with open(result_path, "w") as f:
-        f.write(f"{time.time() - t0:.1f}\n{outcome}")
+        f.write(outcome)
 
 
+@pytest.mark.slow  # the stuck rank sleeps 12 s
 @pytest.mark.dist
-def test_a_stuck_rank_fails_the_collective_after_parallel_timeout_s(tmp_path):
-    """The timeout reaches DeepSpeed's expert-parallel group (created by `new_group`, which has its own default)."""
+def test_a_stuck_rank_fails_the_collective_after_parallel_timeout_s(tmp_path, free_port):
+    """The timeout reaches DeepSpeed's expert-parallel group (created by `new_group`, which has its own default).
+    Gloo's error names the timeout it waited (3000 ms, not the 30-minute default), so the check reads no clock:
+    a peer that returns after 12 s closes its connection instead, with another message."""
     result = tmp_path / "result"
-    mp.spawn(_stalled_peer_worker, args=(2, _free_port(), str(result)), nprocs=2, join=True)
-    elapsed, outcome = result.read_text().split("\n", 1)
-    assert outcome != "no error" and float(elapsed) < 9, (elapsed, outcome)
+    mp.spawn(_stalled_peer_worker, args=(2, free_port(), str(result)), nprocs=2, join=True)
+    outcome = result.read_text()
+    assert "Timed out waiting 3000ms" in outcome, outcome
 
 
 def test_a_run_saved_before_ep_size_existed_resumes_as_ep_size_1(tmp_path):

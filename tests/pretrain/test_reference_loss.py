@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import pytest
 import torch
@@ -24,17 +23,15 @@ def reference() -> dict:
     return load_reference(REFERENCE)
 
 
-@pytest.mark.slow
 def test_debug_run_matches_reference_curve(tmp_path, reference):
+    # About 5 s on the 2-core CI machine, so `make test-fast` runs it too; its time is watched by the suite's
+    # `--durations` report, not asserted here (a busy machine would fail a wall-clock limit).
     threads = torch.get_num_threads()
-    t0 = time.perf_counter()
     curve, summary = run_curve(DEBUG_CONFIG, tmp_path)
-    seconds = time.perf_counter() - t0
     assert torch.get_num_threads() == threads  # the config's num_threads does not leak into later tests
     problems = compare_curves(reference, curve, summary, config_dict(DEBUG_CONFIG))
     assert not problems, (failure_message(problems, reference) + "\n\ncurve now vs reference:\n"
                           + format_curve(curve, reference["curve"]))
-    assert seconds < 60, f"the debug run took {seconds:.1f} s; keep it small (it is one of many tests)"
 
 
 def test_reference_file_records_what_produced_it(reference):

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -23,30 +22,11 @@ COMPARED = ("loss", "nll", "aux", "z", "lr", "grad_norm")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    import datasets
+def workdir(tmp_path_factory, small_corpus):
+    import shutil
 
     root = tmp_path_factory.mktemp("pretrain")
-    rng = np.random.default_rng(0)
-    cols = {k: [] for k in ("item_id", "dataset", "freq", "start", "target", "group_id")}
-    for name, n, lo, hi in (("sines", 12, 10, 120), ("walks", 6, 40, 400)):
-        for i in range(n):
-            length = int(rng.integers(lo, hi))
-            t = np.arange(length)
-            if name == "sines":
-                y = np.sin(t / rng.uniform(2, 8)) * rng.uniform(1, 5)
-            else:
-                y = np.cumsum(rng.normal(size=length))
-            y = y.astype(np.float32)
-            y[rng.random(length) < 0.05] = np.nan
-            cols["item_id"].append(f"{name}-{i}")
-            cols["dataset"].append(name)
-            cols["freq"].append("h")
-            cols["start"].append(pd.Timestamp("2022-01-01"))
-            cols["target"].append(y.tolist())
-            cols["group_id"].append(f"{name}-{i}")
-    datasets.Dataset.from_dict(cols).save_to_disk(str(root / "corpus"))
-    (root / "corpus" / "manifest.json").write_text(json.dumps({"complete": True}))  # as `moe-ts prepare` ends
+    shutil.copytree(small_corpus, root / "corpus")  # 12 sines + 6 walks with gaps, manifest as `moe-ts prepare` ends
     (root / "run.yaml").write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN}))
     return root
 
@@ -189,17 +169,14 @@ def test_threads_override_is_validated():
 
 
 @pytest.mark.dist
-def test_two_process_torchrun(workdir, tmp_path):
+def test_two_process_torchrun(workdir, tmp_path, free_port):
     """Data parallel over 2 gloo ranks: each rank saves its own sampler/RNG state; rank 0 writes the rest."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     out = tmp_path / "dp2"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"

@@ -6,17 +6,13 @@ import json
 import pytest
 import torch
 
-from moe_ts.config import ModelConfig, MoEConfig
 from moe_ts.io.hub import ModelFolderError
 from moe_ts.model import MoiraiMoEModel
 
 
 @pytest.fixture()
-def ckpt(tmp_path):
-    cfg = ModelConfig(patch_size=8, max_seq_len=8, d_model=16, num_layers=1, num_heads=2,
-                      moe=MoEConfig(num_experts=3, top_k=1, d_ff=8))
-    MoiraiMoEModel(cfg).save_pretrained(tmp_path / "ck")
-    return tmp_path / "ck"
+def ckpt(writable_checkpoint):
+    return writable_checkpoint  # the tiny model's folder (conftest.py), a private copy at tmp_path / "ck"
 
 
 def test_missing_weights_file(ckpt):

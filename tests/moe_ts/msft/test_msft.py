@@ -226,13 +226,10 @@ DATA = DATA if (DATA / "ett" / "ETTh1.csv").is_file() else Path("/work/shared/da
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(patch_size=16, max_seq_len=64, d_model=16, num_layers=1, num_heads=2,
-                      moe=MoEConfig(num_experts=4, top_k=2, d_ff=16))
-    path = tmp_path_factory.mktemp("ft") / "base"
-    MoiraiMoEModel(cfg).save_pretrained(path)
-    return path
+def tiny_checkpoint(tmp_path_factory, make_checkpoint):
+    """The tiny model with 16-point patches over 64 positions (1024-point contexts): finetuning windows fit."""
+    return make_checkpoint(tmp_path_factory.mktemp("ft") / "base", seed=0, patch_size=16, max_seq_len=64,
+                           moe=dict(num_experts=4, top_k=2, d_ff=16))
 
 
 def test_finetune_cli_on_etth1_lora_merges_into_a_plain_model(tiny_checkpoint, tmp_path):
