@@ -1,9 +1,9 @@
-"""MoE layer speed per backend against a dense SwiGLU FFN with the same active FLOPs (docs/ARCHITECTURE.md §3).
+"""MoE layer speed per dispatcher against a dense SwiGLU FFN with the same active FLOPs (docs/ARCHITECTURE.md §3).
 
     python benchmarks/moe_layer.py --out benchmarks/results/moe_layer_cpu.json          # CPU: small size
     python benchmarks/moe_layer.py --out benchmarks/results/moe_layer_h100.json         # GPU: T=65536, D=768, F=1024, E=32, k=2, bf16
 
-Forward+backward time of `moe_ts.moe.MoELayer` for each backend (torch reference, triton, deepspeed,
+Forward+backward time of `moe_ts.moe.MoELayer` for each dispatcher (`--backends`: torch reference, triton, deepspeed,
 megablocks) beside a dense SwiGLU FFN of hidden size k·F (same active FLOPs: 18·T·D·F·k for forward and
 backward of the experts; the gate GEMM is not counted), as TFLOP/s and as a ratio to the dense FFN
 measured in the same process. Routing alone (the fused Triton router and the torch reference router,
@@ -125,7 +125,7 @@ def routing_rows(args, device, dtype, dense_s: float, copy_gbs: float) -> list[d
 
 
 def layer_rows(args, device, dtype) -> tuple[list[dict], float]:
-    """Forward+backward of the dense FFN and of MoELayer for each backend."""
+    """Forward+backward of the dense FFN and of MoELayer for each dispatcher."""
     from kernels.grouped import grouped_mm_path
 
     T, D, Fh, E, k = args.tokens, args.d_model, args.d_ff, args.experts, args.top_k
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=size["dtype"])
     parser.add_argument("--gate", choices=["linear", "centroid"], default="linear")
     parser.add_argument("--backends", nargs="+", default=["torch", "triton", "deepspeed", "megablocks"])
-    parser.add_argument("--capacity-factor", type=float, default=1.25, help="deepspeed backend only")
+    parser.add_argument("--capacity-factor", type=float, default=1.25, help="deepspeed dispatcher only")
     parser.add_argument("--copy-mib", type=int, default=1024 if gpu else 64, help="buffer size of the copy-bandwidth probe")
     parser.add_argument("--warmup", type=int, default=2 if gpu else 1)
     parser.add_argument("--repeats", type=int, default=10 if gpu else 5)

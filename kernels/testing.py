@@ -1,4 +1,4 @@
-"""Helpers shared by the kernel tests (tests/test_kernels_*.py, tests/moe_ts/test_dispatchers.py)."""
+"""Helpers shared by the kernel tests (tests/kernels/, tests/moe_ts/test_dispatchers.py)."""
 from __future__ import annotations
 
 import pytest

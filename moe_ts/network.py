@@ -53,7 +53,7 @@ class DecoderLayer(nn.Module):
 
 
 class MoiraiMoENetwork(nn.Module):
-    """Decoder-only sparse-MoE network: `forward`/`encode` give hidden states, `head` the next-patch distribution."""
+    """Decoder-only sparse-MoE network: `forward` gives hidden states, `head` the next-patch distribution."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
