@@ -6,7 +6,7 @@ ValueError, KeyError, UnicodeError) are the user's; anything else is a bug and k
 """
 from __future__ import annotations
 
-OUR_PACKAGES = ("moe_ts", "pretrain", "eval", "data_prep", "kernels")
+OUR_PACKAGES = ("kernels", "moe_ts", "data_prep", "pretrain", "eval", "finetune", "distill", "cli")  # every top-level package
 USER_ERROR_TYPES: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, UnicodeError)
 
 
