@@ -140,26 +140,35 @@ def _predicted_patches(model: object) -> int | None:
     return getattr(getattr(model, "config", None), "predict_patches", None)
 
 
-def _decode_kwargs(args: argparse.Namespace, model: object) -> dict[str, Any]:
-    """The decoding flags given, as `forecast()` keywords, checked by `DecodeOptions` against the model."""
+def _decode_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding flags given, as `forecast()` keywords, checked by `DecodeOptions` before anything loads."""
     from moe_ts.forecasting import DecodeOptions, DecodeOptionsError  # torch: loaded with the model anyway
 
     given = {key: value for key, value in (("decode", args.decode), ("patches_per_step", args.patches_per_step),
                                            ("feedback_noise", args.feedback_noise)) if value is not None}
+    if "decode" in given and args.checkpoint in BASELINE_NAMES:
+        raise ValueError("--decode applies to a model checkpoint, not a baseline")
+    try:
+        DecodeOptions(**given)
+    except DecodeOptionsError as err:
+        raise ValueError(err.flag_message) from None
+    return given
+
+
+def _check_decoding_fits(given: dict[str, Any], model: object) -> None:
+    """The decoding flags against the loaded model: only a MoE model decodes, within its predict_patches."""
+    from moe_ts.forecasting import DecodeOptions, DecodeOptionsError
+
     predicted = _predicted_patches(model)
     if predicted is None and "patches_per_step" in given:
         raise ValueError("--patches-per-step applies to a MoE model checkpoint (it decodes patch by patch)")
     if predicted is None and "feedback_noise" in given:
         raise ValueError("--feedback-noise applies to a MoE model checkpoint (it samples autoregressively)")
-    if "decode" in given and args.checkpoint in BASELINE_NAMES:
-        raise ValueError("--decode applies to a model checkpoint, not a baseline")
-    try:
-        options = DecodeOptions(**given)
-        if predicted is not None:
-            options.patches_for(predicted)
-    except DecodeOptionsError as err:
-        raise ValueError(err.flag_message) from None
-    return given
+    if predicted is not None:
+        try:
+            DecodeOptions(**given).patches_for(predicted)
+        except DecodeOptionsError as err:
+            raise ValueError(err.flag_message) from None
 
 
 @dataclass
@@ -187,8 +196,10 @@ def _set_up(args: argparse.Namespace) -> _Setup:
     check_output_dir(args.out, args.overwrite)
     if args.lsf_split != "test" and args.suite not in ("lsf", "all"):
         raise ValueError(f"--lsf-split applies to --suite lsf or all, not {args.suite or '--tsf'}")
+    decoding = _decode_kwargs(args)
     model, model_name, model_kwargs = load_forecaster(args.checkpoint)
-    setup = _Setup(model, model_name, {**model_kwargs, **_decode_kwargs(args, model)}, baselines)
+    _check_decoding_fits(decoding, model)
+    setup = _Setup(model, model_name, {**model_kwargs, **decoding}, baselines)
     if args.tsf is not None:
         if args.datasets or args.data_dir:
             raise ValueError("--datasets and --data-dir apply to --suite only")

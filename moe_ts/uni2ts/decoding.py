@@ -3,7 +3,7 @@
 uni2ts' Moirai-MoE forecaster re-standardises each sample path with statistics that include its own sampled
 patches and re-encodes the whole sequence at every step (no KV cache). A group of V related series is packed
 into one row variate-major, as uni2ts packs it, with variate ids (the attention bias), time ids shared by the
-variates and per-variate statistics. `tests/test_convert_uni2ts.py` matches both to uni2ts' recorded outputs.
+variates and per-variate statistics. `tests/moe_ts/uni2ts/test_convert.py` matches both to uni2ts' recorded outputs.
 
 Shape legend: B series, S sample paths, V variates, N patches, P patch size, K patches predicted per position,
 T context length.
