@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from data_prep.corpus import CorpusEntry, cut_series, load_corpus_dataset, write_corpus
+from data_prep.corpus import CorpusEntry, CorpusError, cut_series, load_corpus_dataset, open_corpus, write_corpus
 from data_prep.series import Series
 
 
@@ -47,3 +47,41 @@ def test_rewrite_replaces_and_bad_inputs_fail(tmp_path):
     with pytest.raises(FileNotFoundError, match="no corpus at"):
         load_corpus_dataset(tmp_path / "nothing")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".corpus-build")]  # temp cache cleaned up
+
+
+# ---- the memory-mapped reader that training uses ------------------------------------------------------------------
+STRIDE = 100_000  # row r holds r * STRIDE + t at time t: every value names its row and position
+
+
+def test_open_corpus_views_match_source(tmp_path, write_arrow_corpus):
+    rng = np.random.default_rng(0)
+    lengths = [1, 3, 5, 9, 13, 50, 200, 1000, 30, 30, 30, 30]
+    rows = []
+    for row, length in enumerate(lengths):
+        target = (row * STRIDE + np.arange(length)).astype(np.float32)
+        target[rng.random(length) < 0.1] = np.nan
+        rows.append({"item_id": f"r{row}", "dataset": "d", "target": target})
+    corpus = open_corpus(write_arrow_corpus(tmp_path / "c", rows))
+    assert len(corpus) == 12 and corpus.lengths.tolist() == lengths
+    for row in range(len(corpus)):
+        v = corpus.values(row)
+        obs = ~np.isnan(v)
+        np.testing.assert_array_equal(v[obs], (row * STRIDE + np.arange(len(v)))[obs])
+        np.testing.assert_array_equal(obs, ~np.isnan(rows[row]["target"]))
+        assert corpus.n_observed[row] == obs.sum()
+
+
+def test_open_corpus_errors(tmp_path):
+    import datasets
+
+    with pytest.raises(CorpusError, match="not found"):
+        open_corpus(tmp_path / "nope")
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(CorpusError, match="junk: not a corpus"):
+        open_corpus(tmp_path / "junk")
+    empty = {"item_id": [], "dataset": [], "target": []}
+    datasets.Dataset.from_dict(empty, features=datasets.Features(
+        item_id=datasets.Value("string"), dataset=datasets.Value("string"),
+        target=datasets.Sequence(datasets.Value("float32")))).save_to_disk(str(tmp_path / "empty"))
+    with pytest.raises(CorpusError, match="empty"):
+        open_corpus(tmp_path / "empty")

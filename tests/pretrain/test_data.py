@@ -114,32 +114,6 @@ def test_series_weights_capped_window_count():
 
 # ---- corpus loading --------------------------------------------------------------------------------
 
-def test_open_corpus_views_match_source(corpus):
-    assert len(corpus) == 12
-    assert corpus.lengths.tolist()[:5] == [1, 3, 5, 9, 13]
-    for row in range(len(corpus)):
-        v = corpus.values(row)
-        obs = ~np.isnan(v)
-        np.testing.assert_array_equal(v[obs], (row * STRIDE + np.arange(len(v)))[obs])
-        assert corpus.n_observed[row] == obs.sum()
-
-
-def test_open_corpus_errors(tmp_path):
-    import datasets
-
-    with pytest.raises(CorpusError, match="not found"):
-        open_corpus(tmp_path / "nope")
-    (tmp_path / "junk").mkdir()
-    with pytest.raises(CorpusError, match="junk: not a corpus"):
-        open_corpus(tmp_path / "junk")
-    empty = {"item_id": [], "dataset": [], "target": []}
-    datasets.Dataset.from_dict(empty, features=datasets.Features(
-        item_id=datasets.Value("string"), dataset=datasets.Value("string"),
-        target=datasets.Sequence(datasets.Value("float32")))).save_to_disk(str(tmp_path / "empty"))
-    with pytest.raises(CorpusError, match="empty"):
-        open_corpus(tmp_path / "empty")
-
-
 def test_all_missing_corpus_is_rejected(tmp_path):
     corpus = open_corpus(write_corpus(tmp_path / "c", [("x", 10), ("x", 20)], nan_rate=1.1))
     with pytest.raises(CorpusError, match="all 2 series are empty or entirely missing"):
