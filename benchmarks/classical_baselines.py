@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import registry
+from data_prep import registry
 from eval.classical import StatsForecastBaseline
 from eval.protocols import TaskOptions, build_tasks
 from eval.runner import EVAL_QUANTILES

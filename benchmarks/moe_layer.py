@@ -3,7 +3,7 @@
     python benchmarks/moe_layer.py --out benchmarks/results/moe_layer_cpu.json          # CPU: small size
     python benchmarks/moe_layer.py --out benchmarks/results/moe_layer_h100.json         # GPU: T=65536, D=768, F=1024, E=32, k=2, bf16
 
-Forward+backward time of `moe_ts.moe.MoELayer` for each dispatcher (`--backends`: torch reference, triton, deepspeed,
+Forward+backward time of `moe_ts.moe.MoELayer` for each dispatcher (`--dispatchers`: torch reference, triton, deepspeed,
 megablocks) beside a dense SwiGLU FFN of hidden size k·F (same active FLOPs: 18·T·D·F·k for forward and
 backward of the experts; the gate GEMM is not counted), as TFLOP/s and as a ratio to the dense FFN
 measured in the same process. Routing alone (the fused Triton router and the torch reference router,
@@ -138,23 +138,23 @@ def layer_rows(args, device, dtype) -> tuple[list[dict], float]:
              "time_vs_dense_ffn": 1.0, "note": ""}]
     cfg = MoEConfig(num_experts=E, top_k=k, d_ff=Fh, gate=args.gate)
     base = MoELayer(D, cfg, init_std=D**-0.5).to(device=device, dtype=dtype)
-    for backend in args.backends:
+    for dispatcher in args.dispatchers:
         layer = copy.deepcopy(base)
         note = ""
-        if backend == "triton":
+        if dispatcher == "triton":
             note = "experts: " + grouped_mm_path(x, layer.experts.w_gate, layer.experts.w_up, layer.experts.w_down)
             if device.type == "cpu":
                 note += "; Triton interpreter (CPU)"
-        if backend == "deepspeed":
+        if dispatcher == "deepspeed":
             note = f"capacity factor {args.capacity_factor} (capacity-based: may drop)"
         try:
-            set_moe_dispatcher(layer, backend, capacity_factor=args.capacity_factor)
+            set_moe_dispatcher(layer, dispatcher, capacity_factor=args.capacity_factor)
             seconds = time_it(fwd_bwd(layer, x, grad), device, args.warmup, args.repeats)
         except RuntimeError as err:  # e.g. megablocks on CPU: report the reason, keep the other rows
-            rows.append({"name": f"moe: {backend}", "seconds": None, "TFLOP_per_s": None, "time_vs_dense_ffn": None,
+            rows.append({"name": f"moe: {dispatcher}", "seconds": None, "TFLOP_per_s": None, "time_vs_dense_ffn": None,
                          "note": f"not run: {err}"})
             continue
-        rows.append({"name": f"moe: {backend}", "seconds": seconds, "TFLOP_per_s": flops / seconds / 1e12,
+        rows.append({"name": f"moe: {dispatcher}", "seconds": seconds, "TFLOP_per_s": flops / seconds / 1e12,
                      "time_vs_dense_ffn": seconds / dense_s, "note": note})
     return rows, dense_s
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top-k", type=int, default=size["top_k"])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=size["dtype"])
     parser.add_argument("--gate", choices=["linear", "centroid"], default="linear")
-    parser.add_argument("--backends", nargs="+", default=["torch", "triton", "deepspeed", "megablocks"])
+    parser.add_argument("--dispatchers", nargs="+", default=["torch", "triton", "deepspeed", "megablocks"])
     parser.add_argument("--capacity-factor", type=float, default=1.25, help="deepspeed dispatcher only")
     parser.add_argument("--copy-mib", type=int, default=1024 if gpu else 64, help="buffer size of the copy-bandwidth probe")
     parser.add_argument("--warmup", type=int, default=2 if gpu else 1)

@@ -17,7 +17,6 @@ is replaced only when moe-ts wrote it, or with --overwrite (see `moe_ts.io.outpu
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time

@@ -32,6 +32,7 @@ from eval.plots import plot_suite
 from eval.protocols import LSF_SPLITS, TaskOptions, tsf_task
 from eval.report import write_reports
 from eval.runner import Forecaster, EvalConfig, SuiteResult, parse_baselines, run_suite, run_task_suite
+from moe_ts.decode_options import DECODE_MODES, DecodeOptions, DecodeOptionsError
 from moe_ts.io.output_dir import check_output_dir, mark
 
 SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "probes", "all")
@@ -89,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a decoding or checkpoint without looking at the test split")
     p.add_argument("--chunk-size", type=_positive, default=1024, help="instances per forecast() call")
     p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
-    p.add_argument("--decode", help="what the model feeds back while decoding: median, mean, sample or uni2ts "
-                                     "(default: forecast()'s; see moe_ts/forecasting.py)")
+    p.add_argument("--decode", choices=DECODE_MODES,
+                   help="what the model feeds back while decoding (default: forecast()'s; see moe_ts/forecasting.py)")
     p.add_argument("--patches-per-step", type=_positive,
                    help="patches each decoding step emits, 1..the model's predict_patches (default: all)")
     p.add_argument("--feedback-noise", type=float,
@@ -142,8 +143,6 @@ def _predicted_patches(model: object) -> int | None:
 
 def _decode_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding flags given, as `forecast()` keywords, checked by `DecodeOptions` before anything loads."""
-    from moe_ts.forecasting import DecodeOptions, DecodeOptionsError  # torch: loaded with the model anyway
-
     given = {key: value for key, value in (("decode", args.decode), ("patches_per_step", args.patches_per_step),
                                            ("feedback_noise", args.feedback_noise)) if value is not None}
     if "decode" in given and args.checkpoint in BASELINE_NAMES:
@@ -157,8 +156,6 @@ def _decode_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_decoding_fits(given: dict[str, Any], model: object) -> None:
     """The decoding flags against the loaded model: only a MoE model decodes, within its predict_patches."""
-    from moe_ts.forecasting import DecodeOptions, DecodeOptionsError
-
     predicted = _predicted_patches(model)
     if predicted is None and "patches_per_step" in given:
         raise ValueError("--patches-per-step applies to a MoE model checkpoint (it decodes patch by patch)")

@@ -30,7 +30,6 @@ per position (`predict_patches`), Q values a decoding step emits (patches_per_st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from moe_ts.attention import LayerCache
+from moe_ts.decode_options import MEDIAN_DRAWS, DecodeOptions
 from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.packing import (PackedLayout, left_pad, masked_stats, observed_time_ids, patchify, prepare_contexts,
@@ -47,64 +47,6 @@ from moe_ts.uni2ts.decoding import uni2ts_paths
 if TYPE_CHECKING:
     from moe_ts.config import ModelConfig
     from moe_ts.network import MoiraiMoENetwork as MoiraiMoEModel  # forecasting needs only the network
-
-
-DECODE_MODES = ("median", "mean", "sample", "uni2ts")
-MEDIAN_DRAWS = 100  # draws per step for the fed-back median ("median" mode) when fewer samples are asked for
-DEFAULT_FEEDBACK_NOISE = 0.5  # decode="sample": share of each draw's deviation that is fed back (EXPERIMENTS.md)
-
-
-class DecodeOptionsError(ValueError):
-    """A decoding option that does not apply; `flag_message` says it in the eval CLI's flag names."""
-
-    def __init__(self, message: str, flag_message: str) -> None:
-        super().__init__(message)
-        self.flag_message = flag_message
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How `forecast` decodes (the module docstring): its keywords, checked once, on construction, and against
-    a model by `patches_for`. The eval CLI checks its flags with it. The other families accept these keywords,
-    check them and do not use them: the student does not decode, MSFT always feeds back each scale's median."""
-
-    decode: str = "sample"
-    patches_per_step: int | None = None  # None: all of the model's predict_patches
-    feedback_noise: float | None = None  # decode="sample" only; None: DEFAULT_FEEDBACK_NOISE
-    use_kv_cache: bool = True  # False: re-encode the whole sequence at each step (the cache's reference)
-
-    def __post_init__(self) -> None:
-        if self.decode not in DECODE_MODES:
-            raise DecodeOptionsError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}",
-                                     f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode}")
-        if self.feedback_noise is None:
-            return
-        if self.decode != "sample":
-            raise DecodeOptionsError(f"feedback_noise applies to decode='sample', not {self.decode!r}",
-                                     f"--feedback-noise applies to --decode sample, not {self.decode}")
-        if not 0.0 <= self.feedback_noise <= 1.0:
-            raise DecodeOptionsError(f"feedback_noise must be in [0, 1], got {self.feedback_noise}",
-                                     f"--feedback-noise must be in [0, 1], got {self.feedback_noise:g}")
-
-    @property
-    def noise(self) -> float:
-        """The share of each draw's deviation that decode="sample" feeds back."""
-        return DEFAULT_FEEDBACK_NOISE if self.feedback_noise is None else float(self.feedback_noise)
-
-    def patches_for(self, predict_patches: int) -> int:
-        """Patches each step emits for a model predicting `predict_patches` per position (K)."""
-        per_step = predict_patches if self.patches_per_step is None else self.patches_per_step
-        if not 1 <= per_step <= predict_patches:
-            raise DecodeOptionsError(
-                f"patches_per_step must be in 1..{predict_patches} (the model's predict_patches), "
-                f"got {self.patches_per_step}",
-                f"--patches-per-step {self.patches_per_step}: the model predicts {predict_patches} patch(es) per "
-                f"position (allowed 1..{predict_patches})")
-        if self.decode == "uni2ts" and per_step != predict_patches:
-            raise DecodeOptionsError(
-                "decode='uni2ts' emits all predicted patches per step; patches_per_step does not apply",
-                "--decode uni2ts emits all predicted patches per step; --patches-per-step does not apply")
-        return per_step
 
 
 class _Decoder:

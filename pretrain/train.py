@@ -29,7 +29,7 @@ from data_prep.corpus import Corpus, CorpusError, check_manifest, open_corpus
 from moe_ts.io.hub import ModelFolderError
 from moe_ts.io.output_dir import OutputDirError
 from moe_ts.typed_config import ConfigError
-from pretrain.checkpoint import CheckpointError
+from pretrain.errors import CheckpointError
 from pretrain.config import PretrainConfig, load_pretrain_config
 from pretrain.trainer import finish, run_steps, set_up
 

@@ -20,11 +20,12 @@ import torch
 from data_prep.corpus import Corpus, CorpusError, check_manifest, corpus_fingerprint
 from moe_ts.io.output_dir import check_output_dir, mark
 from moe_ts.typed_config import save_file, to_dict
-from pretrain.checkpoint import (CheckpointError, check_checkpoint_layout, latest_checkpoint, list_checkpoints,
+from pretrain.checkpoint import (check_checkpoint_layout, latest_checkpoint, list_checkpoints,
                                  load_checkpoint, remove_leftovers, save_checkpoint, save_final)
 from pretrain.config import PretrainConfig, train_flops_per_token
 from pretrain.data import WindowSampler
 from pretrain.engine import DistInfo, StepStats, any_rank, build_engine, setup_distributed, train_step, unwrap
+from pretrain.errors import CheckpointError
 from pretrain.metrics import MetricsLog, expert_load_stats
 from pretrain.resume_check import check_resume_config
 

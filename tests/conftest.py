@@ -106,13 +106,15 @@ def writable_checkpoint(tiny_checkpoint, tmp_path):
     return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ck"))
 
 
+# The columns training reads (a `moe-ts prepare` corpus has these and its provenance columns, data_prep.corpus.SCHEMA).
 CORPUS_COLUMNS = ("item_id", "dataset", "freq", "start", "target", "group_id")
 
 
 @pytest.fixture(scope="session")
 def write_arrow_corpus():
-    """Factory: `write_arrow_corpus(path, rows, manifest=True)` writes a pretraining corpus (the Arrow dataset
-    `moe-ts prepare` writes) from `rows`, dicts with `item_id`, `dataset`, `target` (a float32 array, NaN for
+    """Factory: `write_arrow_corpus(path, rows, manifest=True)` writes a corpus training reads (`open_corpus`:
+    the Arrow dataset with the training columns only; the leak check's reader wants `moe-ts prepare`'s provenance
+    columns too) from `rows`, dicts with `item_id`, `dataset`, `target` (a float32 array, NaN for
     missing) and optionally `freq` ("h"), `start` (2022-01-01) and `group_id` (the item id); with `manifest`
     it ends as `moe-ts prepare` does, with `manifest.json` saying `{"complete": true}`. Returns `path`."""
     def write(path, rows, manifest: bool = True):
@@ -153,7 +155,7 @@ def sines_and_walks(seed: int = 0, sines=(12, 10, 120), walks=(6, 40, 400), nan_
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory, write_arrow_corpus):
     """A small complete corpus shared by the session (read it, never write into it): 12 sines of 10-120 points
-    and 6 random walks of 40-400, 5 % of the points missing, as `moe-ts prepare` leaves it (manifest included)."""
+    and 6 random walks of 40-400, 5 % of the points missing, with a complete manifest (what training needs of `moe-ts prepare`'s output)."""
     return write_arrow_corpus(tmp_path_factory.mktemp("small_corpus") / "corpus", sines_and_walks(0))
 
 

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.forecasting import MEDIAN_DRAWS, DecodeOptions
+from moe_ts.decode_options import MEDIAN_DRAWS
+from moe_ts.decode_options import accepted as accepted_decoding
 from moe_ts.msft.network import avg_pool_nan
 from moe_ts.packing import PackedLayout, masked_stats, patchify, standardise
 
@@ -114,7 +115,7 @@ def msft_forecast(net: "MSFTNetwork", contexts: object, prediction_length: int, 
     points). decoding: the MoE model's `DecodeOptions` keywords (decode, patches_per_step, ...), checked as there
     and not used: every scale decodes by feeding back its median, re-encoding the sequence at each step.
     """
-    DecodeOptions(**decoding)  # a caller written for the MoE model passes them; MSFT decodes one way
+    accepted_decoding("MSFTModel.forecast", decoding)  # a caller written for the MoE model passes them
     check_request(prediction_length, num_samples, batch_size)
     unit = net.config.patch_size * net.msft.pool
     context_length = default_context_length(net) if context_length is None else context_length

@@ -9,7 +9,7 @@ pre-activations [B, W], as in the reference code's decomposed MLP.
 
 Forecasts are POINT forecasts: `forecast` returns `ForecastOutput.from_point` (every quantile equals the
 point, `samples` is None), so interval metrics (CRPS, MSIS) of a student are those of a point forecast.
-`num_samples`, `seed` and the MoE model's decoding options (`moe_ts.forecasting.DecodeOptions`) are
+`num_samples`, `seed` and the MoE model's decoding options (`moe_ts.decode_options.DecodeOptions`) are
 accepted so that callers written for the MoE model work unchanged, and do not apply. A horizon longer
 than the trained one is forecast by feeding the student's own forecast back as context (recursive rollout).
 
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
-from moe_ts.forecasting import DecodeOptions
+from moe_ts.decode_options import accepted as accepted_decoding
 from moe_ts.io.hub import HubIOMixin, released_class_keywords
 from moe_ts.packing import prepare_contexts
 from moe_ts.typed_config import ConfigError
@@ -217,7 +217,7 @@ class MLPForecaster(
         student is deterministic. decoding: the MoE model's `DecodeOptions` keywords (decode, patches_per_step,
         feedback_noise, use_kv_cache), checked as there and not used: the student forecasts directly.
         """
-        DecodeOptions(**decoding)  # a caller written for the MoE model passes them; a direct forecast has none
+        accepted_decoding("MLPForecaster.forecast", decoding)  # a caller written for the MoE model passes them
         check_request(prediction_length, batch_size=batch_size)
         window = self._context_window(context_arrays(contexts), context_length, allow_short_context)
         param = next(self.parameters())

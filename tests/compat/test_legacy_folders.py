@@ -27,14 +27,28 @@ def test_a_folder_written_before_the_layout_change_forecasts_identically(kind):
     np.testing.assert_array_equal(got, np.load(FOLDERS / f"{kind}_forecast.npy"))
 
 
-def test_a_run_folder_written_before_the_layout_change_resumes_to_its_end(tmp_path):
+def test_the_usage_snippet_of_an_old_model_card_still_runs():
+    card = (FOLDERS / "student" / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = snippet.replace("THIS_FOLDER", str(FOLDERS / "student")).replace("[context_array]", "[context]")
+    context = np.nan_to_num(np.load(FOLDERS / "context.npy")[0], nan=10.0)
+    with pytest.warns(FutureWarning, match="moe_ts.io.loading.load_model"):
+        exec(compile(snippet, "student/README.md", "exec"), {"context": context})
+
+
+def test_a_run_folder_written_before_the_layout_change_resumes_exactly(tmp_path):
+    """Resumed from its step-2 checkpoint, the old run continues as an uninterrupted run of today's code does."""
     work = tmp_path / "legacy"
     shutil.copytree(LEGACY / "run", work)
-    before = read_metrics(work / "run" / "metrics.jsonl")
-    assert [m["step"] for m in before if "loss" in m][-1] == 2
-    pretrain_main(["--config", str(work / "run.yaml"), "--data", str(work / "corpus"), "--out", str(work / "run"),
-                   "--resume"])
-    after = [m for m in read_metrics(work / "run" / "metrics.jsonl") if "loss" in m]
-    assert [m["step"] for m in after] == list(range(1, 7))
-    assert [m["loss"] for m in after[:2]] == [m["loss"] for m in before if "loss" in m][:2]
+    before = [m for m in read_metrics(work / "run" / "metrics.jsonl") if "loss" in m]
+    assert [m["step"] for m in before] == [1, 2]
+    common = ["--config", str(work / "run.yaml"), "--data", str(work / "corpus")]
+    assert pretrain_main([*common, "--out", str(work / "run"), "--resume"]) == 0
+    assert pretrain_main([*common, "--out", str(tmp_path / "fresh")]) == 0
+    resumed = [m for m in read_metrics(work / "run" / "metrics.jsonl") if "loss" in m]
+    fresh = [m for m in read_metrics(tmp_path / "fresh" / "metrics.jsonl") if "loss" in m]
+    assert [m["step"] for m in resumed] == [m["step"] for m in fresh] == list(range(1, 7))
+    assert resumed[:2] == before  # the old lines are kept as written
+    for key in ("loss", "grad_norm", "lr"):
+        assert [m[key] for m in resumed] == [m[key] for m in fresh], key
     assert json.loads((work / "run" / "final" / "training.json").read_text())["step"] == 6

@@ -27,14 +27,14 @@ def _read(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, make_checkpoint) -> Path:
+def probe_checkpoint(tmp_path_factory, make_checkpoint) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_random", seed=0, d_model=32, num_layers=2,
                            num_heads=4, moe=dict(num_experts=4, top_k=2, d_ff=24))
 
 
-def test_probe_suite_end_to_end_on_a_random_model(tiny_checkpoint, tmp_path):
+def test_probe_suite_end_to_end_on_a_random_model(probe_checkpoint, tmp_path):
     out = tmp_path / "out"
-    rc = main(["--checkpoint", str(tiny_checkpoint), "--suite", "probes", "--out", str(out), "--probe-series", "1",
+    rc = main(["--checkpoint", str(probe_checkpoint), "--suite", "probes", "--out", str(out), "--probe-series", "1",
                "--num-samples", "4", "--context-length", "400", "--plot-series", "0"])
     assert rc == 0
     rows = _read(out / "probes.csv")

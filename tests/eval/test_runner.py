@@ -297,7 +297,8 @@ def test_feedback_noise_flag_is_checked(tmp_path, data_dir, capsys, tiny_yaml_ch
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), *common, "--feedback-noise", "2", "--out", str(tmp_path / "o3")])
     assert "must be in [0, 1], got 2" in capsys.readouterr().err
-    for bad in (["--decode", "greedy"], ["--feedback-noise", "2"]):  # refused before any checkpoint is read
+    for bad in (["--decode", "greedy"], ["--feedback-noise", "2"], ["--feedback-noise", "0.5", "--decode", "mean"]):
+        # refused before any checkpoint is read
         with pytest.raises(SystemExit):
             main(["--checkpoint", str(tmp_path / "no_such_folder"), *common, *bad, "--out", str(tmp_path / "o6")])
         err = capsys.readouterr().err

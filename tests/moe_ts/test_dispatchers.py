@@ -13,11 +13,9 @@ import torch
 import pretrain.moe_deepspeed  # noqa: F401  (registers the "deepspeed" dispatcher)
 from kernels._common import poison_outputs
 from kernels.testing import DEVICES, rel_err
-from kernels.topk import dispatch_fields
+from kernels.topk import Routing, dispatch_fields
 from moe_ts.config import MoEConfig
-from moe_ts.dispatch import dispatcher_names, make_dispatcher, set_moe_dispatcher
-from kernels.topk import Routing
-from moe_ts.dispatch import dispatch_reference
+from moe_ts.dispatch import dispatch_reference, dispatcher_names, make_dispatcher, set_moe_dispatcher
 from moe_ts.moe import MoELayer
 
 WIDTH, HIDDEN, EMPTY = 32, 48, 3
@@ -53,10 +51,10 @@ def _layer_and_input(gate, select, weighting, top_k, num_experts, dtype, device,
     return layer.to(dtype).to(device), x.to(dtype).to(device)
 
 
-def _run(layer: MoELayer, x: torch.Tensor, backend: str, grad_y: torch.Tensor, rows: torch.Tensor | None = None):
+def _run(layer: MoELayer, x: torch.Tensor, dispatcher: str, grad_y: torch.Tensor, rows: torch.Tensor | None = None):
     layer = copy.deepcopy(layer)
     # capacity factor E: DeepSpeed's capacity ceil(E·k·T/E) ≥ T·k pairs, nothing drops
-    set_moe_dispatcher(layer, backend, capacity_factor=float(layer.cfg.num_experts))
+    set_moe_dispatcher(layer, dispatcher, capacity_factor=float(layer.cfg.num_experts))
     x = x.detach().clone().requires_grad_(True)
     with poison_outputs():
         y, stats = layer(x)
@@ -69,10 +67,10 @@ def _run(layer: MoELayer, x: torch.Tensor, backend: str, grad_y: torch.Tensor, r
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("backend", ["triton", "deepspeed"])
+@pytest.mark.parametrize("dispatcher", ["triton", "deepspeed"])
 @pytest.mark.parametrize("gate,select,weighting,top_k,num_experts", CASES)
-def test_backend_matches_torch_reference(device, dtype, backend, gate, select, weighting, top_k, num_experts):
-    if backend == "deepspeed" and device == "cuda":
+def test_dispatcher_matches_torch_reference(device, dtype, dispatcher, gate, select, weighting, top_k, num_experts):
+    if dispatcher == "deepspeed" and device == "cuda":
         pytest.importorskip("deepspeed")
     gen = _gen()
     layer, x = _layer_and_input(gate, select, weighting, top_k, num_experts, dtype, device, gen)
@@ -82,7 +80,7 @@ def test_backend_matches_torch_reference(device, dtype, backend, gate, select, w
         ids_ref = layer.route(x).expert_ids
         ref_scores = layer.route(x).scores.float()
         ids_64 = truth_layer.route(x64).expert_ids
-        if backend == "triton":
+        if dispatcher == "triton":
             ids_b = layer.route(x, fused=True).expert_ids
         else:
             ids_b = ids_ref  # deepspeed and megablocks use the layer's own router
@@ -103,7 +101,7 @@ def test_backend_matches_torch_reference(device, dtype, backend, gate, select, w
     rows = same & agree(ids_b, ids_64)
     assert rows.float().mean() > 0.7
     mask = None if rows.all() else rows
-    y_b, gx_b, grads_b, stats_b = _run(layer, x, backend, grad_y, rows=mask)
+    y_b, gx_b, grads_b, stats_b = _run(layer, x, dispatcher, grad_y, rows=mask)
     y_r, gx_r, grads_r, stats_r = _run(layer, x, "torch", grad_y, rows=mask)
     y_t, gx_t, grads_t, _ = _run(truth_layer, x64, "torch", grad_y.double(), rows=mask)
 

@@ -13,6 +13,7 @@ import torch
 
 from moe_ts import forecasting
 from moe_ts.config import ModelConfig, MoEConfig
+from moe_ts.decode_options import DEFAULT_FEEDBACK_NOISE
 from moe_ts.distributions import Mixture, MixtureParams
 from moe_ts.model import MoiraiMoEModel
 
@@ -106,7 +107,7 @@ def test_damping_changes_the_paths_and_the_default_damps():
     np.testing.assert_array_equal(ancestral[..., :P], damped[..., :P])  # the first step feeds nothing back yet
     assert np.abs(ancestral[..., P:] - damped[..., P:]).max() > 1e-3
     expected = model.forecast(contexts, 4 * P, num_samples=6, seed=2,
-                              feedback_noise=forecasting.DEFAULT_FEEDBACK_NOISE).samples
+                              feedback_noise=DEFAULT_FEEDBACK_NOISE).samples
     np.testing.assert_array_equal(default, expected)
 
 

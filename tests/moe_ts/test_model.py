@@ -19,7 +19,7 @@ from moe_ts.packing import PackedLayout, masked_stats, patchify
 P = 8
 
 
-def tiny_config(**moe_overrides) -> ModelConfig:
+def layer_test_config(**moe_overrides) -> ModelConfig:
     moe = MoEConfig(num_experts=5, top_k=2, d_ff=24, **moe_overrides)
     return ModelConfig(patch_size=P, max_seq_len=16, d_model=32, num_layers=2, num_heads=4, moe=moe)
 
@@ -27,7 +27,7 @@ def tiny_config(**moe_overrides) -> ModelConfig:
 @pytest.fixture()
 def model() -> MoiraiMoEModel:
     torch.manual_seed(0)
-    return MoiraiMoEModel(tiny_config()).eval()
+    return MoiraiMoEModel(layer_test_config()).eval()
 
 
 def hidden_of(model: MoiraiMoEModel, target: torch.Tensor, sample_id: torch.Tensor) -> torch.Tensor:
@@ -305,8 +305,8 @@ def test_missing_values_modes():
         standardise(values, observed, loc, scale, "drop")
 
     torch.manual_seed(0)
-    a = MoiraiMoEModel(tiny_config()).eval()
-    b = MoiraiMoEModel(dataclasses.replace(tiny_config(), missing_values="zero_raw")).eval()
+    a = MoiraiMoEModel(layer_test_config()).eval()
+    b = MoiraiMoEModel(dataclasses.replace(layer_test_config(), missing_values="zero_raw")).eval()
     b.load_state_dict(a.state_dict())
     full = [np.sin(np.arange(48) / 3.0) + 3]
     gappy = [full[0].copy()]

@@ -226,21 +226,21 @@ DATA = DATA if (DATA / "ett" / "ETTh1.csv").is_file() else Path("/work/shared/da
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, make_checkpoint):
+def finetune_checkpoint(tmp_path_factory, make_checkpoint):
     """The tiny model with 16-point patches over 64 positions (1024-point contexts): finetuning windows fit."""
     return make_checkpoint(tmp_path_factory.mktemp("ft") / "base", seed=0, patch_size=16, max_seq_len=64,
                            moe=dict(num_experts=4, top_k=2, d_ff=16))
 
 
-def test_finetune_cli_on_etth1_lora_merges_into_a_plain_model(tiny_checkpoint, tmp_path):
+def test_finetune_cli_on_etth1_lora_merges_into_a_plain_model(finetune_checkpoint, tmp_path):
     from cli.main import main as cli_main
 
     out = tmp_path / "lora"
-    assert cli_main(["finetune", "--checkpoint", str(tiny_checkpoint), "--method", "lora", "--dataset", "etth1",
+    assert cli_main(["finetune", "--checkpoint", str(finetune_checkpoint), "--method", "lora", "--dataset", "etth1",
                      "--data-dir", str(DATA), "--out", str(out), "--steps", "2", "--eval-every", "1",
                      "--batch-size", "2", "--eval-max-windows", "1", "--num-samples", "4"]) == 0
     model = MoiraiMoEModel.from_pretrained(out)  # a plain folder: LoRA merged
-    base = MoiraiMoEModel.from_pretrained(tiny_checkpoint)
+    base = MoiraiMoEModel.from_pretrained(finetune_checkpoint)
     assert not torch.equal(model.layers[0].attn.q_proj.weight, base.layers[0].attn.q_proj.weight)
     assert torch.equal(model.layers[0].moe.experts.w_up, base.layers[0].moe.experts.w_up)
     report = json.loads((out / "finetune.json").read_text())
@@ -249,7 +249,7 @@ def test_finetune_cli_on_etth1_lora_merges_into_a_plain_model(tiny_checkpoint, t
     assert "etth1" in rows and "720" in rows
 
 
-def test_finetune_cli_msft_on_a_users_csv(tiny_checkpoint, tmp_path):
+def test_finetune_cli_msft_on_a_users_csv(finetune_checkpoint, tmp_path):
     import pandas as pd
 
     from cli.main import main as cli_main
@@ -257,7 +257,7 @@ def test_finetune_cli_msft_on_a_users_csv(tiny_checkpoint, tmp_path):
     csv = tmp_path / "mine.csv"
     pd.read_csv(DATA / "ett" / "ETTh2.csv").iloc[:2400, [0, 1, 7]].to_csv(csv, index=False)
     out = tmp_path / "msft"
-    assert cli_main(["finetune", "--checkpoint", str(tiny_checkpoint), "--method", "msft", "--csv", str(csv),
+    assert cli_main(["finetune", "--checkpoint", str(finetune_checkpoint), "--method", "msft", "--csv", str(csv),
                      "--out", str(out), "--steps", "2", "--eval-every", "1", "--batch-size", "2", "--window", "128",
                      "--num-scales", "1", "--eval-max-windows", "1", "--num-samples", "4"]) == 0
     model = MSFTModel.from_pretrained(out)
