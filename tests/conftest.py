@@ -2,6 +2,7 @@
 skip, and the fixtures tests share: tiny models and checkpoints, small corpora, a free loopback port."""
 import json
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -11,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The download cache (data_prep.download): a fresh empty folder, so files a developer downloaded into
+# ~/.cache/moe-ts never make a "missing dataset" test pass or fail.
+os.environ["MOE_TS_CACHE"] = tempfile.mkdtemp(prefix="moe-ts-test-cache-")
+os.environ.pop("MOE_TS_CHECKSUM_LOCK", None)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
