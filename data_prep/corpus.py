@@ -6,10 +6,16 @@ may still hold evaluation test windows, so training refuses it (`check_manifest`
 
 Schema (`SCHEMA`): item_id, dataset, freq (pandas alias), start (timestamp[s], null when unknown), target
 (list<float32>, NaN = missing), group_id ("" when none), and provenance: source_item_id plus span_start /
-span_end, the [start, end) slice of the source series that went in.
+span_end, the [start, end) slice of the source series that went in. Added later (`LATER_COLUMNS`, with the
+values a corpus written before them means): variate (the row's index inside its multivariate group, 0 for a
+univariate series) and covariate (true for a covariate row, e.g. LOTSA's past_feat_dynamic_real: stored and
+leak-checked like any row, never drawn as a training target). docs/ARCHITECTURE.md §4.
 
 Two readers: `load_corpus_dataset` (the datasets.Dataset with every column, for building and the leak check)
 and `open_corpus` (the memory-mapped `Corpus` of targets, datasets and item ids that training samples from).
+Per-row statistics (`ROW_STATS`: lengths, observed counts, dataset codes and names) are computed once when the
+corpus is written (`write_row_stats`), so `open_corpus` starts without reading a value; a corpus without that
+side file, or with a stale one, is scanned instead (docs/ARCHITECTURE.md §4).
 `datasets` and pandas are imported where used: the training side loads without them.
 """
 from __future__ import annotations
@@ -19,7 +25,10 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -42,10 +51,15 @@ SCHEMA = {  # column -> Arrow value type of the corpus dataset (`features()` giv
     "source_item_id": "string",
     "span_start": "int64",
     "span_end": "int64",
+    "variate": "int64",
+    "covariate": "bool",
 }
+LATER_COLUMNS = {"variate": 0, "covariate": False}  # column -> its value in corpora written before it existed
 TRAINING_COLUMNS = ("item_id", "dataset", "target")  # all `open_corpus` needs (a corpus built by other means)
 BUILD_PREFIX = ".corpus-build-"  # + the corpus folder's name: Arrow cache of a write in progress
 MANIFEST = "manifest.json"
+ROW_STATS = "row_stats.npz"  # per-row statistics beside the Arrow data (`write_row_stats`, `open_corpus`)
+SCAN_BLOCK = 1 << 22  # values per block of the observed-count scan: bounds its memory whatever the corpus size
 
 
 class CorpusError(ValueError):
@@ -73,6 +87,8 @@ class CorpusEntry:
     source_item_id: str
     span_start: int
     span_end: int
+    variate: int = 0  # index inside its multivariate group (group_id), 0 for a univariate series
+    covariate: bool = False  # a covariate: stored, never a training target
 
 
 def cut_series(series: Series, start: int, end: int) -> CorpusEntry:
@@ -115,6 +131,8 @@ def _rows(entries: Iterable[Series | CorpusEntry]) -> Iterator[dict]:
             "source_item_id": e.source_item_id,
             "span_start": int(e.span_start),
             "span_end": int(e.span_end),
+            "variate": int(e.variate),
+            "covariate": bool(e.covariate),
         }
 
 
@@ -141,6 +159,7 @@ def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLik
         if path.exists():
             shutil.rmtree(path)
         dataset.save_to_disk(str(path))
+        write_row_stats(path)
         return len(dataset)
     finally:
         if bars_were_on:
@@ -149,11 +168,18 @@ def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLik
 
 
 def write_manifest(folder: Path, settings: dict[str, Any], rows: int, points: int, decontaminated: list[dict],
-                   sources: list[dict]) -> Path:
+                   sources: list[dict], ingested: list[dict] | None = None,
+                   weights: dict[str, float] | None = None) -> Path:
     """Write `folder`/manifest.json marking the corpus complete: the build's `settings`, then what it holds.
-    `moe-ts prepare` calls it last, once every row is written (the order of keys is that of earlier manifests)."""
+    `moe-ts prepare` calls it last, once every row is written (the order of keys is that of earlier manifests;
+    `ingested`, the upstream sources read (kind, path, rows, points), and `weights`, the per-dataset sampling
+    weights (`manifest_weights`), follow only when given)."""
     manifest = {**settings, "rows": rows, "complete": True, "points": points, "decontaminated": decontaminated,
                 "sources": sources}
+    if ingested is not None:
+        manifest["ingested"] = ingested
+    if weights is not None:
+        manifest["weights"] = weights
     path = Path(folder) / MANIFEST
     path.write_text(json.dumps(manifest, indent=1))
     return path
@@ -180,6 +206,16 @@ def check_manifest(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def manifest_weights(path: str | Path) -> dict[str, float] | None:
+    """The per-dataset sampling weights the manifest of the corpus at `path` records (`moe-ts prepare
+    --weights`), or None when it records none or there is no complete manifest (a corpus built by other means)."""
+    try:
+        weights = check_manifest(path).get("weights")
+    except CorpusError:
+        return None
+    return {str(k): float(v) for k, v in weights.items()} if isinstance(weights, dict) and weights else None
+
+
 def corpus_fingerprint(path: str | Path) -> str:
     """SHA-256 of the manifest and the Arrow state file: changes whenever the corpus is rebuilt differently."""
     digest = hashlib.sha256()
@@ -200,7 +236,7 @@ def load_corpus_dataset(path: str | os.PathLike[str]) -> datasets.Dataset:
     dataset = datasets.load_from_disk(str(path))
     if not isinstance(dataset, datasets.Dataset):
         raise ValueError(f"{path}: expected one Dataset, found {type(dataset).__name__}")
-    missing = set(SCHEMA) - set(dataset.column_names)
+    missing = set(SCHEMA) - set(LATER_COLUMNS) - set(dataset.column_names)
     if missing:
         raise ValueError(f"{path}: not a moe-ts corpus, missing columns {sorted(missing)}")
     return dataset
@@ -212,6 +248,29 @@ def target_arrays(corpus: datasets.Dataset) -> list[np.ndarray]:
     lengths = targets.value_lengths().to_numpy(zero_copy_only=False)
     values = targets.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     return np.split(values, np.cumsum(lengths)[:-1])
+
+
+class ArrowStrings:
+    """A string column of the corpus read on demand from the memory-mapped Arrow data (no per-row Python
+    object until asked): `[i]` gives one str, `[rows]` (indices, a mask or a slice) an object array."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (int, np.integer)):
+            return self.column[int(index)].as_py()
+        rows = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        return np.asarray(self.column.take(pa.array(rows, type=pa.int64())).to_pylist(), dtype=object)
+
+    def tolist(self) -> list[Any]:
+        """Every value as a Python list (R objects: for small corpora and tests)."""
+        return self.column.to_pylist()
 
 
 @dataclass
@@ -226,11 +285,19 @@ class Corpus:
     chunk_first_row: np.ndarray  # [num_chunks] global row index of each chunk's first row
     lengths: np.ndarray  # [R] int64 series lengths
     n_observed: np.ndarray  # [R] int64 non-NaN values per series
-    dataset: np.ndarray  # [R] dataset name per series (object array of str)
-    item_id: np.ndarray  # [R] item id per series (object array of str)
+    dataset_index: np.ndarray  # [R] int32 index of each series' dataset in dataset_names
+    dataset_names: list[str]  # the corpus' dataset names, sorted
+    item_id: ArrowStrings  # [R] item id per series, read on demand
+    covariate: np.ndarray | None = None  # [R] bool, True = covariate row (never sampled); None: no such rows
+    row_stats: str = "scan"  # where lengths / n_observed / dataset_index came from: ROW_STATS or "scan"
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    @cached_property
+    def dataset(self) -> np.ndarray:
+        """[R] dataset name per series (object array pointing at one str per dataset; training uses dataset_index)."""
+        return np.asarray(self.dataset_names, dtype=object)[self.dataset_index]
 
     def values(self, row: int) -> np.ndarray:
         """The target of series `row` (a view into the memory-mapped data; NaN = missing)."""
@@ -240,8 +307,19 @@ class Corpus:
         return self.chunk_values[c][off[local]:off[local + 1]]
 
 
+@dataclass
+class RowStats:
+    """Per-row statistics of a corpus (the ROW_STATS side file, or a scan of the values)."""
+
+    lengths: np.ndarray  # [R] int64
+    n_observed: np.ndarray  # [R] int64
+    dataset_index: np.ndarray  # [R] int32 into dataset_names
+    dataset_names: list[str]  # sorted
+
+
 def _chunk_arrays(chunk: pa.Array, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Flat float32 values and offsets of one list-typed Arrow chunk; null values become NaN."""
+    """Flat float32 values and offsets of one list-typed Arrow chunk; null values become NaN (a copy: corpora
+    written by `write_corpus` hold NaN, not nulls, and are read without one)."""
     if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
         raise CorpusError(f"{path}: column 'target' must be a list of floats, got {chunk.type}")
     values = chunk.values
@@ -254,7 +332,7 @@ def _chunk_arrays(chunk: pa.Array, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return values.to_numpy(zero_copy_only=False), chunk.offsets.to_numpy().astype(np.int64)
 
 
-def _training_table(path: Path) -> pa.Table:
+def _training_table(path: Path, allow_empty: bool = False) -> pa.Table:
     """The Arrow table of the corpus at `path` (selected rows materialised); CorpusError when unusable."""
     import datasets
 
@@ -262,6 +340,8 @@ def _training_table(path: Path) -> pa.Table:
         raise CorpusError(f"{path}: corpus directory not found (build one with `moe-ts prepare --out {path}`)")
     state = path / "state.json"
     if state.is_file() and json.loads(state.read_text()).get("_data_files") == []:  # datasets cannot load 0 shards
+        if allow_empty:
+            return pa.table({c: pa.array([], pa.string()) for c in TRAINING_COLUMNS})
         raise CorpusError(f"{path}: corpus is empty (0 series)")
     try:
         ds = datasets.load_from_disk(str(path))
@@ -272,7 +352,7 @@ def _training_table(path: Path) -> pa.Table:
     missing = [c for c in TRAINING_COLUMNS if c not in ds.column_names]
     if missing:
         raise CorpusError(f"{path}: corpus lacks column(s) {missing} (has {ds.column_names})")
-    if len(ds) == 0:
+    if len(ds) == 0 and not allow_empty:
         raise CorpusError(f"{path}: corpus is empty (0 series)")
     table = ds.data.table
     if ds._indices is not None:  # a selected/shuffled view: materialise the selected rows
@@ -280,9 +360,107 @@ def _training_table(path: Path) -> pa.Table:
     return table
 
 
+def _observed_counts(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """[rows] non-NaN values of each row values[offsets[i]:offsets[i+1]], scanned in blocks of about SCAN_BLOCK
+    values so that memory stays bounded; reads every value (the scan the ROW_STATS side file saves)."""
+    n = len(offsets) - 1
+    counts = np.zeros(n, dtype=np.int64)
+    row = 0
+    while row < n:
+        end = min(max(int(np.searchsorted(offsets, offsets[row] + SCAN_BLOCK, side="right")) - 1, row + 1), n)
+        lo, hi = int(offsets[row]), int(offsets[end])
+        if end == row + 1 and hi - lo > SCAN_BLOCK:  # one long row: count it slice by slice
+            counts[row] = sum(int(np.count_nonzero(~np.isnan(values[a:min(a + SCAN_BLOCK, hi)])))
+                              for a in range(lo, hi, SCAN_BLOCK))
+        elif hi > lo:
+            csum = np.zeros(hi - lo + 1, dtype=np.int64)
+            np.cumsum(~np.isnan(values[lo:hi]), out=csum[1:])
+            local = offsets[row:end + 1] - lo
+            counts[row:end] = csum[local[1:]] - csum[local[:-1]]
+        row = end
+    return counts
+
+
+def _dataset_codes(table: pa.Table, path: Path) -> tuple[np.ndarray, list[str]]:
+    """[R] int32 index of each row's dataset into the sorted dataset names, and those names (vectorised)."""
+    col = table.column("dataset")
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(pa.string())
+    if col.null_count:
+        raise CorpusError(f"{path}: column 'dataset' has {col.null_count} null value(s); every row needs a name")
+    names = sorted(col.unique().to_pylist())
+    codes = pc.index_in(col, value_set=pa.array(names, type=col.type)).to_numpy()
+    return codes.astype(np.int32), names
+
+
+def _scan_row_stats(table: pa.Table, chunks: list[tuple[np.ndarray, np.ndarray]], path: Path) -> RowStats:
+    """Per-row statistics computed from the values themselves (touches every value once)."""
+    lengths = [np.diff(offs) for _, offs in chunks]
+    observed = [_observed_counts(vals, offs) for vals, offs in chunks]
+    codes, names = _dataset_codes(table, path)
+    return RowStats(np.concatenate(lengths).astype(np.int64), np.concatenate(observed).astype(np.int64), codes, names)
+
+
+def _state_digest(path: Path) -> str:
+    """SHA-256 of the Arrow state file (it names the data files and their fingerprint); "" when there is none."""
+    state = path / "state.json"
+    return hashlib.sha256(state.read_bytes()).hexdigest() if state.is_file() else ""
+
+
+def write_row_stats(path: str | os.PathLike[str]) -> Path | None:
+    """Compute the per-row statistics of the corpus at `path` once (a scan in bounded memory) and write them to
+    `path`/ROW_STATS (rows, the state.json digest they belong to, lengths, n_observed, dataset_index,
+    dataset_names); returns the file, or None for an empty corpus. Call it whenever the Arrow data is rewritten."""
+    path = Path(path)
+    table = _training_table(path, allow_empty=True)
+    if len(table) == 0:
+        return None
+    chunks = [_chunk_arrays(c, path) for c in table.column("target").chunks]
+    stats = _scan_row_stats(table, chunks, path)
+    out = path / ROW_STATS
+    tmp = path / f".{ROW_STATS}.tmp.npz"
+    np.savez(tmp, rows=np.int64(len(table)), state_sha256=np.str_(_state_digest(path)), lengths=stats.lengths,
+             n_observed=stats.n_observed, dataset_index=stats.dataset_index,
+             dataset_names=np.asarray(stats.dataset_names, dtype=str))
+    os.replace(tmp, out)
+    return out
+
+
+def _read_row_stats(path: Path, lengths: np.ndarray) -> RowStats | None:
+    """The ROW_STATS side file when present and consistent with the Arrow data (row count, state.json digest,
+    lengths equal to the list offsets'); None, with a one-line warning when the file is stale or unreadable."""
+    file = path / ROW_STATS
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            rows, digest = int(z["rows"]), str(z["state_sha256"])
+            stats = RowStats(z["lengths"].astype(np.int64), z["n_observed"].astype(np.int64),
+                             z["dataset_index"].astype(np.int32), [str(n) for n in z["dataset_names"]])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        return _stale(file, f"unreadable ({err})")
+    if rows != len(lengths) or len(stats.lengths) != rows:
+        return _stale(file, f"describes {rows} rows, the Arrow data holds {len(lengths)}")
+    if digest != _state_digest(path):
+        return _stale(file, "was written for other Arrow data (state.json differs)")
+    if not np.array_equal(stats.lengths, lengths) or len(stats.n_observed) != rows or len(stats.dataset_index) != rows:
+        return _stale(file, "row lengths differ from the Arrow data")
+    if rows and (stats.dataset_index.min() < 0 or stats.dataset_index.max() >= len(stats.dataset_names)):
+        return _stale(file, "dataset indices out of range")
+    return stats
+
+
+def _stale(file: Path, problem: str) -> None:
+    """Warn in one line that the side file is ignored (the values are scanned instead)."""
+    warnings.warn(f"{file}: {problem}; ignored, scanning the values instead (rewrite it with "
+                  f"data_prep.corpus.write_row_stats or rebuild with `moe-ts prepare`)", stacklevel=3)
+    return None
+
+
 def open_corpus(path: str | Path) -> Corpus:
     """The memory-mapped training view of the corpus at `path` (nothing copied); CorpusError when unusable.
-    Reads the Arrow data only: call `check_manifest` too where the corpus must be a finished build."""
+    Per-row statistics come from the ROW_STATS side file when it matches the data (no value is read), else from a
+    scan of the values. Reads the Arrow data only: call `check_manifest` too where the corpus must be finished."""
     path = Path(path)
     table = _training_table(path)
     target_col = table.column("target")
@@ -290,24 +468,31 @@ def open_corpus(path: str | Path) -> Corpus:
         first = pc.index(pc.is_null(target_col), True).as_py()
         raise CorpusError(f"{path}: series {table.column('item_id')[first].as_py()!r} (row {first}) has a null "
                           f"target; store an empty or all-NaN list instead")
-    chunk_values, chunk_offsets, firsts, lengths, observed = [], [], [], [], []
-    row = 0
-    for chunk in target_col.chunks:
-        vals, offs = _chunk_arrays(chunk, path)
-        chunk_values.append(vals)
-        chunk_offsets.append(offs)
-        firsts.append(row)
-        row += len(offs) - 1
-        lengths.append(np.diff(offs))
-        csum = np.concatenate([[0], np.cumsum(~np.isnan(vals), dtype=np.int64)])
-        observed.append(csum[offs[1:]] - csum[offs[:-1]])
+    chunks = [_chunk_arrays(chunk, path) for chunk in target_col.chunks]
+    rows_per_chunk = [len(offs) - 1 for _, offs in chunks]
+    lengths = np.concatenate([np.diff(offs) for _, offs in chunks]).astype(np.int64)
+    stats = _read_row_stats(path, lengths)
+    source = ROW_STATS
+    if stats is None:
+        stats, source = _scan_row_stats(table, chunks, path), "scan"
     return Corpus(
         path=path,
-        chunk_values=chunk_values,
-        chunk_offsets=chunk_offsets,
-        chunk_first_row=np.asarray(firsts, dtype=np.int64),
-        lengths=np.concatenate(lengths).astype(np.int64),
-        n_observed=np.concatenate(observed).astype(np.int64),
-        dataset=np.asarray(table.column("dataset").to_pylist(), dtype=object),
-        item_id=np.asarray(table.column("item_id").to_pylist(), dtype=object),
+        chunk_values=[vals for vals, _ in chunks],
+        chunk_offsets=[offs for _, offs in chunks],
+        chunk_first_row=np.concatenate([[0], np.cumsum(rows_per_chunk)[:-1]]).astype(np.int64),
+        lengths=stats.lengths,
+        n_observed=stats.n_observed,
+        dataset_index=stats.dataset_index,
+        dataset_names=stats.dataset_names,
+        item_id=ArrowStrings(table.column("item_id")),
+        covariate=_covariate_mask(table),
+        row_stats=source,
     )
+
+
+def _covariate_mask(table: pa.Table) -> np.ndarray | None:
+    """[R] bool mask of covariate rows, or None when the corpus has none (or predates the column)."""
+    if "covariate" not in table.column_names:
+        return None
+    mask = pc.fill_null(table.column("covariate"), False).to_numpy(zero_copy_only=False).astype(bool)
+    return mask if mask.any() else None

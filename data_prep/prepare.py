@@ -1,9 +1,17 @@
 """Build the pretraining corpus: real datasets available offline (evaluation test spans cut away by default) plus
 seeded synthetic series, written as one Arrow dataset with a manifest.
 
-moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,...] [--synthetic-count N]
+moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,... | --no-registered] [--synthetic-count N]
     [--kernelsynth-count N] [--kernelsynth-length L] [--periodic-count N] [--random-walk-count N]
     [--tsmixup-count N] [--seed S] [--exclude-eval | --include-eval] [--max-series-per-dataset N] [--overwrite]
+    [--source lotsa:DIR --source chronos:PATH --source parquet:GLOB --source csv:GLOB ...] [--weights FILE]
+
+--source adds the datasets of an upstream corpus (data_prep/readers/ingest.py: LOTSA / GIFT-Eval save_to_disk
+folders, Chronos Parquet, a user's long or wide tables), streamed into the corpus beside the registered datasets
+(or instead of them, --no-registered) and decontaminated like them; the manifest lists each source (`ingested`).
+--weights FILE (YAML or JSON: dataset -> weight, or uni2ts' `weight_map:` of it) is recorded in the manifest
+(`weights`); training multiplies each dataset's draw weight by it when the run config names no `train.mixture`
+(docs/ARCHITECTURE.md §4).
 
 With --exclude-eval (the default) every series of a registered evaluation dataset is cut to the part before its
 test span (data_prep.registry.test_span), and zero-shot and LSF datasets (and any dataset sharing their files) are left out entirely (data_prep.registry.held_out_reason). --include-eval keeps
@@ -25,7 +33,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from data_prep.corpus import (BUILD_PREFIX, CorpusEntry, cut_series, load_corpus_dataset, target_arrays, write_corpus,
-                              write_manifest)
+                              write_manifest, write_row_stats)
+from data_prep.readers.errors import DataFormatError
 from data_prep.series import Series
 from data_prep.paths import resolve_data_dir
 from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_random_walks, generate_synthetic
@@ -43,6 +52,7 @@ class SourceStats:
     series: int = 0
     points: int = 0
     dropped_short: int = 0
+    covariates: int = 0  # of `series`: covariate rows (stored, never training targets)
     note: str = ""
     spans: list[tuple[str, int, int, int]] = field(default_factory=list)  # (item_id, span_start, span_end, source length)
 
@@ -75,6 +85,68 @@ def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_seri
             st.spans.append((s.item_id, 0, end, len(s)))
             yield entry
         st.note = "test spans cut away" if exclude_eval else "full series (evaluation data INCLUDED)"
+
+
+def _ingested_entries(found: list, stats: list[SourceStats]) -> Iterator[CorpusEntry]:
+    """Entries of every `--source` dataset (data_prep.readers.ingest), series shorter than MIN_LENGTH dropped."""
+    from data_prep.readers.ingest import read_dataset
+
+    for ds in found:
+        st = SourceStats(ds.name, note=f"from {ds.source.kind}:{ds.source.path}")
+        stats.append(st)
+        for entry in read_dataset(ds):
+            if len(entry.series) < MIN_LENGTH:
+                st.dropped_short += 1
+                continue
+            st.series += 1
+            st.points += len(entry.series)
+            st.covariates += int(entry.covariate)
+            yield entry
+
+
+def find_sources(specs: list[str], taken: set[str]) -> list:
+    """The datasets of every `--source` spec; SystemExit in one line when a spec or a path is bad, or a dataset
+    name repeats one of `taken` (registered and synthetic datasets) or of another source."""
+    from data_prep.readers.ingest import parse_source, source_datasets
+
+    found, seen = [], {}
+    for spec in specs:
+        try:
+            source = parse_source(spec)
+            datasets = source_datasets(source)
+        except (ValueError, OSError) as err:
+            raise SystemExit(str(err)) from None
+        for ds in datasets:
+            if ds.name in taken or ds.name in seen:
+                other = seen.get(ds.name, "a registered or synthetic dataset of this corpus")
+                raise SystemExit(f"--source {source}: dataset {ds.name!r} is also {other}; a corpus dataset comes "
+                                 f"from one place (leave one out, e.g. with --no-registered or --datasets)")
+            seen[ds.name] = f"in --source {source}"
+            found.append(ds)
+    return found
+
+
+def load_weights(path: str) -> dict[str, float]:
+    """Per-dataset weights from a YAML or JSON file (a map dataset -> weight, or uni2ts' {weight_map: map});
+    SystemExit in one line naming the file and the problem."""
+    import math
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise SystemExit(f"{path}: cannot read the weights ({str(err).splitlines()[0]})") from None
+    if isinstance(data, dict) and isinstance(data.get("weight_map"), dict):
+        data = data["weight_map"]
+    if not isinstance(data, dict) or not data:
+        raise SystemExit(f"{path}: weights must be a map dataset -> weight")
+    weights = {}
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise SystemExit(f"{path}: weight of {name!r} must be a finite number >= 0, got {value!r}")
+        weights[str(name)] = float(value)
+    return weights
 
 
 def _synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, periodic: int, random_walk: int, seed: int,
@@ -127,7 +199,8 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
                 st.dropped_short += 1
             continue
         piece = cut_series(series, 0, offset).series
-        fixed.append(CorpusEntry(piece, row["source_item_id"], row["span_start"], row["span_start"] + offset))
+        fixed.append(CorpusEntry(piece, row["source_item_id"], row["span_start"], row["span_start"] + offset,
+                                 row.get("variate", 0), row.get("covariate", False)))
     keep = [i for i in range(len(corpus)) if i not in first]
     _rewrite_with(out, fixed, keep=keep)
     again = check_corpus(out, data_dir)
@@ -157,6 +230,7 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
     shutil.rmtree(out)
     shutil.rmtree(patch)
     tmp.rename(out)
+    write_row_stats(out)  # the per-row statistics open_corpus reads instead of scanning (data_prep/corpus.py)
     return added
 
 
@@ -167,7 +241,9 @@ def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> i
     corpus = load_corpus_dataset(out)
     every = target_arrays(corpus)
     table = corpus.data.table
-    real = [i for i, name in enumerate(table.column("dataset").to_pylist()) if name not in SYNTHETIC_SOURCES]
+    covariate = table.column("covariate").to_pylist() if "covariate" in table.column_names else [False] * len(table)
+    real = [i for i, name in enumerate(table.column("dataset").to_pylist())
+            if name not in SYNTHETIC_SOURCES and not covariate[i]]
     freqs = table.column("freq").to_pylist()
     pool = [every[i] for i in real]
     del corpus, table  # memory-mapped from `out`, which _rewrite_with replaces
@@ -215,16 +291,28 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--include-eval", dest="exclude_eval", action="store_false",
                        help="keep evaluation test spans and zero-shot sets (leaks: for experiments only)")
     parser.add_argument("--max-series-per-dataset", type=int, default=None, help="keep the first N series of each real dataset")
+    parser.add_argument("--source", action="append", default=[], metavar="KIND:PATH",
+                        help="add an upstream corpus (repeatable): lotsa:DIR (datasets.save_to_disk folder or a tree "
+                             "of them), chronos:PATH (Parquet file or folder), parquet:GLOB or csv:GLOB (long or "
+                             "wide tables)")
+    parser.add_argument("--no-registered", action="store_true",
+                        help="leave the registered datasets out (only --source datasets and synthetic series)")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="YAML/JSON map dataset -> sampling weight, recorded in the manifest (a multiplier of "
+                             "each dataset's draw weight when the run config names no train.mixture)")
     return parser
 
 
-def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: Path, out: Path) -> None:
+def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: Path, out: Path,
+           found: list | None = None, weights: dict[str, float] | None = None) -> None:
     """Write the corpus and its complete manifest into `staging` (moved to `out` by the caller)."""
     t0 = time.time()
     stats: list[SourceStats] = []
+    found = found or []
 
     def entries() -> Iterator[CorpusEntry]:
         yield from _real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
+        yield from _ingested_entries(found, stats)
         yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length,
                                       args.periodic_count, args.random_walk_count, args.seed, stats)
 
@@ -239,6 +327,7 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
     print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
     for st in stats:
         extra = f" ({st.dropped_short} too short after the cut)" if st.dropped_short else ""
+        extra += f" ({st.covariates} of them covariates, never sampled)" if st.covariates else ""
         print(f"{st.name:22s} {st.series:8d} {st.points:12d}  {st.note}{extra}")
     total_points = sum(st.points for st in stats)
     print(f"{'total':22s} {rows:8d} {total_points:12d}  written to {out} in {elapsed:.1f}s")
@@ -265,7 +354,30 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
          "spans": [{"item_id": i, "span_start": a, "span_end": b, "source_length": n} for i, a, b, n in st.spans]}
         for st in stats
     ]
-    write_manifest(staging, settings, rows, total_points, cuts, sources)  # last: marks the corpus complete
+    ingested = _ingested_records(found, stats) if found else None
+    if weights is not None:
+        present = {st.name for st in stats if st.series}
+        unknown = sorted(set(weights) - present)
+        if unknown:
+            print(f"weights: {len(unknown)} dataset(s) not in this corpus, ignored: {', '.join(unknown[:8])}")
+        weights = {name: w for name, w in weights.items() if name in present}
+        settings["weights_file"] = str(args.weights)
+    write_manifest(staging, settings, rows, total_points, cuts, sources, ingested, weights)  # last: marks it complete
+
+
+def _ingested_records(found: list, stats: list[SourceStats]) -> list[dict]:
+    """One manifest record per `--source`: kind, path, its datasets, rows and points (after decontamination)."""
+    by_name = {st.name: st for st in stats}
+    records: dict[str, dict] = {}
+    for ds in found:
+        st = by_name[ds.name]
+        rec = records.setdefault(str(ds.source), {"kind": ds.source.kind, "path": ds.source.path, "datasets": [],
+                                                  "rows": 0, "points": 0, "covariate_rows": 0})
+        rec["datasets"].append(ds.name)
+        rec["rows"] += st.series
+        rec["points"] += st.points
+        rec["covariate_rows"] += st.covariates
+    return list(records.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     if not data_dir.is_dir():
         raise SystemExit(f"data directory {data_dir} does not exist")
-    if args.datasets:
+    if args.no_registered and args.datasets:
+        raise SystemExit("--no-registered and --datasets exclude each other")
+    weights = load_weights(args.weights) if args.weights else None
+    if args.no_registered:
+        names: list[str] = []
+    elif args.datasets:
         from data_prep.registry import get_spec
 
         from data_prep.registry import DatasetMissingError, resolve_files
@@ -290,13 +407,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(str(err)) from None
     else:
         names = default_datasets(data_dir)
+    found = find_sources(args.source, set(names) | set(SYNTHETIC_SOURCES))
     out = Path(args.out)
     check_output_dir(out, args.overwrite)
     for leftover in remove_leftovers(out, (f"{BUILD_PREFIX}.{out.name}.tmp-",)):
         print(f"removed {leftover}, left behind by an interrupted build")
     staging = make_staging_dir(out)
     try:
-        _build(args, names, data_dir, staging, out)
+        try:
+            _build(args, names, data_dir, staging, out, found, weights)
+        except DataFormatError as err:  # bad upstream input: one line naming the file; nothing is kept
+            raise SystemExit(str(err)) from None
         swap_in(staging, out, "corpus")
     finally:
         if staging.exists():

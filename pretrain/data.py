@@ -30,14 +30,16 @@ _SYNTHETIC_HINT = ("; the synthetic sources synthetic, kernelsynth, periodic and
 def mixture_probabilities(
     names: list[str], series_counts: list[int], mixture: dict[str, float], default: str,
     point_counts: list[int] | None = None, shares: dict[str, float] | None = None,
+    scale: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Probability of drawing each dataset in `names`.
 
     Empty `mixture`: proportional to `series_counts` (default "series") or its square root ("sqrt_series"),
     to the observed values `point_counts` ("points"), to their square root ("sqrt_points", tempered), or
-    uniform ("uniform"); datasets named in `shares` get exactly that probability and the others share the
-    rest by that rule. Otherwise the given weights, 0 for datasets not named; naming a dataset absent
-    from `names` raises.
+    uniform ("uniform"), times `scale[name]` (the corpus manifest's weights, uni2ts' weight map: 1 for a
+    dataset not named, names absent from `names` ignored); datasets named in `shares` get exactly that
+    probability and the others share the rest by that rule. Otherwise the given weights, 0 for datasets not
+    named; naming a dataset absent from `names` raises.
     """
     shares = shares or {}
     unknown = sorted(set(shares) - set(names))
@@ -51,7 +53,7 @@ def mixture_probabilities(
         if rest:
             probs[keep] = (1.0 - sum(shares.values())) * mixture_probabilities(
                 rest, [series_counts[i] for i in keep], {}, default,
-                None if point_counts is None else [point_counts[i] for i in keep])
+                None if point_counts is None else [point_counts[i] for i in keep], scale=scale)
         for name, share in shares.items():
             probs[names.index(name)] = share
         if probs.sum() <= 0:
@@ -77,6 +79,8 @@ def mixture_probabilities(
         weights = np.ones(len(names))
     else:
         raise ValueError(f"unknown mixture_default {default!r}")
+    if scale and not mixture:
+        weights = weights * np.asarray([float(scale.get(n, 1.0)) for n in names])
     if weights.sum() <= 0:
         raise CorpusError(f"train.mixture gives every corpus dataset weight 0 (corpus datasets: {names})")
     return weights / weights.sum()
@@ -136,6 +140,7 @@ class WindowSampler:
         mixture: dict[str, float] | None = None,
         mixture_default: str = "series",
         mixture_share: dict[str, float] | None = None,
+        dataset_weights: dict[str, float] | None = None,
         seed: int = 0,
         rank: int = 0,
     ) -> None:
@@ -147,22 +152,28 @@ class WindowSampler:
         self.min_window_patches = min_window_patches
         usable = corpus.n_observed > 0
         self.num_unusable = int((~usable).sum())
+        self.num_covariates = 0
+        if corpus.covariate is not None:  # covariate rows are stored, never drawn as targets
+            self.num_covariates = int(corpus.covariate.sum())
+            usable &= ~corpus.covariate
         if not usable.any():
             raise CorpusError(f"{corpus.path}: all {len(corpus)} series are empty or entirely missing")
         rows = np.flatnonzero(usable)
-        self.dataset_names = sorted(set(corpus.dataset[rows].tolist()))
+        codes = corpus.dataset_index[rows]
+        present = np.unique(codes)  # ascending codes into the sorted names: the datasets in name order
+        self.dataset_names = [corpus.dataset_names[c] for c in present]
         window_len = seq_patches * patch_size
         self.dataset_rows: list[np.ndarray] = []
         self.series_cumweights: list[np.ndarray] = []
-        for name in self.dataset_names:
-            r = rows[corpus.dataset[rows] == name]
+        for code in present:
+            r = rows[codes == code]
             self.dataset_rows.append(r)
             self.series_cumweights.append(np.cumsum(series_weights(corpus.lengths[r], window_len,
                                                                    max_windows_per_series)))
         counts = [len(r) for r in self.dataset_rows]
         points = [int(corpus.n_observed[r].sum()) for r in self.dataset_rows]
         self.dataset_probs = mixture_probabilities(self.dataset_names, counts, mixture or {}, mixture_default, points,
-                                                   mixture_share)
+                                                   mixture_share, dataset_weights)
         self._dataset_cum = np.cumsum(self.dataset_probs)
         self.seed, self.rank = seed, rank
         self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rank,)))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_prep.corpus import Corpus, CorpusError, check_manifest, corpus_fingerprint
+from data_prep.corpus import Corpus, CorpusError, check_manifest, corpus_fingerprint, manifest_weights
 from moe_ts.io.output_dir import check_output_dir, mark
 from moe_ts.typed_config import save_file, to_dict
 from pretrain.checkpoint import (check_checkpoint_layout, latest_checkpoint, list_checkpoints,
@@ -114,18 +114,24 @@ def _write_run_folder(run: PretrainConfig, out: Path) -> None:
 
 
 def _sampler(run: PretrainConfig, corpus: Corpus, dist: DistInfo) -> WindowSampler:
-    """This rank's sampler of packed batches; the main rank prints the mixture."""
+    """This rank's sampler of packed batches; the main rank prints the mixture. The corpus manifest's per-dataset
+    weights (`moe-ts prepare --weights`) scale the draw weights unless the run config names `train.mixture`."""
     tc = run.train
+    weights = None if tc.mixture else manifest_weights(corpus.path)
     sampler = WindowSampler(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
                             min_window_patches=tc.min_window_patches,
                             max_windows_per_series=tc.max_windows_per_series, mixture=tc.mixture,
                             mixture_default=tc.mixture_default,
-                            mixture_share=tc.mixture_share, seed=tc.seed, rank=dist.rank)
+                            mixture_share=tc.mixture_share, dataset_weights=weights, seed=tc.seed, rank=dist.rank)
     if dist.is_main:
+        if weights:
+            print(f"corpus {corpus.path}: dataset weights from its manifest ({len(weights)} datasets)")
         print(f"corpus {corpus.path}: {len(corpus)} series, {len(sampler.dataset_names)} datasets; mixture "
               + ", ".join(f"{n}={p:.3f}" for n, p in zip(sampler.dataset_names, sampler.dataset_probs)))
         if sampler.num_unusable:
             print(f"corpus: {sampler.num_unusable} series are empty or all-missing and are never sampled")
+        if sampler.num_covariates:
+            print(f"corpus: {sampler.num_covariates} covariate series are kept but never sampled as targets")
     return sampler
 
 

@@ -85,3 +85,83 @@ def test_open_corpus_errors(tmp_path):
         target=datasets.Sequence(datasets.Value("float32")))).save_to_disk(str(tmp_path / "empty"))
     with pytest.raises(CorpusError, match="empty"):
         open_corpus(tmp_path / "empty")
+
+
+# ---- the per-row statistics side file (ROW_STATS): written once, read instead of scanning the values --------------
+def _mixed_series():
+    rng = np.random.default_rng(1)
+    for i, length in enumerate([1, 7, 40, 300, 5, 2000, 3]):
+        y = rng.normal(size=length)
+        y[rng.random(length) < 0.2] = np.nan
+        yield Series(f"s{i}", y, "h", None, ("b", "a", "c")[i % 3])
+    yield Series("all-nan", np.full(4, np.nan), "h", None, "a")
+
+
+def test_side_file_statistics_equal_the_scan(tmp_path, monkeypatch):
+    import data_prep.corpus as corpus_mod
+
+    write_corpus(_mixed_series(), tmp_path / "c")
+    assert (tmp_path / "c" / corpus_mod.ROW_STATS).is_file()
+    fast = open_corpus(tmp_path / "c")
+    assert fast.row_stats == corpus_mod.ROW_STATS
+    monkeypatch.setattr(corpus_mod, "SCAN_BLOCK", 16)  # blocks of a few rows, and the 300/2000-value rows alone
+    (tmp_path / "c" / corpus_mod.ROW_STATS).unlink()
+    scanned = open_corpus(tmp_path / "c")
+    assert scanned.row_stats == "scan"
+    for field in ("lengths", "n_observed", "dataset_index"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(scanned, field))
+        assert getattr(fast, field).dtype == getattr(scanned, field).dtype
+    assert fast.dataset_names == scanned.dataset_names == ["a", "b", "c"]
+    rows = load_corpus_dataset(tmp_path / "c")[:]
+    assert fast.dataset.tolist() == rows["dataset"] and fast.item_id.tolist() == rows["item_id"]
+    assert fast.n_observed.tolist() == [int(np.isfinite(np.asarray(t, float)).sum()) for t in rows["target"]]
+    assert fast.item_id[1] == "s1" and fast.item_id[[0, 7]].tolist() == ["s0", "all-nan"]
+
+
+def test_side_file_opens_without_reading_values(tmp_path, monkeypatch):
+    import data_prep.corpus as corpus_mod
+
+    write_corpus(_mixed_series(), tmp_path / "c")
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("open_corpus scanned the corpus despite its side file")
+
+    monkeypatch.setattr(corpus_mod, "_observed_counts", no_scan)
+    monkeypatch.setattr(corpus_mod, "_dataset_codes", no_scan)
+    corpus = open_corpus(tmp_path / "c")
+    assert len(corpus) == 8 and corpus.n_observed[-1] == 0 and corpus.dataset[1] == "a"
+    assert np.isnan(corpus.values(7)).all() and len(corpus.values(5)) == 2000
+
+
+def test_stale_side_file_is_ignored_with_one_warning(tmp_path, write_arrow_corpus):
+    import shutil
+
+    import data_prep.corpus as corpus_mod
+
+    write_corpus(_mixed_series(), tmp_path / "c")
+    side = tmp_path / "c" / corpus_mod.ROW_STATS
+    rows = [{"item_id": f"r{i}", "dataset": "d", "target": np.arange(3 + i, dtype=np.float32)} for i in range(2)]
+    other = write_arrow_corpus(tmp_path / "other", rows)
+    shutil.copy(side, other / corpus_mod.ROW_STATS)  # 8 rows described, 2 held
+    with pytest.warns(UserWarning, match=r"row_stats.npz: describes 8 rows, the Arrow data holds 2; ignored"):
+        corpus = open_corpus(other)
+    assert corpus.row_stats == "scan" and corpus.lengths.tolist() == [3, 4] and corpus.dataset_names == ["d"]
+    same_rows = write_arrow_corpus(tmp_path / "same", [{"item_id": f"r{i}", "dataset": "d",
+                                                        "target": np.ones(2, np.float32)} for i in range(8)])
+    shutil.copy(side, same_rows / corpus_mod.ROW_STATS)  # same row count, other data
+    with pytest.warns(UserWarning, match="state.json differs"):
+        assert open_corpus(same_rows).n_observed.tolist() == [2] * 8
+    side.write_bytes(b"not a zip")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert open_corpus(tmp_path / "c").row_stats == "scan"
+
+
+def test_prepare_rewrite_keeps_the_side_file_current(tmp_path, recwarn):
+    from data_prep.prepare import _rewrite_with
+
+    write_corpus(_mixed_series(), tmp_path / "c")
+    _rewrite_with(tmp_path / "c", [Series("new", np.array([1.0, np.nan, 2.0]), "h", None, "z")], keep=[0, 5])
+    corpus = open_corpus(tmp_path / "c")
+    assert corpus.row_stats == "row_stats.npz" and not [w for w in recwarn if "row_stats" in str(w.message)]
+    assert corpus.lengths.tolist() == [1, 2000, 3] and corpus.n_observed[-1] == 2
+    assert corpus.dataset.tolist() == ["b", "c", "z"]
