@@ -36,6 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_prep.arrow_lists import float_values, is_numeric, list_parts
+
 if TYPE_CHECKING:
     import datasets
 
@@ -136,9 +138,12 @@ def _rows(entries: Iterable[Series | CorpusEntry]) -> Iterator[dict]:
         }
 
 
-def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLike[str], fingerprint: str | None = None) -> int:
+def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLike[str], fingerprint: str | None = None,
+                 row_stats: bool = True) -> int:
     """Stream entries into an Arrow dataset at `path` (replaced if it exists); returns the row count.
-    Rows go through Dataset.from_generator, which writes Arrow batches to a temporary cache, so memory stays low."""
+    Rows go through Dataset.from_generator, which writes Arrow batches to a temporary cache, so memory stays low.
+    `row_stats=False` skips the side file (one pass over every value): for a writer that rewrites the corpus
+    afterwards and calls `write_row_stats` once at the end, as `moe-ts prepare` does."""
     import datasets
 
     path = Path(path)
@@ -159,7 +164,8 @@ def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLik
         if path.exists():
             shutil.rmtree(path)
         dataset.save_to_disk(str(path))
-        write_row_stats(path)
+        if row_stats:
+            write_row_stats(path)
         return len(dataset)
     finally:
         if bars_were_on:
@@ -322,14 +328,10 @@ def _chunk_arrays(chunk: pa.Array, path: Path) -> tuple[np.ndarray, np.ndarray]:
     written by `write_corpus` hold NaN, not nulls, and are read without one)."""
     if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
         raise CorpusError(f"{path}: column 'target' must be a list of floats, got {chunk.type}")
-    values = chunk.values
-    if not pa.types.is_floating(values.type) and not pa.types.is_integer(values.type):
-        raise CorpusError(f"{path}: column 'target' must hold numbers, got {values.type}")
-    if values.null_count:
-        values = pc.fill_null(values.cast(pa.float32()), float("nan"))
-    if values.type != pa.float32():
-        values = values.cast(pa.float32())
-    return values.to_numpy(zero_copy_only=False), chunk.offsets.to_numpy().astype(np.int64)
+    if not is_numeric(chunk.type.value_type):
+        raise CorpusError(f"{path}: column 'target' must hold numbers, got {chunk.type.value_type}")
+    values, offsets = list_parts(chunk)
+    return float_values(values), offsets
 
 
 def _training_table(path: Path, allow_empty: bool = False) -> pa.Table:

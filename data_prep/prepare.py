@@ -215,7 +215,7 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
 
     patch = out.with_name(out.name + ".patch")
     tmp = out.with_name(out.name + ".rewritten")
-    added = write_corpus(extra, patch)
+    added = write_corpus(extra, patch, row_stats=False)
     corpus = load_corpus_dataset(out)
     kept = corpus if keep is None else corpus.select(keep)
     merged = datasets.concatenate_datasets([kept, load_corpus_dataset(patch)])
@@ -229,8 +229,7 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
     del corpus, kept, merged
     shutil.rmtree(out)
     shutil.rmtree(patch)
-    tmp.rename(out)
-    write_row_stats(out)  # the per-row statistics open_corpus reads instead of scanning (data_prep/corpus.py)
+    tmp.rename(out)  # no row statistics yet: `_build` writes them once, after the last rewrite
     return added
 
 
@@ -316,13 +315,14 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
         yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length,
                                       args.periodic_count, args.random_walk_count, args.seed, stats)
 
-    rows = write_corpus(entries(), staging)
+    rows = write_corpus(entries(), staging, row_stats=False)
     cuts: list[dict] = []
     if args.exclude_eval:
         cuts = decontaminate(staging, data_dir, stats)
         rows -= sum(1 for c in cuts if c["kept"] < MIN_LENGTH)
     if args.tsmixup_count:  # mixed from the decontaminated real rows, so it adds no evaluation data
         rows += add_tsmixup(staging, args.tsmixup_count, args.seed, stats)
+    write_row_stats(staging)  # once, on the final rows: what open_corpus reads instead of scanning the values
     elapsed = time.time() - t0
     print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
     for st in stats:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from data_prep.corpus import CorpusEntry
 from data_prep.frequency import canonical_freq, inferred_alias
-from data_prep.readers._arrow import float_values, is_list, is_numeric, list_parts
+from data_prep.arrow_lists import float_values, is_list, is_numeric, list_parts
 from data_prep.readers.errors import DataFormatError
 from data_prep.series import Series
 from moe_ts.io.dataframe import check_increasing

@@ -4,7 +4,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from data_prep.corpus import CorpusEntry, CorpusError, cut_series, load_corpus_dataset, open_corpus, write_corpus
+from data_prep.corpus import (CorpusEntry, CorpusError, cut_series, load_corpus_dataset, open_corpus, write_corpus,
+                              write_row_stats)
 from data_prep.series import Series
 
 
@@ -156,12 +157,24 @@ def test_stale_side_file_is_ignored_with_one_warning(tmp_path, write_arrow_corpu
         assert open_corpus(tmp_path / "c").row_stats == "scan"
 
 
-def test_prepare_rewrite_keeps_the_side_file_current(tmp_path, recwarn):
-    from data_prep.prepare import _rewrite_with
+def test_prepare_rewrite_keeps_the_side_file_current(tmp_path, recwarn, monkeypatch):
+    """`prepare` rewrites the corpus (decontamination, TSMixup) and writes the side file once, for the final rows."""
+    from data_prep import prepare
 
     write_corpus(_mixed_series(), tmp_path / "c")
-    _rewrite_with(tmp_path / "c", [Series("new", np.array([1.0, np.nan, 2.0]), "h", None, "z")], keep=[0, 5])
-    corpus = open_corpus(tmp_path / "c")
-    assert corpus.row_stats == "row_stats.npz" and not [w for w in recwarn if "row_stats" in str(w.message)]
+    prepare._rewrite_with(tmp_path / "c", [Series("new", np.array([1.0, np.nan, 2.0]), "h", None, "z")], keep=[0, 5])
+    corpus = open_corpus(tmp_path / "c")  # a rewrite alone leaves no side file: the values are scanned
+    assert corpus.row_stats == "scan" and not (tmp_path / "c" / "row_stats.npz").exists()
     assert corpus.lengths.tolist() == [1, 2000, 3] and corpus.n_observed[-1] == 2
     assert corpus.dataset.tolist() == ["b", "c", "z"]
+
+    passes = []
+    monkeypatch.setattr(prepare, "write_row_stats", lambda path: passes.append(path) or write_row_stats(path))
+    args = ["--datasets", "m4_hourly,tourism_monthly", "--max-series-per-dataset", "8", "--synthetic-count", "3",
+            "--kernelsynth-count", "0", "--periodic-count", "0", "--tsmixup-count", "4"]
+    assert prepare.main(["--out", str(tmp_path / "p"), *args]) == 0
+    assert len(passes) == 1  # one pass over the values, after the last rewrite
+    recwarn.clear()
+    corpus = open_corpus(tmp_path / "p")
+    assert corpus.row_stats == "row_stats.npz" and not [w for w in recwarn if "row_stats" in str(w.message)]
+    assert corpus.dataset.tolist().count("tsmixup") == 4

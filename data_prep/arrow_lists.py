@@ -1,4 +1,4 @@
-"""Arrow list columns as numpy, one batch at a time (shared by the LOTSA and Chronos readers)."""
+"""Arrow list columns as numpy, one batch at a time (the LOTSA and Chronos readers, and the corpus reader)."""
 from __future__ import annotations
 
 import numpy as np
