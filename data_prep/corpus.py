@@ -212,13 +212,19 @@ def check_manifest(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def manifest_weights(path: str | Path) -> dict[str, float] | None:
-    """The per-dataset sampling weights the manifest of the corpus at `path` records (`moe-ts prepare
-    --weights`), or None when it records none or there is no complete manifest (a corpus built by other means)."""
+def manifest_field(path: str | Path, key: str) -> Any:
+    """A field of the manifest of the corpus at `path`; None when it has none or there is no complete manifest
+    (a corpus built by other means)."""
     try:
-        weights = check_manifest(path).get("weights")
+        return check_manifest(path).get(key)
     except CorpusError:
         return None
+
+
+def manifest_weights(path: str | Path) -> dict[str, float] | None:
+    """The per-dataset sampling weights the manifest of the corpus at `path` records (`moe-ts prepare
+    --weights`), or None when it records none."""
+    weights = manifest_field(path, "weights")
     return {str(k): float(v) for k, v in weights.items()} if isinstance(weights, dict) and weights else None
 
 

