@@ -58,6 +58,10 @@ class TrainConfig:
     mixture_share: dict[str, float] = field(default_factory=dict)
     max_windows_per_series: int = 16
     min_window_patches: int = 2  # shortest window drawn from a long enough series (1 stats + 1 scored)
+    # "sequential": pretrain.data.WindowSampler (one window at a time); "vectorised": pretrain.batch_sampler
+    # (windows drawn in bulk, batch k a function of (seed, rank, k); ~6x the patches/s of one core, BENCHMARKS.md)
+    sampler: Literal["sequential", "vectorised"] = "sequential"
+    loader_workers: int = 0  # processes making vectorised batches ahead of the trainer (0: in the trainer)
     input_noise: float = 0.0  # std of Gaussian noise on the normalised inputs (not the targets); see objectives
     self_feed: float = 0.0  # scheduled sampling: share of input patches replaced by the model's own draws
 
@@ -74,6 +78,11 @@ class TrainConfig:
             raise ConfigError(f"train.min_lr must be in (0, lr={self.lr}], got {self.min_lr}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.loader_workers < 0:
+            raise ConfigError(f"train.loader_workers must be >= 0, got {self.loader_workers}")
+        if self.loader_workers and self.sampler != "vectorised":
+            raise ConfigError("train.loader_workers needs train.sampler: vectorised (the sequential sampler's "
+                              "batches depend on every batch before them, so workers cannot make them apart)")
         if self.input_noise < 0:
             raise ConfigError(f"train.input_noise must be >= 0, got {self.input_noise}")
         if not 0.0 <= self.self_feed <= 1.0:

@@ -126,6 +126,46 @@ def _draw(rng: np.random.Generator, cumulative: np.ndarray) -> int:
     return min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(cumulative) - 1)
 
 
+class SeriesIndex:
+    """Which corpus rows a sampler draws from and with which weights: dataset by mixture probability, then a series
+    of that dataset by its (capped) window count. Shared by the sequential and the vectorised samplers.
+
+    Shape legend: R corpus rows, U usable rows (observed values, not covariates), D datasets with usable rows."""
+
+    def __init__(self, corpus: Corpus, *, window_len: int, max_windows_per_series: int = 16,
+                 mixture: dict[str, float] | None = None, mixture_default: str = "series",
+                 mixture_share: dict[str, float] | None = None,
+                 dataset_weights: dict[str, float] | None = None) -> None:
+        usable = corpus.n_observed > 0
+        self.num_unusable = int((~usable).sum())
+        self.num_covariates = 0
+        if corpus.covariate is not None:  # covariate rows are stored, never drawn as targets
+            self.num_covariates = int(corpus.covariate.sum())
+            usable &= ~corpus.covariate
+        if not usable.any():
+            raise CorpusError(f"{corpus.path}: all {len(corpus)} series are empty or entirely missing")
+        rows = np.flatnonzero(usable)
+        codes = corpus.dataset_index[rows]
+        order = np.argsort(codes, kind="stable")  # rows grouped by dataset, corpus order inside each group
+        rows_u, codes_u = rows[order], codes[order]
+        present, first = np.unique(codes_u, return_index=True)  # ascending codes: the datasets in name order
+        bounds = np.append(first, len(rows_u))
+        self.dataset_names = [corpus.dataset_names[c] for c in present]
+        self.dataset_rows: list[np.ndarray] = [rows_u[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        weights_u = series_weights(corpus.lengths[rows_u], window_len, max_windows_per_series)  # [U]
+        self.series_cumweights = [np.cumsum(weights_u[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        counts = [len(r) for r in self.dataset_rows]
+        points = [int(corpus.n_observed[r].sum()) for r in self.dataset_rows]
+        self.dataset_probs = mixture_probabilities(self.dataset_names, counts, mixture or {}, mixture_default, points,
+                                                   mixture_share, dataset_weights)
+        self.dataset_cum = np.cumsum(self.dataset_probs)  # [D]
+        # The same draw over all usable rows at once (the vectorised sampler): rows grouped by dataset, one
+        # cumulative weight over them, and each dataset's [start, end) in it.
+        self.rows = rows_u  # [U]
+        self.cumweights = np.cumsum(weights_u)  # [U]
+        self.bounds = bounds  # [D + 1]
+
+
 class WindowSampler:
     """Deterministic, resumable source of packed batches {target [B, N·P], sample_id [B, N]}."""
 
@@ -150,31 +190,14 @@ class WindowSampler:
         self.patch_size = patch_size
         self.seq_patches = seq_patches
         self.min_window_patches = min_window_patches
-        usable = corpus.n_observed > 0
-        self.num_unusable = int((~usable).sum())
-        self.num_covariates = 0
-        if corpus.covariate is not None:  # covariate rows are stored, never drawn as targets
-            self.num_covariates = int(corpus.covariate.sum())
-            usable &= ~corpus.covariate
-        if not usable.any():
-            raise CorpusError(f"{corpus.path}: all {len(corpus)} series are empty or entirely missing")
-        rows = np.flatnonzero(usable)
-        codes = corpus.dataset_index[rows]
-        present = np.unique(codes)  # ascending codes into the sorted names: the datasets in name order
-        self.dataset_names = [corpus.dataset_names[c] for c in present]
-        window_len = seq_patches * patch_size
-        self.dataset_rows: list[np.ndarray] = []
-        self.series_cumweights: list[np.ndarray] = []
-        for code in present:
-            r = rows[codes == code]
-            self.dataset_rows.append(r)
-            self.series_cumweights.append(np.cumsum(series_weights(corpus.lengths[r], window_len,
-                                                                   max_windows_per_series)))
-        counts = [len(r) for r in self.dataset_rows]
-        points = [int(corpus.n_observed[r].sum()) for r in self.dataset_rows]
-        self.dataset_probs = mixture_probabilities(self.dataset_names, counts, mixture or {}, mixture_default, points,
-                                                   mixture_share, dataset_weights)
-        self._dataset_cum = np.cumsum(self.dataset_probs)
+        self.index = SeriesIndex(corpus, window_len=seq_patches * patch_size,
+                                 max_windows_per_series=max_windows_per_series, mixture=mixture,
+                                 mixture_default=mixture_default, mixture_share=mixture_share,
+                                 dataset_weights=dataset_weights)
+        self.num_unusable, self.num_covariates = self.index.num_unusable, self.index.num_covariates
+        self.dataset_names, self.dataset_probs = self.index.dataset_names, self.index.dataset_probs
+        self.dataset_rows, self.series_cumweights = self.index.dataset_rows, self.index.series_cumweights
+        self._dataset_cum = self.index.dataset_cum
         self.seed, self.rank = seed, rank
         self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rank,)))
         self.rows = 0  # packed rows produced
