@@ -8,8 +8,11 @@ lengths 50..5000), 2% of values missing, and measures for each, in a fresh subpr
   file and, the baseline, by scanning the values (the side file ignored); also the reader as it was before the
   side file (`pre_change_open`: one cumsum over every value, dataset and item id as Python strings per row);
 - peak RSS of that process (VmHWM; the interpreter with torch / datasets imported is reported beside it);
-- sampling on one process: windows/s and patch slots/s of `WindowSampler.next_batch(32)` with rows of 512 patches
-  of 16 values (configs/small.yaml's model and train defaults); slots count padding, as the GPU computes it.
+- sampling on one process: windows/s and patch slots/s of `next_batch(32)` with rows of 512 patches of 16 values
+  (configs/small.yaml's model and train defaults) for the sequential sampler (`pretrain.data.WindowSampler`, the
+  baseline) and the vectorised one (`pretrain.batch_sampler.VectorisedSampler`, `train.sampler: vectorised`);
+  slots count padding, as the GPU computes it. `train.loader_workers` runs W such processes in parallel, so the
+  cores one H100 needs is its appetite over one process' patch slots/s.
 
 The GPU side: patches/s one H100 consumes at 40% MFU = 989 TFLOP/s (dense bf16 peak) x 0.4 / FLOPs per patch,
 FLOPs per patch = `pretrain.config.train_flops_per_token(active params, layers, d_model, max_seq_len)`
@@ -112,13 +115,15 @@ def pre_change_open(path: Path) -> Any:
                     row_stats="pre-change")
 
 
-def measure(corpus: Path, side_file: bool, sample_s: float, pre_change: bool = False) -> dict[str, Any]:
+def measure(corpus: Path, side_file: bool, sample_s: float, pre_change: bool = False,
+            kind: str = "sequential") -> dict[str, Any]:
     """One case in this process: start-up seconds, peak RSS, then (sample_s > 0) sampling throughput."""
     import datasets  # noqa: F401  imported before the clock starts, as any rank has it already
     import torch  # noqa: F401
 
     import data_prep.corpus as corpus_mod
     from pretrain.config import load_pretrain_config
+    from pretrain.batch_sampler import VectorisedSampler
     from pretrain.data import WindowSampler
 
     run = load_pretrain_config(REPO / "configs" / "small.yaml")
@@ -128,7 +133,7 @@ def measure(corpus: Path, side_file: bool, sample_s: float, pre_change: bool = F
     t0 = time.perf_counter()
     corpus = pre_change_open(corpus) if pre_change else corpus_mod.open_corpus(corpus)
     t_open = time.perf_counter() - t0
-    sampler = WindowSampler(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
+    sampler = (VectorisedSampler if kind == "vectorised" else WindowSampler)(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
                             min_window_patches=run.train.min_window_patches,
                             max_windows_per_series=run.train.max_windows_per_series, seed=0)
     t_start = time.perf_counter() - t0
@@ -148,10 +153,11 @@ def measure(corpus: Path, side_file: bool, sample_s: float, pre_change: bool = F
     return out
 
 
-def run_case(corpus: Path, side_file: bool, sample_s: float, pre_change: bool = False) -> dict[str, Any]:
+def run_case(corpus: Path, side_file: bool, sample_s: float, pre_change: bool = False,
+             kind: str = "sequential") -> dict[str, Any]:
     """`measure` in a fresh subprocess (its own peak RSS), one thread."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, __file__, "--measure", str(corpus), "--sample-s", str(sample_s)]
+    cmd = [sys.executable, __file__, "--measure", str(corpus), "--sample-s", str(sample_s), "--kind", kind]
     if not side_file:
         cmd.append("--scan")
     if pre_change:
@@ -187,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--scan", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pre-change", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="sequential", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(Path(args.measure), not args.scan, args.sample_s, args.pre_change)))
+        print(json.dumps(measure(Path(args.measure), not args.scan, args.sample_s, args.pre_change, args.kind)))
         return 0
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         work = Path(args.workdir or tmp)
@@ -198,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = gpu_appetite()
     for r in rows:
         r["loader_cores_per_h100"] = {name: g["h100_patches_per_s"] / r["slots_per_s"] for name, g in gpu.items()}
+        r["vectorised_cores_per_h100"] = {name: g["h100_patches_per_s"] / r["vectorised_slots_per_s"]
+                                          for name, g in gpu.items()}
     print_table(rows, gpu)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
               "batch": BATCH, "h100_peak_flops": H100_PEAK_FLOPS, "mfu": MFU, "gpu": gpu, "cases": rows}
@@ -213,6 +222,7 @@ def one_corpus(work: Path, layout: str, values: int, sample_s: float) -> dict[st
     folder.mkdir(parents=True, exist_ok=True)
     info = build(folder, layout, values)
     fast = run_case(folder / "corpus", True, sample_s)
+    vec = run_case(folder / "corpus", True, sample_s, kind="vectorised")
     scan = run_case(folder / "corpus", False, 0)
     old = run_case(folder / "corpus", False, 0, pre_change=True)
     assert (fast["row_stats"], scan["row_stats"], old["row_stats"]) == ("row_stats.npz", "scan", "pre-change")
@@ -227,7 +237,10 @@ def one_corpus(work: Path, layout: str, values: int, sample_s: float) -> dict[st
             "scan_rss_peak_startup_mib": scan["rss_peak_startup_mib"],
             "rss_above_imports_vs_scan": (fast["rss_peak_startup_mib"] - fast["rss_imports_mib"])
             / max(scan["rss_peak_startup_mib"] - scan["rss_imports_mib"], 1e-9),
-            **{k: fast[k] for k in ("windows_per_s", "slots_per_s", "padding_share", "rss_peak_sampling_mib")}}
+            **{k: fast[k] for k in ("windows_per_s", "slots_per_s", "padding_share", "rss_peak_sampling_mib")},
+            **{f"vectorised_{k}": vec[k] for k in ("startup_s", "windows_per_s", "slots_per_s", "padding_share",
+                                                  "rss_peak_sampling_mib")},
+            "vectorised_speedup": vec["slots_per_s"] / fast["slots_per_s"]}
 
 
 def print_table(rows: list[dict[str, Any]], gpu: dict[str, dict[str, float]]) -> None:
@@ -237,16 +250,19 @@ def print_table(rows: list[dict[str, Any]], gpu: dict[str, dict[str, float]]) ->
               f"(attention {g['attention_flops_per_patch'] / 1e6:.1f}), one H100 at {MFU:.0%} MFU eats "
               f"{g['h100_patches_per_s'] / 1e6:.2f}M patches/s")
     print("| values | rows | layout | start-up s: side file / scan / pre-change | vs scan | vs pre-change "
-          "| peak RSS MiB: side file / scan / pre-change | windows/s | patch slots/s | cores/H100 small "
-          "| cores/H100 base |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS MiB: side file / scan / pre-change | patch slots/s: sequential / vectorised | vectorised "
+          "vs sequential | cores/H100 small: seq / vec | cores/H100 base: seq / vec | vec padding |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['values']:.1e} | {r['rows']:,} | {r['layout']} | {r['startup_s']:.2f} / {r['scan_startup_s']:.2f} "
               f"/ {r['pre_change_startup_s']:.2f} | {r['startup_speedup_vs_scan']:.1f}x "
               f"| {r['startup_speedup_vs_pre_change']:.1f}x | {r['rss_peak_startup_mib']:.0f} / "
               f"{r['scan_rss_peak_startup_mib']:.0f} / {r['pre_change_rss_peak_startup_mib']:.0f} "
-              f"| {r['windows_per_s']:,.0f} | {r['slots_per_s'] / 1e6:.2f}M "
-              f"| {r['loader_cores_per_h100']['small']:.1f} | {r['loader_cores_per_h100']['base']:.1f} |")
+              f"| {r['slots_per_s'] / 1e6:.2f}M / {r['vectorised_slots_per_s'] / 1e6:.2f}M "
+              f"| {r['vectorised_speedup']:.1f}x "
+              f"| {r['loader_cores_per_h100']['small']:.1f} / {r['vectorised_cores_per_h100']['small']:.1f} "
+              f"| {r['loader_cores_per_h100']['base']:.1f} / {r['vectorised_cores_per_h100']['base']:.1f} "
+              f"| {r['vectorised_padding_share']:.1%} |")
 
 
 if __name__ == "__main__":

@@ -96,10 +96,23 @@ def _window_hashes(bits: np.ndarray, w: int) -> np.ndarray:
 
 @dataclass
 class _EvalWindows:
+    """The test windows of one length w, as arrays (memory: about 24 bytes per window plus the test spans).
+
+    Shape legend: M windows, S evaluation series, V test-span values of all series."""
+
     w: int
-    hashes: np.ndarray  # sorted
-    order: np.ndarray  # index into refs for each sorted hash
-    refs: list[tuple[str, str, int, int, np.ndarray]]  # (dataset, item_id, window offset, test start, values)
+    hashes: np.ndarray  # [M] uint64, sorted
+    series: np.ndarray  # [M] int32 evaluation series of each sorted hash
+    offset: np.ndarray  # [M] int64 window start inside that series' test span
+    span_values: np.ndarray  # [V] float32 every series' test span, one after another
+    span_base: np.ndarray  # [S] int64 where each series' span starts in span_values
+    test_start: np.ndarray  # [S] int64 where each series' test span starts in the series
+    names: list[tuple[str, str]]  # [S] (dataset, item id)
+
+    def window(self, j: int) -> np.ndarray:
+        """The values of sorted window j."""
+        a = int(self.span_base[self.series[j]] + self.offset[j])
+        return self.span_values[a:a + self.w]
 
 
 def _distinct_counts(views: np.ndarray) -> np.ndarray:
@@ -115,8 +128,7 @@ def collect_test_windows(
     from data_prep.registry import all_specs, available, get_spec, load_series, test_span
 
     specs = [get_spec(n) for n in names] if names else all_specs()
-    refs_by_w: dict[int, list[tuple[str, str, int, int, np.ndarray]]] = defaultdict(list)
-    hashes_by_w: dict[int, list[np.ndarray]] = defaultdict(list)
+    parts: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for spec in specs:
         if not available(spec, data_dir):
             if report is not None:
@@ -126,29 +138,47 @@ def collect_test_windows(
             report.datasets.append(spec.name)
         for s in load_series(spec, data_dir):
             start, end = test_span(spec, len(s))
-            span = s.target[start:end]
+            span = np.asarray(s.target[start:end], dtype=np.float32)
             w = min(len(span), window)
             if w == 0:
                 continue
-            bits = _canonical_bits(span)
-            h = _window_hashes(bits, w)
+            h = _window_hashes(_canonical_bits(span), w)
             views = np.lib.stride_tricks.sliding_window_view(span, w)
             keep = ~np.isnan(views).any(axis=1)
             keep &= _distinct_counts(views) >= min(min_distinct, w)
-            for off in np.flatnonzero(keep):
-                refs_by_w[w].append((spec.name, s.item_id, start + int(off), start, views[off].copy()))
-            hashes_by_w[w].append(h[keep])
+            if not keep.any():
+                continue
+            g = parts[w]
+            g["series"].append(np.full(int(keep.sum()), len(g["names"]), dtype=np.int32))
+            g["offset"].append(np.flatnonzero(keep).astype(np.int64))
+            g["hashes"].append(h[keep])
+            g["spans"].append(span)
+            g["test_start"].append(start)
+            g["names"].append((spec.name, s.item_id))
     out = {}
-    for w, refs in refs_by_w.items():
-        hashes = np.concatenate(hashes_by_w[w])
+    for w, g in parts.items():
+        hashes = np.concatenate(g["hashes"])
         order = np.argsort(hashes, kind="stable")
-        out[w] = _EvalWindows(w, hashes[order], order, refs)
+        lengths = np.asarray([len(x) for x in g["spans"]], dtype=np.int64)
+        out[w] = _EvalWindows(w, hashes[order], np.concatenate(g["series"])[order], np.concatenate(g["offset"])[order],
+                              np.concatenate(g["spans"]), np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+                              np.asarray(g["test_start"], dtype=np.int64), g["names"])
         if report is not None:
-            report.windows += len(refs)
+            report.windows += len(hashes)
     return out
 
 
-def _scan_chunk(values: np.ndarray, offsets: np.ndarray, row_base: int, meta: list[tuple[str, str, str, int]],
+class _RowMeta:
+    """(dataset, item id, source item id, span start) of corpus rows, read from the Arrow columns only on a hit."""
+
+    def __init__(self, table) -> None:
+        self.columns = [table.column(c) for c in ("dataset", "item_id", "source_item_id", "span_start")]
+
+    def __getitem__(self, row: int) -> tuple:
+        return tuple(col[row].as_py() for col in self.columns)
+
+
+def _scan_chunk(values: np.ndarray, offsets: np.ndarray, row_base: int, meta: _RowMeta,
                 windows: dict[int, _EvalWindows], report: LeakReport, max_leaks: int | None) -> None:
     """Hash every window of the concatenated targets `values` (rows delimited by `offsets`) and record confirmed hits."""
     bits = _canonical_bits(values)
@@ -169,15 +199,19 @@ def _scan_chunk(values: np.ndarray, offsets: np.ndarray, row_base: int, meta: li
             window_values = values[p : p + w]
             j = pos[p]
             while j < len(ev.hashes) and ev.hashes[j] == h[p]:
-                ds, item, off, test_start, ref = ev.refs[ev.order[j]]
+                series, off = int(ev.series[j]), int(ev.offset[j])
+                ref = ev.window(j)
                 j += 1
                 if not np.array_equal(ref, window_values):
                     continue
-                corpus_ds, corpus_item, source_item, span_start = meta[r]
+                ds, item = ev.names[series]
+                test_start = int(ev.test_start[series])
+                corpus_ds, corpus_item, source_item, span_start = meta[row_base + int(r)]
                 in_row = int(p - offsets[r])
                 if corpus_ds == ds and source_item == item and span_start + in_row + w <= test_start:
                     continue  # the series' own history, which its evaluation context shows anyway
-                report.leaks.append(Leak(ds, item, off, corpus_ds, corpus_item, in_row, row_base + int(r)))
+                report.leaks.append(Leak(ds, item, test_start + off, corpus_ds, corpus_item, in_row,
+                                         row_base + int(r)))
                 if max_leaks is not None and len(report.leaks) >= max_leaks:
                     return
 
@@ -186,17 +220,16 @@ def check_corpus(
     corpus_path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, names: list[str] | None = None,
     window: int = WINDOW, max_leaks: int | None = None, min_distinct: int = MIN_DISTINCT,
 ) -> LeakReport:
-    """Search the corpus for every available evaluation test window; returns a LeakReport (report.ok when clean)."""
+    """Search the corpus for every available evaluation test window; returns a LeakReport (report.ok when clean).
+    Streams: the corpus is read memory-mapped in blocks of about _CHUNK_POINTS values, row metadata only on a hit,
+    so memory is the test windows' arrays plus one block, whatever the corpus size."""
     report = LeakReport()
     corpus = load_corpus_dataset(corpus_path)  # first: a bad path fails before the slow window collection
     windows = collect_test_windows(data_dir, names, window, report, min_distinct)
     table = corpus.data.table if hasattr(corpus.data, "table") else corpus.data
     targets = table.column("target")
-    datasets_col = table.column("dataset").to_pylist()
-    items_col = table.column("item_id").to_pylist()
-    sources_col = table.column("source_item_id").to_pylist()
-    span_col = table.column("span_start").to_pylist()
-    report.corpus_rows = len(items_col)
+    meta = _RowMeta(table)
+    report.corpus_rows = len(table)
     row = 0
     for chunk in targets.chunks:
         offsets_all = chunk.offsets.to_numpy()
@@ -210,8 +243,6 @@ def check_corpus(
             r1 = int(np.searchsorted(offsets_all, offsets_all[r0] + _CHUNK_POINTS, side="right")) - 1
             r1 = min(max(r1, r0 + 1), n_rows)
             lo, hi = offsets_all[r0], offsets_all[r1]
-            sl = slice(row + r0, row + r1)
-            meta = list(zip(datasets_col[sl], items_col[sl], sources_col[sl], span_col[sl]))
             _scan_chunk(flat[lo:hi], offsets_all[r0 : r1 + 1] - lo, row + r0, meta, windows, report, max_leaks)
             if max_leaks is not None and len(report.leaks) >= max_leaks:
                 return report

@@ -30,9 +30,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
-from data_prep.corpus import (BUILD_PREFIX, CorpusEntry, cut_series, load_corpus_dataset, target_arrays, write_corpus,
+import numpy as np
+
+from data_prep.corpus import (BUILD_PREFIX, Corpus, CorpusEntry, cut_series, load_corpus_dataset, write_corpus,
                               write_manifest, write_row_stats)
 from data_prep.readers.errors import DataFormatError
 from data_prep.series import Series
@@ -233,27 +235,61 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
     return added
 
 
+class _CorpusRows(Sequence):
+    """Targets of some rows of a memory-mapped corpus, read on demand (float32 views, nothing copied)."""
+
+    def __init__(self, corpus: Corpus, rows: np.ndarray) -> None:
+        self.corpus, self.rows = corpus, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.corpus.values(int(self.rows[i]))
+
+
+class _ColumnRows(Sequence):
+    """One string column of some corpus rows, read on demand."""
+
+    def __init__(self, column: Any, rows: np.ndarray) -> None:
+        self.column, self.rows = column, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> str:
+        return self.column[int(self.rows[i])].as_py()
+
+
 def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> int:
-    """Append `count` TSMixup series (data_prep.tsmixup) mixed from the corpus' real rows; returns rows added."""
+    """Append `count` TSMixup series (data_prep.tsmixup) mixed from the corpus' real rows; returns rows added.
+    The real rows are read memory-mapped, one window at a time: memory does not grow with the corpus."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from data_prep.corpus import _training_table, open_corpus
     from data_prep.tsmixup import DATASET, MIN_LENGTH as MIX_MIN_LENGTH, generate_tsmixup
 
-    corpus = load_corpus_dataset(out)
-    every = target_arrays(corpus)
-    table = corpus.data.table
-    covariate = table.column("covariate").to_pylist() if "covariate" in table.column_names else [False] * len(table)
-    real = [i for i, name in enumerate(table.column("dataset").to_pylist())
-            if name not in SYNTHETIC_SOURCES and not covariate[i]]
-    freqs = table.column("freq").to_pylist()
-    pool = [every[i] for i in real]
-    del corpus, table  # memory-mapped from `out`, which _rewrite_with replaces
+    corpus = open_corpus(out)
+    table = _training_table(out)
+    real = ~pc.is_in(table.column("dataset"), value_set=pa.array(list(SYNTHETIC_SOURCES))).to_numpy(
+        zero_copy_only=False)
+    if corpus.covariate is not None:
+        real &= ~corpus.covariate
+    candidates = int(real.sum())
+    rows = np.flatnonzero(real & (corpus.lengths >= MIX_MIN_LENGTH))
     st = SourceStats(DATASET)
     stats.append(st)
-    try:
-        mixed = list(generate_tsmixup(pool, [freqs[i] for i in real], count, seed=seed))
-    except ValueError as err:
-        raise SystemExit(f"{out.name}: {err}; pass --tsmixup-count 0 to build the corpus without mixes") from None
+    if count and not len(rows):
+        longest = int(corpus.lengths[real].max()) if candidates else 0
+        raise SystemExit(f"{out.name}: tsmixup: no real series of at least {MIX_MIN_LENGTH} points to mix "
+                         f"({candidates} candidates, longest {longest}); pass --tsmixup-count 0 to build the corpus "
+                         f"without mixes")
+    mixed = list(generate_tsmixup(_CorpusRows(corpus, rows), _ColumnRows(table.column("freq"), rows), count,
+                                  seed=seed))
+    del corpus, table  # memory-mapped from `out`, which _rewrite_with replaces
     st.series, st.points = len(mixed), sum(len(s) for s in mixed)
-    st.note = f"seed {seed}, mixed from {sum(len(t) >= MIX_MIN_LENGTH for t in pool)} real series"
+    st.note = f"seed {seed}, mixed from {len(rows)} real series"
     return _rewrite_with(out, mixed)
 
 

@@ -63,8 +63,10 @@ def generate_tsmixup(pool: Sequence[np.ndarray], freqs: Sequence[str], count: in
     if count and not keep:
         raise ValueError(f"tsmixup: no real series of at least {min_length} points to mix "
                          f"({len(pool)} candidates, longest {max((len(t) for t in pool), default=0)})")
-    long_pool = [pool[i] for i in keep]
-    long_freqs = [freqs[i] for i in keep]
+    if len(keep) == len(pool):  # a pool already filtered (e.g. rows read on demand): used as it is
+        long_pool, long_freqs = pool, freqs
+    else:
+        long_pool, long_freqs = [pool[i] for i in keep], [freqs[i] for i in keep]
     for index in range(count):
         yield mix_one(long_pool, long_freqs, seed, index, max_components=max_components, alpha=alpha,
                       min_length=min_length, max_length=max_length)

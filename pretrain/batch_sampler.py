@@ -152,8 +152,10 @@ class VectorisedSampler:
         chunk_values = self.corpus.chunk_values
         for c, d, s, w in zip(self._chunk[rows_j].tolist(), dst.tolist(), src.tolist(), length.tolist()):
             target[d:d + w] = chunk_values[c][s:s + w]
-        observed = np.concatenate([[0], np.cumsum(~np.isnan(target))])
-        kept = observed[dst + length] > observed[dst]  # [W] windows with an observed value
+        # [W] observed values per window: summed from each window's start to the next one's, since everything
+        # between a window's end and the next window is NaN (patch tails, padding)
+        observed = np.add.reduceat((~np.isnan(target)).view(np.uint8), dst, dtype=np.int64)
+        kept = observed > 0  # [W] windows with an observed value
         patches = -(-length // p)
         kept_cum = np.cumsum(kept)
         row_first = np.searchsorted(row_of, np.arange(batch_size))  # [B] first window of each row
