@@ -61,6 +61,7 @@ TRAINING_COLUMNS = ("item_id", "dataset", "target")  # all `open_corpus` needs (
 BUILD_PREFIX = ".corpus-build-"  # + the corpus folder's name: Arrow cache of a write in progress
 MANIFEST = "manifest.json"
 ROW_STATS = "row_stats.npz"  # per-row statistics beside the Arrow data (`write_row_stats`, `open_corpus`)
+SHARD_SIZE = "500MB"  # largest Arrow shard of a corpus (`moe-ts prepare --max-shard-size`)
 SCAN_BLOCK = 1 << 22  # values per block of the observed-count scan: bounds its memory whatever the corpus size
 
 
@@ -138,14 +139,72 @@ def _rows(entries: Iterable[Series | CorpusEntry]) -> Iterator[dict]:
         }
 
 
-def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLike[str], fingerprint: str | None = None,
-                 row_stats: bool = True) -> int:
-    """Stream entries into an Arrow dataset at `path` (replaced if it exists); returns the row count.
-    Rows go through Dataset.from_generator, which writes Arrow batches to a temporary cache, so memory stays low.
-    `row_stats=False` skips the side file (one pass over every value): for a writer that rewrites the corpus
-    afterwards and calls `write_row_stats` once at the end, as `moe-ts prepare` does."""
+def save_dataset(dataset: datasets.Dataset, path: str | os.PathLike[str], max_shard_size: str | int = SHARD_SIZE,
+                 num_proc: int | None = None) -> None:
+    """`dataset.save_to_disk(path)` in Arrow shards of at most `max_shard_size` (e.g. "500MB"), quietly."""
     import datasets
 
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(path), max_shard_size=max_shard_size, num_proc=num_proc)
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def shard_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """File name, size and SHA-256 of every Arrow shard of the corpus at `path` (the manifest's `shards`)."""
+    path = Path(path)
+    files = [entry["filename"] for entry in json.loads((path / "state.json").read_text()).get("_data_files", [])]
+    records = []
+    for name in files:
+        digest = hashlib.sha256()
+        with open(path / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        records.append({"file": name, "bytes": (path / name).stat().st_size, "sha256": digest.hexdigest()})
+    return records
+
+
+def verify_shards(path: str | os.PathLike[str], manifest: dict[str, Any], hashes: bool = False) -> int:
+    """Check the shards the manifest lists (`shards`, written by `moe-ts prepare`): present with their sizes and,
+    with `hashes`, their SHA-256 (reads every byte); CorpusError naming the first bad shard. Returns the number
+    checked (0 for a manifest from before shards were recorded)."""
+    path = Path(path)
+    shards = manifest.get("shards") or []
+    fix = f"rebuild it with `moe-ts prepare --out {path}`"
+    for shard in shards:
+        file = path / shard["file"]
+        if not file.is_file():
+            raise CorpusError(f"{file}: shard listed in the manifest is missing; {fix}")
+        if file.stat().st_size != shard["bytes"]:
+            raise CorpusError(f"{file}: {file.stat().st_size} bytes, the manifest says {shard['bytes']} "
+                              f"(truncated or replaced); {fix}")
+    if hashes:
+        for shard, actual in zip(shards, shard_records(path)):
+            if actual["file"] != shard["file"] or actual["sha256"] != shard["sha256"]:
+                raise CorpusError(f"{path / shard['file']}: SHA-256 differs from the manifest's (the file was "
+                                  f"changed after `moe-ts prepare` wrote it); {fix}")
+    return len(shards)
+
+
+def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLike[str], fingerprint: str | None = None,
+                 row_stats: bool = True, max_shard_size: str | int = SHARD_SIZE) -> int:
+    """Stream entries into an Arrow dataset at `path` (replaced if it exists), in shards of at most
+    `max_shard_size`; returns the row count (0, and nothing written, when there is no entry). Rows go through Dataset.from_generator, which writes Arrow batches to
+    a temporary cache, so memory stays low. `row_stats=False` skips the side file (one pass over every value): for
+    a writer that rewrites the corpus afterwards and calls `write_row_stats` once at the end, as `moe-ts prepare`
+    does."""
+    import itertools
+
+    import datasets
+
+    entries = iter(entries)
+    first = next(entries, None)
+    if first is None:  # datasets cannot build a dataset of no rows: nothing is written
+        return 0
+    entries = itertools.chain([first], entries)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{BUILD_PREFIX}{path.name}-", dir=path.parent))
@@ -163,7 +222,7 @@ def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLik
             raise
         if path.exists():
             shutil.rmtree(path)
-        dataset.save_to_disk(str(path))
+        save_dataset(dataset, path, max_shard_size)
         if row_stats:
             write_row_stats(path)
         return len(dataset)
@@ -175,17 +234,20 @@ def write_corpus(entries: Iterable[Series | CorpusEntry], path: str | os.PathLik
 
 def write_manifest(folder: Path, settings: dict[str, Any], rows: int, points: int, decontaminated: list[dict],
                    sources: list[dict], ingested: list[dict] | None = None,
-                   weights: dict[str, float] | None = None) -> Path:
+                   weights: dict[str, float] | None = None, shards: list[dict] | None = None) -> Path:
     """Write `folder`/manifest.json marking the corpus complete: the build's `settings`, then what it holds.
     `moe-ts prepare` calls it last, once every row is written (the order of keys is that of earlier manifests;
-    `ingested`, the upstream sources read (kind, path, rows, points), and `weights`, the per-dataset sampling
-    weights (`manifest_weights`), follow only when given)."""
+    `ingested`, the upstream sources read (kind, path, rows, points), `weights`, the per-dataset sampling
+    weights (`manifest_weights`), and `shards`, each Arrow file with its size and SHA-256 (`shard_records`),
+    follow only when given)."""
     manifest = {**settings, "rows": rows, "complete": True, "points": points, "decontaminated": decontaminated,
                 "sources": sources}
     if ingested is not None:
         manifest["ingested"] = ingested
     if weights is not None:
         manifest["weights"] = weights
+    if shards is not None:
+        manifest["shards"] = shards
     path = Path(folder) / MANIFEST
     path.write_text(json.dumps(manifest, indent=1))
     return path
@@ -209,7 +271,17 @@ def check_manifest(path: str | Path) -> dict[str, Any]:
         raise CorpusError(f"{manifest}: not valid JSON ({err}); {fix}") from None
     if not isinstance(data, dict) or data.get("complete") is not True:
         raise CorpusError(f"{manifest}: does not mark the corpus complete (an interrupted or older build); {fix}")
+    verify_shards(path, data)  # sizes only: a stat per shard (`moe-ts check` compares the SHA-256 too)
     return data
+
+
+def read_manifest(path: str | Path) -> dict[str, Any] | None:
+    """The parsed manifest of the corpus at `path` when it has a readable one (complete or not), else None."""
+    try:
+        data = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def manifest_field(path: str | Path, key: str) -> Any:

@@ -11,7 +11,8 @@ excludes them by construction. Matching is a 64-bit polynomial hash over the flo
 and every hash hit is confirmed by comparing the values, so a reported leak is a real copy.
 
 `moe-ts check CORPUS_DIR (or --corpus CORPUS_DIR) [--data-dir DIR] [--datasets a,b] [--window 16]` exits 1 and names the
-offending dataset / series when any test window is found, 0 otherwise.
+offending dataset / series when any test window is found, 0 otherwise. It first compares every Arrow shard with the
+size and SHA-256 its manifest records (`moe-ts prepare` writes them), exiting 1 with one line naming a changed shard.
 """
 from __future__ import annotations
 
@@ -266,8 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.window < 2:
         parser.error("--window must be at least 2")
     names = [n.strip() for n in args.datasets.split(",") if n.strip()] if args.datasets else None
+    from data_prep.corpus import CorpusError, read_manifest, verify_shards
+
+    manifest = read_manifest(corpus)
+    checked = 0
+    if manifest is not None:
+        try:
+            checked = verify_shards(corpus, manifest, hashes=True)
+        except CorpusError as err:
+            print(str(err), file=sys.stderr)
+            return 1
     report = check_corpus(corpus, args.data_dir, names, args.window)
     print(report.summary())
+    if checked:
+        print(f"shards: the {checked} Arrow file(s) match the SHA-256 in the manifest")
     return 0 if report.ok else 1
 
 

@@ -34,8 +34,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from data_prep.corpus import (BUILD_PREFIX, Corpus, CorpusEntry, cut_series, load_corpus_dataset, write_corpus,
-                              write_manifest, write_row_stats)
+from data_prep.corpus import (BUILD_PREFIX, SHARD_SIZE, Corpus, CorpusEntry, cut_series, load_corpus_dataset,
+                              save_dataset, shard_records, write_corpus, write_manifest, write_row_stats)
 from data_prep.readers.errors import DataFormatError
 from data_prep.series import Series
 from data_prep.paths import resolve_data_dir
@@ -89,14 +89,15 @@ def _real_entries(names: list[str], data_dir: Path, exclude_eval: bool, max_seri
         st.note = "test spans cut away" if exclude_eval else "full series (evaluation data INCLUDED)"
 
 
-def _ingested_entries(found: list, stats: list[SourceStats]) -> Iterator[CorpusEntry]:
-    """Entries of every `--source` dataset (data_prep.readers.ingest), series shorter than MIN_LENGTH dropped."""
+def _ingested_entries(found: list, stats: list[SourceStats], read: Any = None) -> Iterator[CorpusEntry]:
+    """Entries of every `--source` dataset (`read(ds)`, default data_prep.readers.ingest.read_dataset), series
+    shorter than MIN_LENGTH dropped."""
     from data_prep.readers.ingest import read_dataset
 
     for ds in found:
         st = SourceStats(ds.name, note=f"from {ds.source.kind}:{ds.source.path}")
         stats.append(st)
-        for entry in read_dataset(ds):
+        for entry in (read or read_dataset)(ds):
             if len(entry.series) < MIN_LENGTH:
                 st.dropped_short += 1
                 continue
@@ -104,6 +105,68 @@ def _ingested_entries(found: list, stats: list[SourceStats]) -> Iterator[CorpusE
             st.points += len(entry.series)
             st.covariates += int(entry.covariate)
             yield entry
+
+
+def _read_unit(task: tuple[Any, Path, Path]) -> tuple[Path, int, list[SourceStats]]:
+    """Write the entries of one source file (`data_prep.readers.ingest.read_unit`) into a part of the corpus;
+    returns the part's folder, its rows and what it contributed (run in a worker process by --num-proc)."""
+    from data_prep.readers.ingest import read_unit
+
+    ds, file, part = task
+    stats: list[SourceStats] = []
+    rows = write_corpus(_ingested_entries([ds], stats, lambda _: read_unit(ds, file)), part, row_stats=False)
+    return part, rows, stats
+
+
+def _write_in_parts(staging: Path, names: list[str], data_dir: Path, args: argparse.Namespace, found: list,
+                    stats: list[SourceStats]) -> int:
+    """The corpus written as parts, then concatenated into `staging` in the order of a single stream (registered
+    datasets, each source file in turn, synthetic series), so the rows do not depend on --num-proc. The source
+    files are read by `args.num_proc` processes; each holds one file's batch at a time."""
+    import datasets
+    from multiprocessing import get_context
+
+    from data_prep.readers.ingest import read_units
+
+    parts_dir = staging.with_name(staging.name + ".parts")
+    parts_dir.mkdir()
+    try:
+        head = write_corpus(_real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats),
+                            parts_dir / "registered", row_stats=False)
+        tasks = [(ds, file, parts_dir / f"source-{i:06d}")
+                 for i, (ds, file) in enumerate((ds, f) for ds in found for f in read_units(ds))]
+        if args.num_proc > 1 and len(tasks) > 1:
+            with get_context("spawn").Pool(min(args.num_proc, len(tasks))) as pool:
+                done = list(pool.imap(_read_unit, tasks))
+        else:
+            done = [_read_unit(task) for task in tasks]
+        _merge_stats(stats, [st for _, _, part_stats in done for st in part_stats])
+        tail = write_corpus(_synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length,
+                                               args.periodic_count, args.random_walk_count, args.seed, stats),
+                            parts_dir / "synthetic", row_stats=False)
+        parts = ([parts_dir / "registered"] if head else []) + [part for part, rows, _ in done if rows] \
+            + ([parts_dir / "synthetic"] if tail else [])
+        if not parts:
+            return 0
+        merged = datasets.concatenate_datasets([load_corpus_dataset(part) for part in parts])
+        save_dataset(merged, staging, args.max_shard_size)
+        return len(merged)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+def _merge_stats(stats: list[SourceStats], parts: list[SourceStats]) -> None:
+    """Append the per-file stats of the source datasets to `stats`, one entry per dataset."""
+    by_name: dict[str, SourceStats] = {}
+    for st in parts:
+        into = by_name.get(st.name)
+        if into is None:
+            by_name[st.name] = into = SourceStats(st.name, note=st.note)
+            stats.append(into)
+        into.series += st.series
+        into.points += st.points
+        into.dropped_short += st.dropped_short
+        into.covariates += st.covariates
 
 
 def find_sources(specs: list[str], taken: set[str]) -> list:
@@ -167,7 +230,7 @@ def _synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, periodi
             yield CorpusEntry(s, s.item_id, 0, len(s))
 
 
-def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[dict]:
+def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats], max_shard_size: str | int = SHARD_SIZE) -> list[dict]:
     """Run the leak check on the written corpus and cut every corpus row just before the first copy of an
     evaluation test window it holds (real data has cross-series duplicates, e.g. M1 MNM44 holds MNM46's test
     values). Rewrites the corpus in place; returns what was cut. Raises if a second check still finds a leak."""
@@ -204,14 +267,15 @@ def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats]) -> list[d
         fixed.append(CorpusEntry(piece, row["source_item_id"], row["span_start"], row["span_start"] + offset,
                                  row.get("variate", 0), row.get("covariate", False)))
     keep = [i for i in range(len(corpus)) if i not in first]
-    _rewrite_with(out, fixed, keep=keep)
+    _rewrite_with(out, fixed, keep=keep, max_shard_size=max_shard_size)
     again = check_corpus(out, data_dir)
     if not again.ok:
         raise RuntimeError(f"corpus {out} still leaks after decontamination:\n{again.summary()}")
     return cuts
 
 
-def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[int] | None = None) -> int:
+def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[int] | None = None,
+                  max_shard_size: str | int = SHARD_SIZE) -> int:
     """Replace the corpus at `out` by its rows `keep` (all when None) followed by `extra`; returns rows added."""
     import datasets
 
@@ -221,13 +285,7 @@ def _rewrite_with(out: Path, extra: Iterable[CorpusEntry | Series], keep: list[i
     corpus = load_corpus_dataset(out)
     kept = corpus if keep is None else corpus.select(keep)
     merged = datasets.concatenate_datasets([kept, load_corpus_dataset(patch)])
-    bars_were_on = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        merged.save_to_disk(str(tmp))
-    finally:
-        if bars_were_on:
-            datasets.enable_progress_bars()
+    save_dataset(merged, tmp, max_shard_size)
     del corpus, kept, merged
     shutil.rmtree(out)
     shutil.rmtree(patch)
@@ -261,7 +319,7 @@ class _ColumnRows(Sequence):
         return self.column[int(self.rows[i])].as_py()
 
 
-def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> int:
+def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats], max_shard_size: str | int = SHARD_SIZE) -> int:
     """Append `count` TSMixup series (data_prep.tsmixup) mixed from the corpus' real rows; returns rows added.
     The real rows are read memory-mapped, one window at a time: memory does not grow with the corpus."""
     import pyarrow as pa
@@ -290,7 +348,7 @@ def add_tsmixup(out: Path, count: int, seed: int, stats: list[SourceStats]) -> i
     del corpus, table  # memory-mapped from `out`, which _rewrite_with replaces
     st.series, st.points = len(mixed), sum(len(s) for s in mixed)
     st.note = f"seed {seed}, mixed from {len(rows)} real series"
-    return _rewrite_with(out, mixed)
+    return _rewrite_with(out, mixed, max_shard_size=max_shard_size)
 
 
 def default_datasets(data_dir: Path) -> list[str]:
@@ -332,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "wide tables)")
     parser.add_argument("--no-registered", action="store_true",
                         help="leave the registered datasets out (only --source datasets and synthetic series)")
+    parser.add_argument("--num-proc", type=int, default=1,
+                        help="processes reading the --source files (one Arrow/Parquet file each at a time; the "
+                             "corpus is the same whatever the number; default 1)")
+    parser.add_argument("--max-shard-size", default=SHARD_SIZE,
+                        help=f"largest Arrow shard of the corpus, e.g. 500MB or 2GB (default {SHARD_SIZE}); the "
+                             f"manifest lists every shard with its SHA-256")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="YAML/JSON map dataset -> sampling weight, recorded in the manifest (a multiplier of "
                              "each dataset's draw weight when the run config names no train.mixture)")
@@ -347,17 +411,22 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
 
     def entries() -> Iterator[CorpusEntry]:
         yield from _real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
-        yield from _ingested_entries(found, stats)
         yield from _synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length,
                                       args.periodic_count, args.random_walk_count, args.seed, stats)
 
-    rows = write_corpus(entries(), staging, row_stats=False)
+    shard = args.max_shard_size
+    if found:
+        rows = _write_in_parts(staging, names, data_dir, args, found, stats)
+    else:
+        rows = write_corpus(entries(), staging, row_stats=False, max_shard_size=shard)
+    if not rows:
+        raise SystemExit(f"{out}: nothing to write (no registered dataset, source or synthetic series)")
     cuts: list[dict] = []
     if args.exclude_eval:
-        cuts = decontaminate(staging, data_dir, stats)
+        cuts = decontaminate(staging, data_dir, stats, shard)
         rows -= sum(1 for c in cuts if c["kept"] < MIN_LENGTH)
     if args.tsmixup_count:  # mixed from the decontaminated real rows, so it adds no evaluation data
-        rows += add_tsmixup(staging, args.tsmixup_count, args.seed, stats)
+        rows += add_tsmixup(staging, args.tsmixup_count, args.seed, stats, shard)
     write_row_stats(staging)  # once, on the final rows: what open_corpus reads instead of scanning the values
     elapsed = time.time() - t0
     print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
@@ -398,7 +467,8 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
             print(f"weights: {len(unknown)} dataset(s) not in this corpus, ignored: {', '.join(unknown[:8])}")
         weights = {name: w for name, w in weights.items() if name in present}
         settings["weights_file"] = str(args.weights)
-    write_manifest(staging, settings, rows, total_points, cuts, sources, ingested, weights)  # last: marks it complete
+    write_manifest(staging, settings, rows, total_points, cuts, sources, ingested, weights,
+                   shard_records(staging))  # last: marks it complete
 
 
 def _ingested_records(found: list, stats: list[SourceStats]) -> list[dict]:
@@ -425,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     if not data_dir.is_dir():
         raise SystemExit(f"data directory {data_dir} does not exist")
+    if args.num_proc < 1:
+        raise SystemExit(f"--num-proc must be >= 1, got {args.num_proc}")
     if args.no_registered and args.datasets:
         raise SystemExit("--no-registered and --datasets exclude each other")
     weights = load_weights(args.weights) if args.weights else None

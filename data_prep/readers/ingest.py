@@ -61,3 +61,21 @@ def read_dataset(ds: SourceDataset) -> Iterator[CorpusEntry]:
         yield from chronos.read_files(list(ds.files), ds.name)
     else:
         yield from frames.read_file(ds.files[0], ds.source.kind, ds.name)
+
+
+def read_units(ds: SourceDataset) -> list[Path]:
+    """The files of `ds` that can be read apart (a LOTSA folder's Arrow shards, Chronos' Parquet files, a table):
+    the units `moe-ts prepare --num-proc` spreads over processes, in the order `read_dataset` reads them."""
+    if ds.source.kind == "lotsa":
+        return lotsa.shard_files(ds.files[0])
+    return list(ds.files)
+
+
+def read_unit(ds: SourceDataset, file: Path) -> Iterator[CorpusEntry]:
+    """The corpus entries of one unit (`read_units`) of `ds`."""
+    if ds.source.kind == "lotsa":
+        yield from lotsa.read_shard(file, ds.name)
+    elif ds.source.kind == "chronos":
+        yield from chronos.read_files([file], ds.name)
+    else:
+        yield from frames.read_file(file, ds.source.kind, ds.name)

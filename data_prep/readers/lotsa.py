@@ -101,26 +101,30 @@ def _start(value: object) -> pd.Timestamp | None:
 
 def read_folder(folder: str | Path, dataset: str) -> Iterator[CorpusEntry]:
     """Corpus entries of one save_to_disk folder, streamed batch by batch (see the module docstring)."""
-    line = 0
     for file in shard_files(Path(folder)):
-        rows_here = 0
-        with pa.memory_map(str(file)) as source:
-            try:
-                reader = pa.ipc.open_stream(source)
-            except pa.ArrowInvalid as err:
-                raise DataFormatError(file, f"not an Arrow stream ({err})") from None
-            check_schema(reader.schema, file)
-            for batch in reader:
-                columns = {name: batch.column(name) for name in batch.schema.names}
-                items = columns["item_id"].to_pylist()
-                freqs = columns["freq"].to_pylist()
-                starts = columns["start"].to_pylist()
-                for r, item in enumerate(items):
-                    line += 1
-                    rows_here += 1
-                    yield from _row_entries(columns, r, str(item), freqs[r], _start(starts[r]), dataset, file, line)
-        if rows_here == 0:
-            raise DataFormatError(file, "empty shard: no rows")
+        yield from read_shard(file, dataset)
+
+
+def read_shard(file: Path, dataset: str) -> Iterator[CorpusEntry]:
+    """Corpus entries of one Arrow stream shard of a save_to_disk folder, one record batch at a time (rows are
+    numbered from 1 in each shard, as errors name them)."""
+    line = 0
+    with pa.memory_map(str(file)) as source:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid as err:
+            raise DataFormatError(file, f"not an Arrow stream ({err})") from None
+        check_schema(reader.schema, file)
+        for batch in reader:
+            columns = {name: batch.column(name) for name in batch.schema.names}
+            items = columns["item_id"].to_pylist()
+            freqs = columns["freq"].to_pylist()
+            starts = columns["start"].to_pylist()
+            for r, item in enumerate(items):
+                line += 1
+                yield from _row_entries(columns, r, str(item), freqs[r], _start(starts[r]), dataset, file, line)
+    if line == 0:
+        raise DataFormatError(file, "empty shard: no rows")
 
 
 def _row_entries(columns: dict[str, pa.Array], r: int, item: str, freq: object, start: pd.Timestamp | None,
