@@ -13,11 +13,15 @@
 
 Errors in the user's input (missing or malformed files, bad options, mismatched artefacts) are printed as one
 line on stderr with a non-zero exit; `moe-ts --debug COMMAND ...` shows the traceback instead.
+A mistyped option is one line too, with a pointer to `moe-ts COMMAND --help`; `moe-ts --version` prints the version.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
 
 from moe_ts.errors import is_user_error, one_line_error
 
@@ -37,11 +41,36 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: moe-ts COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: moe-ts [--version] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines.append("\n`moe-ts COMMAND --help` shows a command's arguments; `--debug` shows the traceback of an error.")
     lines.append("See README.md (\"Using it\") for the whole workflow.")
     return "\n".join(lines)
+
+
+def version() -> str:
+    """The installed moe-ts version (setup.py's, via the package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("moe-ts")
+    except PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
+@contextmanager
+def one_line_usage_errors(command: str) -> Iterator[None]:
+    """argparse's errors as one line and a pointer to --help, not the whole usage (restored after)."""
+    def error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+        parser.exit(2, f"moe-ts {command}: error: {message} (see `moe-ts {command} --help`)\n")
+
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = error  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,13 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"moe-ts {version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"moe-ts: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     try:
-        result = module.main(rest)
+        with one_line_usage_errors(name):
+            result = module.main(rest)
     except SystemExit as exit_:
         if not isinstance(exit_.code, str):  # argparse and the commands have printed their message already
             return int(exit_.code or 0)

@@ -1,18 +1,22 @@
 """The forecast harness every model family's `forecast` runs in (docs/ARCHITECTURE.md §2, "Forecasting").
 
 A family's `forecast` checks its own arguments (`check_request` for the shared ones), turns the contexts into
-arrays (`context_arrays`) and hands `forecast_batches` a per-batch callable. The harness puts the model in
-eval mode (its training mode restored after), forks the global RNG and seeds the fork (`seeded_eval`: the
-caller's RNG is left as it was), runs the series in order in batches of `batch_size` (so draws are consumed
-in batch order: the same seed, batch size and series order give the same samples) and builds one
-`ForecastOutput`. How a family decodes is its own: `moe_ts.forecasting` (with its `DecodeOptions`),
-`moe_ts.msft.forecasting`, `moe_ts.student.model`.
+arrays (`context_arrays`) and hands `forecast_batches` a per-batch callable. The harness puts the model in eval
+mode (its training mode restored after), forks the global RNG and seeds the fork (`seeded_eval`: the caller's RNG
+is left as it was), runs the series in order in batches of `batch_size` (so draws are consumed in batch order: the
+same seed, batch size and series order give the same samples) and builds one `ForecastOutput`. Inside
+`independent_series()` each series has its own random stream instead (`series_seed`): its forecast is the same
+whatever the other series and the batch size. How a family decodes is its own: `moe_ts.forecasting` (with its
+`DecodeOptions`), `moe_ts.msft.forecasting`, `moe_ts.student.model`.
 
 Shape legend: B series, S sample paths, H horizon.
 """
 from __future__ import annotations
 
+import hashlib
+import sys
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -24,6 +28,31 @@ from moe_ts.packing import as_context_arrays
 
 # One batch of series → [B, S, H'] sample paths or [B, H'] point forecasts (H' >= H, cut to the horizon).
 PredictBatch = Callable[[Sequence[np.ndarray]], Tensor]
+
+
+_INDEPENDENT: ContextVar[bool] = ContextVar("moe_ts_independent_series", default=False)
+
+
+@contextmanager
+def independent_series(enabled: bool = True) -> Iterator[None]:
+    """Within the block, a seeded `forecast` (any family) draws each series from its own random stream, seeded
+    by `series_seed` from the seed and the series' values: a series' forecast is the same whatever the other
+    series and the batch size. Series are then decoded one at a time (3.9x the batched time for 32 series of
+    configs/small.yaml on one CPU thread, BENCHMARKS.md); per-row generators in the decode loop would keep the
+    batches."""
+    token = _INDEPENDENT.set(enabled)
+    try:
+        yield
+    finally:
+        _INDEPENDENT.reset(token)
+
+
+def series_seed(seed: int, context: np.ndarray) -> int:
+    """The seed of one series' random stream: a hash of `seed` and the series' values (NaN canonical)."""
+    values = np.asarray(context, dtype=np.float32)
+    values = np.where(np.isnan(values), np.float32(np.nan), values)
+    digest = hashlib.blake2b(values.tobytes(), digest_size=8, key=str(int(seed)).encode()).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def check_request(prediction_length: int, num_samples: int | None = None, batch_size: int = 1) -> None:
@@ -61,14 +90,36 @@ def seeded_eval(model: nn.Module, seed: int | None) -> Iterator[None]:
             model.train(was_training)
 
 
-def _batch_starts(num_series: int, batch_size: int, progress: bool) -> Iterable[int]:
-    """The first series of each batch, with a progress bar on a terminal when `progress`."""
-    starts: Iterable[int] = range(0, num_series, batch_size)
-    if progress:
+class _Progress:
+    """A progress bar over decoding steps (each forward pass of the model), on stderr when it is a terminal.
+
+    The total is known after the first batch (every batch decodes the same horizon); a family that does not
+    call the model's forward per step counts one step per batch."""
+
+    def __init__(self, model: nn.Module, num_batches: int) -> None:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="forecast", unit="batch", disable=None)
-    return starts
+        self.bar = tqdm(desc="forecast", unit="step", disable=None, file=sys.stderr)
+        self.num_batches = num_batches
+        self.calls = 0
+        self.hook = model.register_forward_hook(self._forward)
+
+    def _forward(self, *_: object) -> None:
+        self.calls += 1
+        self.bar.update(1)
+
+    def batch_done(self, first: bool) -> None:
+        if self.calls == 0:
+            self.bar.update(1)
+            self.calls = 1
+        if first:
+            self.bar.total = self.calls * self.num_batches
+            self.bar.refresh()
+        self.calls = 0
+
+    def close(self) -> None:
+        self.hook.remove()
+        self.bar.close()
 
 
 def forecast_batches(
@@ -84,12 +135,27 @@ def forecast_batches(
     """`predict_batch` over `series` in batches (in `seeded_eval`), cut to `prediction_length`.
 
     series: the prepared contexts, one item per series (a list of arrays, or the rows of a 2-D array).
+    Inside `independent_series()` a seeded forecast runs each series alone on its own random stream.
     Sample paths [B, S, H] give `ForecastOutput.from_samples`, point forecasts [B, H] `from_point`.
+    progress: a bar over the decoding steps on stderr when it is a terminal.
     """
     levels = tuple(float(q) for q in quantile_levels)
-    with seeded_eval(model, seed):
-        chunks = [predict_batch(series[start:start + batch_size])
-                  for start in _batch_starts(len(series), batch_size, progress)]
+    independent = seed is not None and _INDEPENDENT.get()
+    size = 1 if independent else batch_size
+    starts = range(0, len(series), size)
+    bar = _Progress(model, len(starts)) if progress else None
+    chunks = []
+    try:
+        with seeded_eval(model, seed):
+            for index, start in enumerate(starts):
+                if independent:
+                    torch.manual_seed(series_seed(seed, series[start]))
+                chunks.append(predict_batch(series[start:start + size]))
+                if bar is not None:
+                    bar.batch_done(first=index == 0)
+    finally:
+        if bar is not None:
+            bar.close()
     forecasts = torch.cat(chunks, dim=0)[..., :prediction_length].float().cpu().numpy()
     if forecasts.ndim == 3:
         return ForecastOutput.from_samples(forecasts, levels)

@@ -3,13 +3,14 @@
 Input layouts (the ones GluonTS / Chronos / AutoGluon users have):
 - long: one row per (item, timestamp) with an id column (default `item_id`), a timestamp column (default
   `timestamp`) and a target column (default `target`);
-- wide: one timestamp column and one numeric column per series (the LSF CSV layout).
+- wide: one timestamp column (or a DatetimeIndex) and one numeric column per series (the LSF CSV layout).
 
-Each series' whole timestamp column is validated: strictly increasing (no duplicate, no reversed block) and on
-one regular calendar of frequency `freq` (given, or inferred from the data), where absent steps are missing
+Timestamps are datetimes, date strings or an integer index, read by `moe_ts.io.calendar` (ambiguous day/month
+order refused). Each series' whole timestamp column is validated: strictly increasing (no duplicate, no reversed
+block) and on one regular calendar of frequency `freq` (given, or inferred from the data), where absent steps are missing
 values (NaN). The first offending row is named. Forecast timestamps continue the series' own calendar.
 `predict_df` returns one row per item and future step: item_id, timestamp, mean and one column per quantile
-level ("0.1" .. "0.9"), like AutoGluon's TimeSeriesPredictor / Chronos' predict_df.
+level ("q0.1" .. "q0.9", the columns `moe-ts forecast` writes), like AutoGluon's TimeSeriesPredictor.
 """
 from __future__ import annotations
 
@@ -18,109 +19,32 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from pandas.tseries.frequencies import to_offset
 
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
+from moe_ts.io.calendar import (MAX_MISSING_FACTOR, TimeSeriesFrameError, check_increasing, future_stamps,
+                                infer_frequency, parse_timestamps, regular_positions)
+from moe_ts.io.calendar import row_label as _row_label
 
-MAX_MISSING_FACTOR = 100  # a calendar more than 100x longer than the rows is a wrong frequency, not gaps
-
-
-class TimeSeriesFrameError(ValueError):
-    """A table of time series is malformed: missing column, bad value, or irregular timestamps."""
+__all__ = ["MAX_MISSING_FACTOR", "TimeSeriesFrameError", "TimedSeries", "check_increasing", "forecast_frame",
+           "infer_frequency", "numeric_values", "parse_timestamps", "predict_df", "regular_positions",
+           "series_from_frame", "series_from_long", "series_from_wide"]
 
 
 @dataclass
 class TimedSeries:
-    """One series on a regular calendar: values[i] belongs to start + i·freq (NaN = missing)."""
+    """One series on a regular calendar: values[i] belongs to start + i·freq (NaN = missing); an integer `start`
+    is an integer time index whose `freq` is the step."""
 
     item_id: str
     values: np.ndarray
-    start: pd.Timestamp | None  # None: timestamps unknown (e.g. a .tsf file without start dates)
+    start: pd.Timestamp | int | None  # None: timestamps unknown (e.g. a .tsf file without start dates)
     freq: str | None
 
-    def future_timestamps(self, horizon: int) -> pd.DatetimeIndex | list[None]:
+    def future_timestamps(self, horizon: int) -> pd.DatetimeIndex | list[int] | list[None]:
         """The `horizon` timestamps after the last one, on the series' calendar."""
         if self.start is None or not self.freq:
             return [None] * horizon
-        last = self.start + (len(self.values) - 1) * to_offset(self.freq)
-        return pd.date_range(last, periods=horizon + 1, freq=self.freq)[1:]
-
-
-def _row_label(position: int) -> str:
-    return f"row {position + 1}"
-
-
-def _freq_alias(freq: Any) -> str | None:
-    if freq is None:
-        return None
-    return freq if isinstance(freq, str) else getattr(freq, "freqstr", str(freq))
-
-
-def infer_frequency(stamps: pd.DatetimeIndex, where: str) -> str:
-    """The frequency of strictly increasing timestamps that may have gaps: pandas' inference on the whole
-    column, else on its head or tail (gaps elsewhere are then checked by `regular_positions`)."""
-    if len(stamps) < 3:
-        raise TimeSeriesFrameError(f"{where}: fewer than 3 timestamps, cannot infer the frequency; pass it (--freq / freq=)")
-    n = len(stamps)
-    for size in (n, 1000, 100, 10, 3):
-        for part in (stamps[:size], stamps[-size:]):
-            if len(part) >= 3:
-                alias = _freq_alias(pd.infer_freq(part))
-                if alias:
-                    return alias
-    raise TimeSeriesFrameError(f"{where}: timestamps are not regularly spaced anywhere (e.g. {stamps[0]}, {stamps[1]}, "
-                               f"{stamps[2]}); cannot infer the frequency; pass it (--freq / freq=)")
-
-
-def check_increasing(stamps: pd.DatetimeIndex, where: str, label: Callable[[int], str] = _row_label) -> None:
-    """TimeSeriesFrameError naming the first row whose timestamp repeats or goes back."""
-    back = np.flatnonzero(np.asarray(stamps[1:] <= stamps[:-1]))
-    if len(back):
-        i = int(back[0]) + 1
-        what = "repeats the previous timestamp" if stamps[i] == stamps[i - 1] else \
-            f"is earlier than the previous one ({stamps[i - 1]}); timestamps must increase (sort the data)"
-        raise TimeSeriesFrameError(f"{where}: {label(i)}: timestamp {stamps[i]} {what}")
-
-
-def regular_positions(stamps: pd.DatetimeIndex, freq: str, where: str,
-                      label: Callable[[int], str] = _row_label) -> np.ndarray:
-    """Position of each timestamp on the calendar start, start+freq, ...; TimeSeriesFrameError naming the first
-    row that repeats, goes back, or falls between calendar steps."""
-    check_increasing(stamps, where, label)
-    try:
-        offset = to_offset(freq)
-    except ValueError as err:
-        raise TimeSeriesFrameError(f"{where}: unknown frequency {freq!r} ({err})") from None
-    if isinstance(offset, pd.offsets.Tick):
-        steps = (stamps[-1] - stamps[0]) / pd.Timedelta(offset)
-        if steps > MAX_MISSING_FACTOR * len(stamps) + 1000:
-            raise TimeSeriesFrameError(f"{where}: {freq!r} is far finer than the timestamps ({stamps[0]} .. {stamps[-1]}, "
-                                       f"{len(stamps)} rows); pass the right --freq / freq=")
-    grid = pd.date_range(stamps[0], stamps[-1], freq=offset)
-    positions = grid.get_indexer(stamps) if len(grid) else np.full(len(stamps), -1)
-    off = np.flatnonzero(positions < 0)
-    if len(off):
-        i = int(off[0])
-        raise TimeSeriesFrameError(f"{where}: {label(i)}: timestamp {stamps[i]} is not on the {freq!r} calendar that "
-                                   f"starts at {stamps[0]} (irregular spacing; pass --freq / freq= if {freq!r} is wrong)")
-    return positions
-
-
-def parse_timestamps(column: pd.Series, where: str, label: Callable[[int], str] = _row_label) -> pd.DatetimeIndex:
-    """Timestamps of a column; TimeSeriesFrameError naming the first one that does not parse."""
-    if pd.api.types.is_datetime64_any_dtype(column):
-        stamps = pd.DatetimeIndex(column)
-    else:
-        try:
-            stamps = pd.DatetimeIndex(pd.to_datetime(column, format="mixed"))
-        except (ValueError, TypeError):
-            parsed = [pd.to_datetime(v, errors="coerce") for v in column]
-            bad = next(i for i, v in enumerate(parsed) if v is pd.NaT)
-            raise TimeSeriesFrameError(f"{where}: {label(bad)}: unparseable timestamp {column.iloc[bad]!r}") from None
-    if stamps.hasnans:
-        bad = int(np.flatnonzero(stamps.isna())[0])
-        raise TimeSeriesFrameError(f"{where}: {label(bad)}: empty timestamp")
-    return stamps
+        return future_stamps(self.start, len(self.values), self.freq, horizon)
 
 
 def numeric_values(column: pd.Series, where: str, label: Callable[[int], str] = _row_label) -> np.ndarray:
@@ -137,7 +61,7 @@ def numeric_values(column: pd.Series, where: str, label: Callable[[int], str] = 
     return values.to_numpy(np.float64, na_value=np.nan)
 
 
-def _on_calendar(item_id: str, stamps: pd.DatetimeIndex, values: np.ndarray, freq: str | None, where: str,
+def _on_calendar(item_id: str, stamps: pd.DatetimeIndex | pd.Index, values: np.ndarray, freq: str | None, where: str,
                  label: Callable[[int], str]) -> TimedSeries:
     if len(stamps) == 0:
         raise TimeSeriesFrameError(f"{where}: series {item_id!r} has no rows")
@@ -152,17 +76,25 @@ def _on_calendar(item_id: str, stamps: pd.DatetimeIndex, values: np.ndarray, fre
         positions = regular_positions(stamps, freq, where, label)
     full = np.full(int(positions[-1]) + 1, np.nan)
     full[positions] = values
-    return TimedSeries(item_id=str(item_id), values=full, start=stamps[0], freq=freq)
+    start = stamps[0] if isinstance(stamps, pd.DatetimeIndex) else int(stamps[0])  # an integer time index
+    return TimedSeries(item_id=str(item_id), values=full, start=start, freq=freq)
 
 
 def series_from_long(df: pd.DataFrame, id_column: str = "item_id", timestamp_column: str = "timestamp",
                      target: str = "target", freq: str | None = None, where: str = "DataFrame",
-                     label: Callable[[int], str] = _row_label) -> list[TimedSeries]:
-    """One TimedSeries per item of a long table (items in order of first appearance)."""
+                     label: Callable[[int], str] = _row_label, date_format: str | None = None,
+                     dayfirst: bool | None = None) -> list[TimedSeries]:
+    """One TimedSeries per item of a long table (items in order of first appearance); every row needs an id.
+    date_format / dayfirst: how date strings are read (`moe_ts.io.calendar.parse_timestamps`)."""
     _require_columns(df, (id_column, timestamp_column, target), where)
-    stamps = parse_timestamps(df[timestamp_column], where, label)
+    raw_ids = df[id_column]
+    empty = np.flatnonzero(raw_ids.isna().to_numpy() | (raw_ids.astype(str).str.strip() == "").to_numpy())
+    if len(empty):
+        raise TimeSeriesFrameError(f"{where}: {label(int(empty[0]))}: empty series id in column {id_column!r} "
+                                   f"(every row needs one)")
+    stamps = parse_timestamps(df[timestamp_column], where, label, date_format, dayfirst)
     values = numeric_values(df[target], where, label)
-    ids = df[id_column].astype(str).to_numpy()
+    ids = raw_ids.astype(str).to_numpy()
     items = [(item, np.flatnonzero(ids == item)) for item in pd.unique(ids)]
     common = None
     if freq is None and any(len(rows) < 3 for _, rows in items):
@@ -175,7 +107,8 @@ def series_from_long(df: pd.DataFrame, id_column: str = "item_id", timestamp_col
     return out
 
 
-def _common_frequency(items: list[tuple[str, np.ndarray]], stamps: pd.DatetimeIndex, where: str) -> str | None:
+def _common_frequency(items: list[tuple[str, np.ndarray]], stamps: pd.DatetimeIndex | pd.Index,
+                      where: str) -> str | None:
     """The frequency most items with 3+ increasing timestamps show, or None when none does."""
     found: list[str] = []
     for item, rows in items:
@@ -190,15 +123,31 @@ def _common_frequency(items: list[tuple[str, np.ndarray]], stamps: pd.DatetimeIn
 
 def series_from_wide(df: pd.DataFrame, timestamp_column: str = "date", freq: str | None = None,
                      where: str = "DataFrame", label: Callable[[int], str] = _row_label,
-                     columns: Sequence[str] | None = None) -> list[TimedSeries]:
+                     columns: Sequence[str] | None = None, date_format: str | None = None,
+                     dayfirst: bool | None = None) -> list[TimedSeries]:
     """One TimedSeries per value column of a wide table sharing one timestamp column."""
     _require_columns(df, (timestamp_column,), where)
     wanted = [c for c in df.columns if c != timestamp_column] if columns is None else list(columns)
     if not wanted:
         raise TimeSeriesFrameError(f"{where}: no value columns beside the timestamp column {timestamp_column!r}")
     _require_columns(df, wanted, where)
-    stamps = parse_timestamps(df[timestamp_column], where, label)
+    stamps = parse_timestamps(df[timestamp_column], where, label, date_format, dayfirst)
     return [_on_calendar(str(c), stamps, numeric_values(df[c], where, label), freq, where, label) for c in wanted]
+
+
+def series_from_frame(df: pd.DataFrame, id_column: str = "item_id", timestamp_column: str = "timestamp",
+                      target: str = "target", freq: str | None = None, date_format: str | None = None,
+                      dayfirst: bool | None = None, where: str = "DataFrame") -> tuple[list[TimedSeries], bool]:
+    """The series of a long frame (it has `id_column`) or a wide one (a timestamp column, `timestamp_column`
+    or else `date`, or a DatetimeIndex, and one column per series); and whether it was long."""
+    if id_column in df.columns:
+        return series_from_long(df, id_column, timestamp_column, target, freq, where, date_format=date_format,
+                                dayfirst=dayfirst), True
+    if timestamp_column not in df.columns and "date" in df.columns:
+        timestamp_column = "date"
+    elif timestamp_column not in df.columns and isinstance(df.index, pd.DatetimeIndex):
+        df = df.reset_index(names=timestamp_column)
+    return series_from_wide(df, timestamp_column, freq, where, date_format=date_format, dayfirst=dayfirst), False
 
 
 def _require_columns(df: pd.DataFrame, names: Sequence[str], where: str) -> None:
@@ -208,8 +157,13 @@ def _require_columns(df: pd.DataFrame, names: Sequence[str], where: str) -> None
         raise TimeSeriesFrameError(f"{where}: no column {absent[0]!r} (columns: {shown})")
 
 
+def quantile_column(level: float) -> str:
+    """The name of a quantile level's column, as the CLI writes it: "q0.1"."""
+    return f"q{level:g}"
+
+
 def forecast_frame(series: Sequence[TimedSeries], out: ForecastOutput, horizon: int,
-                   quantile_names: Callable[[float], str] = lambda q: f"{q:g}") -> pd.DataFrame:
+                   quantile_names: Callable[[float], str] = quantile_column) -> pd.DataFrame:
     """One row per series and future step: item_id, timestamp, mean, then one column per quantile level."""
     parts = []
     for i, s in enumerate(series):
@@ -220,17 +174,27 @@ def forecast_frame(series: Sequence[TimedSeries], out: ForecastOutput, horizon: 
     return pd.concat(parts, ignore_index=True)
 
 
-def predict_df(model: Any, df: pd.DataFrame, prediction_length: int, id_column: str = "item_id",
+def predict_df(model: Any, df: pd.DataFrame, prediction_length: int, *, id_column: str = "item_id",
                timestamp_column: str = "timestamp", target: str = "target", freq: str | None = None,
-               quantile_levels: Sequence[float] = DEFAULT_QUANTILES, **forecast_kwargs: Any) -> pd.DataFrame:
-    """Forecast every item of a long DataFrame; see the module docstring for the layouts.
+               date_format: str | None = None, dayfirst: bool | None = None,
+               quantile_levels: Sequence[float] = DEFAULT_QUANTILES, num_samples: int = 100, seed: int | None = None,
+               batch_size: int = 64, context_length: int | None = None, decode: str = "sample",
+               progress: bool = False, independent_series: bool = True) -> pd.DataFrame:
+    """Forecast every series of a long or wide DataFrame (see the module docstring and `series_from_frame`).
 
-    Extra keyword arguments go to `model.forecast` (num_samples, seed, context_length, ...). Series shorter
-    than one patch are left-padded with missing values (as `moe-ts eval` does).
+    freq, date_format, dayfirst: the calendar and how date strings are read (inferred / refused when ambiguous).
+    num_samples, seed, batch_size, context_length, decode, progress: as `model.forecast`. independent_series: with
+    a seed, each series its own random stream (`moe_ts.forecast_harness.independent_series`). Series shorter than
+    one patch are left-padded with missing values (as `moe-ts eval` does). Returns item_id (`id_column`),
+    timestamp (`timestamp_column`), mean and the quantile columns "q0.1" .. "q0.9", as `moe-ts forecast` writes.
     """
-    series = series_from_long(df, id_column, timestamp_column, target, freq)
-    forecast_kwargs.setdefault("allow_short_context", True)
-    out = model.forecast([s.values for s in series], prediction_length, quantile_levels=tuple(quantile_levels),
-                         **forecast_kwargs)
+    from moe_ts.forecast_harness import independent_series as streams  # torch: only when forecasting
+
+    series, _ = series_from_frame(df, id_column, timestamp_column, target, freq, date_format, dayfirst)
+    with streams(independent_series):
+        out = model.forecast([s.values for s in series], prediction_length, num_samples=num_samples, seed=seed,
+                             quantile_levels=tuple(quantile_levels), batch_size=batch_size,
+                             context_length=context_length, decode=decode, allow_short_context=True,
+                             progress=progress)
     frame = forecast_frame(series, out, prediction_length)
     return frame.rename(columns={"item_id": id_column, "timestamp": timestamp_column})

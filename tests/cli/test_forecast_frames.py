@@ -105,9 +105,9 @@ def test_predict_df_gives_the_frame_users_know(ckpt):
                                               "target": [3.0]})])
     z = model.predict_df(one_row, prediction_length=2, num_samples=8).query("item_id == 'z'")
     assert list(z["timestamp"]) == [pd.Timestamp("2024-03-02"), pd.Timestamp("2024-03-03")]  # the others' "D"
-    assert list(out.columns) == ["item_id", "timestamp", "mean"] + [f"{q:g}" for q in np.arange(1, 10) / 10]
+    assert list(out.columns) == ["item_id", "timestamp", "mean"] + [f"q{q:g}" for q in np.arange(1, 10) / 10]
     assert list(out["timestamp"][:4]) == list(pd.date_range("2024-01-21", periods=4, freq="D"))
     assert list(out["timestamp"][4:]) == list(pd.date_range("2024-02-06", periods=4, freq="D"))  # y: 5 points, padded
-    assert np.all(np.diff(out[[f"{q:g}" for q in np.arange(1, 10) / 10]].to_numpy(), axis=1) >= 0)
+    assert np.all(np.diff(out[[f"q{q:g}" for q in np.arange(1, 10) / 10]].to_numpy(), axis=1) >= 0)
     array = model.forecast([frame["target"][:20].to_numpy()], 4, num_samples=8, seed=0)  # arrays still work
     assert array.mean.shape == (1, 4)
