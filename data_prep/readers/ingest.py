@@ -2,7 +2,8 @@
 
 Kinds: `lotsa` (a datasets.save_to_disk folder or a tree of them: LOTSA, GIFT-Eval, GIFT-Eval-pretrain;
 data_prep/readers/lotsa.py), `chronos` (Parquet of autogluon/chronos_datasets; data_prep/readers/chronos.py),
-`parquet` / `csv` (a glob of a user's long or wide tables; data_prep/readers/frames.py).
+`parquet` / `csv` (a glob of a user's long or wide tables; data_prep/readers/frames.py), `gluonts` (a glob of
+GluonTS Arrow files, `gluonts:GLOB@FREQ`; data_prep/readers/gluonts_arrow.py).
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 from data_prep.corpus import CorpusEntry
-from data_prep.readers import chronos, frames, lotsa
+from data_prep.readers import chronos, frames, gluonts_arrow, lotsa
 
-KINDS = ("lotsa", "chronos", "parquet", "csv")
+KINDS = ("lotsa", "chronos", "parquet", "csv", "gluonts")
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,16 @@ def source_datasets(source: Source) -> list[SourceDataset]:
         return [SourceDataset(source, name, (folder,)) for name, folder in lotsa.dataset_folders(source.path)]
     if source.kind == "chronos":
         return [SourceDataset(source, name, tuple(files)) for name, files in chronos.dataset_files(source.path)]
+    if source.kind == "gluonts":
+        return [SourceDataset(source, name, (file,)) for name, file in gluonts_arrow.matching_files(source.path)]
     return [SourceDataset(source, name, (file,)) for name, file in frames.matching_files(source.path)]
 
 
 def read_dataset(ds: SourceDataset) -> Iterator[CorpusEntry]:
-    """The corpus entries of one source dataset, streamed (DataFormatError naming the file on bad input)."""
-    if ds.source.kind == "lotsa":
-        yield from lotsa.read_folder(ds.files[0], ds.name)
-    elif ds.source.kind == "chronos":
-        yield from chronos.read_files(list(ds.files), ds.name)
-    else:
-        yield from frames.read_file(ds.files[0], ds.source.kind, ds.name)
+    """The corpus entries of one source dataset, streamed unit by unit (DataFormatError naming the file on bad
+    input)."""
+    for file in read_units(ds):
+        yield from read_unit(ds, file)
 
 
 def read_units(ds: SourceDataset) -> list[Path]:
@@ -77,5 +77,7 @@ def read_unit(ds: SourceDataset, file: Path) -> Iterator[CorpusEntry]:
         yield from lotsa.read_shard(file, ds.name)
     elif ds.source.kind == "chronos":
         yield from chronos.read_files([file], ds.name)
+    elif ds.source.kind == "gluonts":
+        yield from gluonts_arrow.read_file(file, ds.name, gluonts_arrow.parse_spec(ds.source.path)[1])
     else:
         yield from frames.read_file(file, ds.source.kind, ds.name)

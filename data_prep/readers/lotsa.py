@@ -99,12 +99,6 @@ def _start(value: object) -> pd.Timestamp | None:
     return None if stamp == MISSING_START else stamp
 
 
-def read_folder(folder: str | Path, dataset: str) -> Iterator[CorpusEntry]:
-    """Corpus entries of one save_to_disk folder, streamed batch by batch (see the module docstring)."""
-    for file in shard_files(Path(folder)):
-        yield from read_shard(file, dataset)
-
-
 def read_shard(file: Path, dataset: str) -> Iterator[CorpusEntry]:
     """Corpus entries of one Arrow stream shard of a save_to_disk folder, one record batch at a time (rows are
     numbered from 1 in each shard, as errors name them)."""

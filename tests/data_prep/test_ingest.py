@@ -200,8 +200,8 @@ def test_bad_weights_file_is_one_line(tmp_path, text, problem):
 
 def test_bad_source_spec_and_name_clash_are_one_line(tmp_path):
     good, _ = fx.lotsa_hourly_nan(tmp_path)
-    with pytest.raises(SystemExit, match="expected KIND:PATH with KIND one of lotsa, chronos, parquet, csv"):
-        prepare.main(["--out", str(tmp_path / "c"), "--source", f"gluonts:{good}", *NO_SYNTHETIC])
+    with pytest.raises(SystemExit, match="expected KIND:PATH with KIND one of lotsa, chronos, parquet, csv, gluonts"):
+        prepare.main(["--out", str(tmp_path / "c"), "--source", f"tfrecord:{good}", *NO_SYNTHETIC])
     with pytest.raises(SystemExit, match="'hourly_nan' is also in --source lotsa:"):
         prepare.main(["--out", str(tmp_path / "c"), "--no-registered", "--source", f"lotsa:{good}",
                       "--source", f"lotsa:{good}", *NO_SYNTHETIC])
