@@ -7,6 +7,8 @@ half-hourly "30min", n-minutely "<n>min", n-secondly "<n>s". Legacy pandas alias
 """
 from __future__ import annotations
 
+import functools
+
 import re
 
 import pandas as pd
@@ -47,9 +49,26 @@ def _strip_default_anchor(alias: str) -> str:
 
 def canonical_freq(freq: str, source: str = "input") -> str:
     """Map a frequency word ("hourly", "10_minutes", "4_seconds") or pandas alias ("H", "15T", "ME") to a
-    canonical pandas-3 alias; raise ValueError("unknown frequency 'X' in SOURCE") otherwise."""
+    canonical pandas-3 alias; raise ValueError("unknown frequency 'X' in SOURCE") otherwise. Cached per string:
+    corpus readers ask once per row."""
     if not isinstance(freq, str) or not freq.strip():
         raise ValueError(f"unknown frequency {freq!r} in {source}")
+    alias = _canonical(freq)
+    if alias is None:
+        raise ValueError(f"unknown frequency {freq!r} in {source}")
+    return alias
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical(freq: str) -> str | None:
+    """`canonical_freq` of a non-empty string, None when it is not a frequency."""
+    try:
+        return _canonical_uncached(freq)
+    except ValueError:
+        return None
+
+
+def _canonical_uncached(freq: str, source: str = "input") -> str:
     text = freq.strip()
     word = text.lower().replace("-", "_").replace(" ", "_")
     if word in _WORDS:

@@ -65,6 +65,24 @@ def columns_of(schema: pa.Schema, file: Path) -> tuple[str, list[str]]:
     return stamps[0], targets
 
 
+_WEEK_NS = 7 * 86_400 * 10**9
+_ALIAS_BY_STEP: dict[tuple[int, int | None], str | None] = {}  # (step ns, weekday for week steps) -> alias
+
+
+def _alias_of_constant_step(stamps: pd.DatetimeIndex) -> str | None:
+    """pandas' inferred alias, computed once per (step, weekday) for rows of one constant step (a constant step
+    gives the same alias whatever the start, except the weekday anchor of week steps); other rows ask pandas."""
+    ns = stamps.asi8
+    steps = np.diff(ns)
+    if not len(steps) or not (steps == steps[0]).all():
+        return inferred_alias(stamps)
+    step = int(steps[0])
+    key = (step, int(stamps[0].dayofweek) if step % _WEEK_NS == 0 else None)
+    if key not in _ALIAS_BY_STEP:
+        _ALIAS_BY_STEP[key] = inferred_alias(stamps)
+    return _ALIAS_BY_STEP[key]
+
+
 def row_frequency(stamps: pd.DatetimeIndex, file: Path, where: str) -> str:
     """Canonical frequency of one row's timestamps; DataFormatError when they go back, repeat or are irregular."""
     try:
@@ -73,7 +91,7 @@ def row_frequency(stamps: pd.DatetimeIndex, file: Path, where: str) -> str:
         raise DataFormatError(file, f"non-monotone timestamps: {err}") from None
     if len(stamps) < 3:
         raise DataFormatError(file, f"{where}: {len(stamps)} timestamps, too few to infer the frequency")
-    alias = inferred_alias(stamps)
+    alias = _alias_of_constant_step(stamps)
     if alias is None:
         raise DataFormatError(file, f"{where}: timestamps are not regularly spaced ({stamps[0]}, {stamps[1]}, "
                                     f"{stamps[2]}, ...); cannot infer the frequency")

@@ -226,3 +226,17 @@ def test_a_corpus_written_before_the_variate_and_covariate_columns_still_opens(t
     sampler = WindowSampler(corpus, patch_size=4, seq_patches=8)
     assert sampler.num_covariates == 0 and math.isclose(sampler.dataset_probs[0], 1.0)
     assert check_corpus(tmp_path / "old", names=["m4_hourly"]).ok
+
+
+def test_chronos_row_frequency_cache_agrees_with_pandas_whatever_the_order():
+    from data_prep.frequency import inferred_alias
+    from data_prep.readers import chronos
+
+    rng = np.random.default_rng(0)
+    freqs = ["h", "D", "2D", "W-SUN", "W-WED", "2W-MON", "15min", "s", "MS", "B", "QS", "YE"]
+    chronos._ALIAS_BY_STEP.clear()
+    for _ in range(60):  # random starts: weekly steps starting on other weekdays must not reuse a cached anchor
+        freq = freqs[rng.integers(len(freqs))]
+        start = pd.Timestamp("2019-01-01") + pd.Timedelta(days=int(rng.integers(0, 400)))
+        index = pd.date_range(start, periods=int(rng.integers(3, 30)), freq=freq)
+        assert chronos._alias_of_constant_step(index) == inferred_alias(index), (freq, start)
