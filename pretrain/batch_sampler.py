@@ -58,11 +58,8 @@ class VectorisedSampler:
         # Where each usable row's values live: its Arrow chunk and offset there (computed once, U entries).
         rows = self.index.rows
         self._chunk = (np.searchsorted(corpus.chunk_first_row, rows, side="right") - 1).astype(np.int64)
-        local = rows - corpus.chunk_first_row[self._chunk]
-        self._offset = np.empty(len(rows), dtype=np.int64)
-        for c in np.unique(self._chunk):
-            sel = self._chunk == c
-            self._offset[sel] = corpus.chunk_offsets[c][local[sel]]
+        row_offset = np.concatenate([offs[:-1] for offs in corpus.chunk_offsets]).astype(np.int64)  # [R]
+        self._offset = row_offset[rows]  # start of each usable row inside its chunk's values
         self._length = corpus.lengths[rows]
         self._dataset_base = np.concatenate([[0.0], self.index.cumweights])[self.index.bounds[:-1]]  # [D]
         self._dataset_total = self.index.cumweights[self.index.bounds[1:] - 1] - self._dataset_base  # [D]

@@ -245,3 +245,20 @@ def test_pretraining_on_worker_batches_stops_and_resumes_exactly(tmp_path, small
     for a, b in zip(in_process, resumed):
         for key in ("loss", "nll", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key)
+
+
+def test_a_corpus_in_several_arrow_chunks_reads_each_row_from_its_own_chunk(tmp_path):
+    import datasets
+
+    rows = encoded_rows([("a", 40 + 7 * i) for i in range(30)], nan_rate=0.0)
+    table = {"item_id": [r["item_id"] for r in rows], "dataset": [r["dataset"] for r in rows],
+             "target": [r["target"].tolist() for r in rows]}
+    datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "c"), num_shards=3)
+    corpus = open_corpus(tmp_path / "c")
+    assert len(corpus.chunk_values) == 3
+    sampler = make(corpus, seed=2)
+    for k in range(4):
+        target, sample_id = reference_batch(corpus, 2, 0, k, 6, 4, 16, 2, 4)
+        got = sampler.make_batch(k, 6)
+        np.testing.assert_array_equal(got["sample_id"].numpy(), sample_id)
+        np.testing.assert_array_equal(got["target"].numpy(), target)
