@@ -21,40 +21,19 @@ import numpy as np
 import torch
 
 from data_prep.corpus import Corpus, CorpusError
-from pretrain.data import MAX_CONSECUTIVE_SKIPS, SeriesIndex
+from pretrain.data import MAX_CONSECUTIVE_SKIPS, PackedSampler
 
 SAMPLER_KIND = "vectorised"
 
 
-class VectorisedSampler:
+class VectorisedSampler(PackedSampler):
     """Deterministic source of packed batches {target [B, N·P], sample_id [B, N]}; batch k depends on (seed,
     rank, k) only. `state_dict()` is the batch counter plus totals, so resuming needs no generator state."""
 
-    def __init__(
-        self,
-        corpus: Corpus,
-        *,
-        patch_size: int,
-        seq_patches: int,
-        min_window_patches: int = 2,
-        max_windows_per_series: int = 16,
-        mixture: dict[str, float] | None = None,
-        mixture_default: str = "series",
-        mixture_share: dict[str, float] | None = None,
-        dataset_weights: dict[str, float] | None = None,
-        seed: int = 0,
-        rank: int = 0,
-    ) -> None:
-        if not 1 <= min_window_patches <= seq_patches:
-            raise ValueError(f"min_window_patches={min_window_patches} must be in 1..{seq_patches}")
-        self.corpus = corpus
-        self.patch_size, self.seq_patches, self.min_window_patches = patch_size, seq_patches, min_window_patches
-        self.index = SeriesIndex(corpus, window_len=seq_patches * patch_size,
-                                 max_windows_per_series=max_windows_per_series, mixture=mixture,
-                                 mixture_default=mixture_default, mixture_share=mixture_share,
-                                 dataset_weights=dataset_weights)
-        self.num_unusable, self.num_covariates = self.index.num_unusable, self.index.num_covariates
-        self.dataset_names, self.dataset_probs = self.index.dataset_names, self.index.dataset_probs
+    kind = SAMPLER_KIND
+
+    def __init__(self, corpus: Corpus, **kwargs: Any) -> None:
+        super().__init__(corpus, **kwargs)
         # Where each usable row's values live: its Arrow chunk and offset there (computed once, U entries).
         rows = self.index.rows
         self._chunk = (np.searchsorted(corpus.chunk_first_row, rows, side="right") - 1).astype(np.int64)
@@ -63,25 +42,9 @@ class VectorisedSampler:
         self._length = corpus.lengths[rows]
         self._dataset_base = np.concatenate([[0.0], self.index.cumweights])[self.index.bounds[:-1]]  # [D]
         self._dataset_total = self.index.cumweights[self.index.bounds[1:] - 1] - self._dataset_base  # [D]
-        self.seed, self.rank = seed, rank
         self.batches = 0  # micro-batches produced (the next batch's k)
-        self.rows = self.windows = self.skipped = self.padding = 0
         self._skip_run = 0  # all-missing windows in a row, across batches
-        self._per_row = seq_patches / (2 * min_window_patches)  # windows per row: sizes the first draw only
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What a saved state must agree on to be resumed here."""
-        return {
-            "sampler": SAMPLER_KIND,
-            "num_series": len(self.corpus),
-            "datasets": self.dataset_names,
-            "dataset_probs": [round(float(p), 12) for p in self.dataset_probs],
-            "patch_size": self.patch_size,
-            "seq_patches": self.seq_patches,
-            "min_window_patches": self.min_window_patches,
-            "seed": self.seed,
-            "rank": self.rank,
-        }
+        self._per_row = self.seq_patches / (2 * self.min_window_patches)  # windows per row: sizes the first draw
 
     # --- drawing ---------------------------------------------------------------------------------------------
 
@@ -196,11 +159,7 @@ class VectorisedSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where `state` was taken; refuses a state from another corpus, config or sampler."""
-        mine = self.fingerprint()
-        theirs = state.get("fingerprint") or {}
-        if theirs != mine:
-            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise CorpusError(f"saved sampler state does not match this corpus/config (differs in: {diff})")
+        self.check_state(state)
         self.batches, self.rows, self.windows = int(state["batches"]), int(state["rows"]), int(state["windows"])
         self.skipped, self.padding = int(state["skipped"]), int(state["padding"])
         self._skip_run = int(state.get("skip_run", 0))

@@ -166,8 +166,11 @@ class SeriesIndex:
         self.bounds = bounds  # [D + 1]
 
 
-class WindowSampler:
-    """Deterministic, resumable source of packed batches {target [B, N·P], sample_id [B, N]}."""
+class PackedSampler:
+    """What both samplers share: the corpus, the row geometry (N patches of P values), the `SeriesIndex`, the
+    counters and the fingerprint a saved state must match. Subclasses make the batches."""
+
+    kind: str | None = None  # recorded in the fingerprint (None: the sequential sampler, as its states always were)
 
     def __init__(
         self,
@@ -196,18 +199,16 @@ class WindowSampler:
                                  dataset_weights=dataset_weights)
         self.num_unusable, self.num_covariates = self.index.num_unusable, self.index.num_covariates
         self.dataset_names, self.dataset_probs = self.index.dataset_names, self.index.dataset_probs
-        self.dataset_rows, self.series_cumweights = self.index.dataset_rows, self.index.series_cumweights
-        self._dataset_cum = self.index.dataset_cum
         self.seed, self.rank = seed, rank
-        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rank,)))
         self.rows = 0  # packed rows produced
         self.windows = 0  # windows packed
-        self.skipped = 0  # all-missing windows drawn and discarded
+        self.skipped = 0  # all-missing windows drawn and discarded (sequential) or made padding (vectorised)
         self.padding = 0  # padding patches produced
 
     def fingerprint(self) -> dict[str, Any]:
         """What a saved state must agree on to be resumed here."""
         return {
+            **({"sampler": self.kind} if self.kind else {}),
             "num_series": len(self.corpus),
             "datasets": self.dataset_names,
             "dataset_probs": [round(float(p), 12) for p in self.dataset_probs],
@@ -217,6 +218,25 @@ class WindowSampler:
             "seed": self.seed,
             "rank": self.rank,
         }
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        """CorpusError naming what differs when `state` was saved by another corpus, config or sampler."""
+        mine = self.fingerprint()
+        theirs = state.get("fingerprint") or {}
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise CorpusError(f"saved sampler state does not match this corpus/config (differs in: {diff})")
+
+
+class WindowSampler(PackedSampler):
+    """Deterministic, resumable source of packed batches {target [B, N·P], sample_id [B, N]}, one window at a
+    time from one numpy Generator (its state is the checkpointed state)."""
+
+    def __init__(self, corpus: Corpus, **kwargs: Any) -> None:
+        super().__init__(corpus, **kwargs)
+        self.dataset_rows, self.series_cumweights = self.index.dataset_rows, self.index.series_cumweights
+        self._dataset_cum = self.index.dataset_cum
+        self.rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank,)))
 
     def draw_series(self) -> int:
         """A corpus row: dataset by mixture weight, then series by (capped) window count."""
@@ -271,11 +291,7 @@ class WindowSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where `state` was taken; refuses a state from another corpus or config."""
-        mine = self.fingerprint()
-        if state.get("fingerprint") != mine:
-            theirs = state.get("fingerprint") or {}
-            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise CorpusError(f"saved sampler state does not match this corpus/config (differs in: {diff})")
+        self.check_state(state)
         self.rng.bit_generator.state = state["rng"]
         self.rows, self.windows = int(state["rows"]), int(state["windows"])
         self.skipped, self.padding = int(state["skipped"]), int(state["padding"])
