@@ -7,28 +7,26 @@ SRC is a local uni2ts folder (config.json + model.safetensors, e.g. a downloaded
 files are fetched). Every tensor is mapped or refused by name (see `moe_ts/uni2ts/convert.py`); the
 converted model is loaded back strictly before it is written. DIR gets config.json, model.safetensors,
 a model card crediting the source and conversion.json (source, its weights' SHA-256, the
-compatibility settings). An existing DIR is replaced only when moe-ts wrote it, or with --overwrite.
+compatibility settings, the licence), which every folder made from DIR carries on (moe_ts/io/provenance.py).
+An existing DIR is replaced only when it is a converted model moe-ts wrote, or with --overwrite (replace
+whatever it holds; never SRC itself).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import re
 from pathlib import Path
 
 from moe_ts.uni2ts.convert import CONFIG_NAME, WEIGHTS_NAME, Uni2tsConversionError, convert_uni2ts_folder
 from moe_ts.model import MoiraiMoEModel
+from moe_ts.io.hub import file_sha256, looks_like_hub_id
 from moe_ts.io.output_dir import check_output_dir
-
-CONVERSION_FILE = "conversion.json"
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+from moe_ts.io.provenance import CONVERSION_FILE, UNI2TS_CREDIT, record_files
 
 
 def resolve_source(src: str) -> Path:
     """A local folder as is; an `owner/name` Hub repo id downloaded (config.json and model.safetensors only)."""
-    path = Path(src)
-    if path.exists() or not REPO_ID.match(src):
+    path = Path(src).expanduser()
+    if not looks_like_hub_id(src):
         if not path.is_dir():
             raise Uni2tsConversionError(f"{src}: uni2ts checkpoint folder not found")
         return path
@@ -43,9 +41,8 @@ def resolve_source(src: str) -> Path:
 
 def source_card_text(src: str) -> str:
     """The model card's origin paragraph: where the weights come from and what the conversion set."""
-    return (f"Weights converted from the uni2ts Moirai-MoE checkpoint `{src}` (Salesforce AI Research, "
-            "[uni2ts](https://github.com/SalesforceAIResearch/uni2ts); Liu et al., \"Moirai-MoE: Empowering Time "
-            "Series Foundation Models with Sparse Mixture of Experts\", 2024) by `moe-ts convert --from uni2ts`. "
+    return (f"Weights converted from the uni2ts Moirai-MoE checkpoint `{src}` ({UNI2TS_CREDIT}) by "
+            "`moe-ts convert --from uni2ts`. "
             "moe-ts did not train these weights; the source's licence and terms of use apply. The config mirrors "
             "uni2ts: centroid gate selecting the farthest experts, missing values entering as raw 0, uni2ts' time "
             "ids, and its variate attention bias for a group of series forecast jointly.")
@@ -55,23 +52,24 @@ def convert(source: str, src_format: str, out: str | Path, overwrite: bool = Fal
     """Convert `source` (local folder or Hub repo id) into the moe-ts folder `out`."""
     if src_format != "uni2ts":
         raise ValueError(f"--from {src_format!r}: only 'uni2ts' is supported")
-    check_output_dir(out, overwrite)
+    inputs = {"SRC": source}
+    check_output_dir(out, overwrite, kind="converted", inputs=inputs)
     folder = resolve_source(source)
     conversion = convert_uni2ts_folder(folder)
     model = MoiraiMoEModel(conversion.config)
     model.load_state_dict(conversion.state_dict, strict=True)
     model.eval()
-    origin = source_card_text(source)
-    card_kwargs: dict = {"model_name": Path(out).name, "origin": origin,
+    card_kwargs: dict = {"model_name": Path(out).name, "origin": source_card_text(source),
                          "training": "None by moe-ts: the weights are converted (see the top of this card)."}
     if license:
         card_kwargs["license"] = license
-    model.save_pretrained(out, model_card_kwargs=card_kwargs, overwrite=overwrite)
-    digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
-    record = {"from": "uni2ts", "source": source, "source_weights_sha256": digest,
+    record = {"from": "uni2ts", "source": source, "source_weights_sha256": file_sha256(folder / WEIGHTS_NAME),
+              "license": license,
               "compatibility": {"moe.gate": "centroid", "moe.centroid_select": "farthest",
                                 "missing_values": "zero_raw", "time_ids": "observed", "variate_bias": True}}
-    (Path(out) / CONVERSION_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    model.save_pretrained(out, model_card_kwargs=card_kwargs, overwrite=overwrite, folder_kind="converted",
+                          inputs={**inputs, "SRC (downloaded)": folder},
+                          extra_files=record_files({CONVERSION_FILE: record}), remedy="pass --overwrite to replace it")
     return Path(out)
 
 
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", metavar="SRC", help="local uni2ts checkpoint folder or Hub repo id (needs network)")
     parser.add_argument("--out", required=True, help="model folder to write (a new, empty or moe-ts folder)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out even when it holds files moe-ts did not write")
+                        help="replace --out whatever it holds (a user's files, a moe-ts folder of another kind)")
     parser.add_argument("--license", help="licence id for the card's metadata (default 'other': the source's terms apply)")
     args = parser.parse_args(argv)
     path = convert(args.source, args.src_format, args.out, args.overwrite, args.license)

@@ -40,7 +40,7 @@ from data_prep.readers.errors import DataFormatError
 from data_prep.series import Series
 from data_prep.paths import resolve_data_dir
 from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_random_walks, generate_synthetic
-from moe_ts.io.output_dir import check_output_dir, make_staging_dir, remove_leftovers, swap_in
+from moe_ts.io.output_dir import OutputDirError, check_output_dir, make_staging_dir, remove_leftovers, swap_in
 
 MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
 SYNTHETIC_SOURCES = ("synthetic", "kernelsynth", "periodic", "random_walk", "tsmixup")  # corpus datasets that are not real data
@@ -517,7 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         names = default_datasets(data_dir)
     found = find_sources(args.source, set(names) | set(SYNTHETIC_SOURCES))
     out = Path(args.out)
-    check_output_dir(out, args.overwrite)
+    inputs = {"--data-dir": data_dir, **{f"--source {ds.source}": ds.files[0] for ds in found}}
+    try:
+        check_output_dir(out, args.overwrite, kind="corpus", inputs=inputs)
+    except OutputDirError as err:
+        raise SystemExit(str(err)) from None
     for leftover in remove_leftovers(out, (f"{BUILD_PREFIX}.{out.name}.tmp-",)):
         print(f"removed {leftover}, left behind by an interrupted build")
     staging = make_staging_dir(out)

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,9 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from moe_ts.device import add_device_arguments, place_model, resolve_device, resolve_dtype
 from moe_ts.student.objectives import TAU, distill_loss, masked_mse
 from moe_ts.model import MoiraiMoEModel
 from moe_ts.io.output_dir import check_output_dir
+from moe_ts.io.provenance import DISTILL_FILE, card_fields, derived_records, record_files
 from moe_ts.student.model import MLPForecaster, StudentConfig
 from distill.data import DistillData, WindowSet, corpus_windows, dataset_windows
 from distill.teacher_cache import TeacherSettings, cached_teacher_outputs, teacher_fingerprint
@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, required=True, help="context length L of the student (and the teacher)")
     p.add_argument("--horizon", type=int, required=True, help="horizon H the student is trained for")
     p.add_argument("--out", type=Path, required=True, help="student folder to write")
-    p.add_argument("--overwrite", action="store_true", help="write --out even when it holds files moe-ts did not write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out whatever it holds (a user's files, a moe-ts folder of another kind)")
     d = DistillConfig()
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"student hidden width (default {d.hidden})")
     p.add_argument("--alpha", type=float, default=d.alpha, help="weight of the forecast distillation terms (default 1)")
@@ -237,14 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help="teacher output cache (default $MOE_TS_CACHE/teacher, else ~/.cache/moe-ts/teacher)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    add_device_arguments(p)  # where the teacher runs (the MLP student trains on the CPU)
     return p
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     torch.set_num_threads(args.threads)
-    check_output_dir(args.out, args.overwrite)
+    inputs = {"--teacher": args.teacher, "--data": args.data}
+    check_output_dir(args.out, args.overwrite, kind="student", inputs=inputs)
     settings = TeacherSettings(num_samples=args.teacher_samples, point=args.teacher_point,
                                decode=args.teacher_decode, seed=args.seed)
     cfg = DistillConfig(context_length=args.context, horizon=args.horizon, hidden=args.hidden, alpha=args.alpha,
                         beta=args.beta, tau=args.tau, epochs=args.epochs, patience=args.patience,
                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, teacher=settings)
-    teacher = load_teacher(args.teacher)
+    device = resolve_device(args.device)  # a device this machine lacks: one line before anything loads
+    teacher = place_model(load_teacher(args.teacher), device, resolve_dtype(args.dtype, device))
     check_teacher_serves(teacher, args.context, args.horizon)
     if args.dataset:
         data = dataset_windows(args.dataset, args.data_dir, args.context, args.horizon, args.stride,
@@ -275,13 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     training = (f"Distilled from `{Path(args.teacher).name}` (TimeDistill, alpha {cfg.alpha}, beta {cfg.beta}) on "
                 f"{data.description}. Best validation MSE {best['val_mse']:.4g} (epoch {best['epoch']} of "
                 f"{len(history)}), on each window's normalised scale.")
-    student.save_pretrained(args.out, overwrite=args.overwrite,
-                            model_card_kwargs={"model_name": args.out.name, "training": training})
-    _write_json(args.out / "distill.json", {
+    report = {
         "command": "moe-ts distill " + " ".join(sys.argv[1:] if argv is None else argv),
         "summary": training, "teacher": str(args.teacher), "teacher_sha256": teacher_fingerprint(teacher), "data": data.description,
         "config": asdict(cfg), "history": history,
-    })
+    }
+    records = derived_records(args.teacher, {DISTILL_FILE: report})  # a converted teacher's credit travels on
+    student.save_pretrained(args.out, overwrite=args.overwrite, folder_kind="student", inputs=inputs,
+                            extra_files=record_files(records), remedy="pass --overwrite to replace it",
+                            model_card_kwargs={"model_name": args.out.name, **card_fields(records)})
     log(f"wrote student ({student.num_parameters():,} parameters, teacher {teacher.num_parameters():,}) to {args.out}")
     return 0
 

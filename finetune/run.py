@@ -16,7 +16,6 @@ OUT/finetune.json records the run (method, trainable parameters, time per step, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -26,9 +25,11 @@ import torch
 
 from finetune.data import Splits, csv_splits, lsf_splits
 from finetune.train import METHODS, FinetuneConfig, finetune, prepare_model, releasable
+from moe_ts.device import DEVICE_HELP, place_model, resolve_device
 from moe_ts.io.output_dir import check_output_dir
+from moe_ts.io.provenance import FINETUNE_FILE, card_fields, derived_records, record_files
 
-REPORT_FILE = "finetune.json"
+REPORT_FILE = FINETUNE_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-gates", action="store_true", help="msft: keep the MoE gates frozen")
     p.add_argument("--train-experts", action="store_true", help="msft: train the experts too")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default auto; the weights train in float32)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument("--eval-max-windows", type=int, default=None, help="test windows per channel (evenly thinned)")
     p.add_argument("--eval-stride", type=int, default=1, help="test window stride (1 = the published protocol)")
     p.add_argument("--num-samples", type=int, default=100, help="forecast samples in the evaluation")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out moe-ts did not write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out whatever it holds (a user's files, a moe-ts folder of another kind)")
     return p
 
 
@@ -94,19 +97,23 @@ def main(argv: list[str] | None = None) -> int:
                          weight_decay=args.weight_decay)
     if args.out.resolve() == Path(args.checkpoint).resolve():
         raise ValueError(f"--out {args.out}: is the --checkpoint folder; the pretrained model would be replaced")
-    check_output_dir(args.out, args.overwrite)
+    inputs = {"--checkpoint": args.checkpoint, "--csv": args.csv}
+    check_output_dir(args.out, args.overwrite, kind="finetuned", inputs=inputs)
     torch.set_num_threads(args.threads)
     from moe_ts.model import MoiraiMoEModel
 
+    device = resolve_device(args.device)  # a device this machine lacks: one line before anything loads
     base = MoiraiMoEModel.from_pretrained(args.checkpoint)
-    model = prepare_model(base, cfg, args.checkpoint)
+    model = place_model(prepare_model(base, cfg, args.checkpoint), device)  # with the method's new modules
     splits = lsf_splits(args.dataset, args.data_dir) if args.dataset else csv_splits(args.csv)
     t0 = time.time()
     result = finetune(model, splits, cfg)
-    releasable(model).save_pretrained(args.out, overwrite=args.overwrite)
     report = {"checkpoint": str(args.checkpoint), "dataset": splits.name, "borders": list(splits.borders),
               "config": asdict(cfg), "result": asdict(result), "seconds": round(time.time() - t0, 2)}
-    (args.out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    records = derived_records(args.checkpoint, {REPORT_FILE: report})  # a converted source's credit travels on
+    releasable(model).save_pretrained(args.out, overwrite=args.overwrite, folder_kind="finetuned", inputs=inputs,
+                                      extra_files=record_files(records), remedy="pass --overwrite to replace it",
+                                      model_card_kwargs={"model_name": args.out.name, **card_fields(records)})
     print(f"finetune {cfg.method}: best validation loss {result.best_val:.4f} at step {result.best_step} "
           f"(zero-shot {result.zero_shot_val:.4f}); {result.steps_run} steps, {result.seconds_per_step * 1000:.0f} "
           f"ms/step; {result.trainable_params:,} of {result.total_params:,} parameters trained; wrote {args.out}")
@@ -117,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
         eval_args = ["--checkpoint", str(args.out), "--suite", "lsf", "--datasets", splits.name,
                      "--out", str(args.out / "eval"), "--plot-series", "0", "--baselines", "snaive",
-                     "--num-samples", str(args.num_samples), "--lsf-stride", str(args.eval_stride), "--decode", "median"]
+                     "--num-samples", str(args.num_samples), "--lsf-stride", str(args.eval_stride), "--decode", "median",
+                     "--device", args.device]
         if args.data_dir:
             eval_args += ["--data-dir", args.data_dir]
         if args.eval_max_windows:

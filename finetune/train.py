@@ -101,7 +101,8 @@ def window_unit(model: nn.Module) -> int:
 
 
 def batch_loss(model: nn.Module, windows_bl: torch.Tensor) -> torch.Tensor:
-    """The method's objective on rows holding one window each."""
+    """The method's objective on rows holding one window each (moved to the model's device)."""
+    windows_bl = windows_bl.to(next(model.parameters()).device, non_blocking=True)
     if isinstance(model, MSFTNetwork):
         return msft_loss(model, windows_bl).loss
     n = windows_bl.shape[1] // model.config.patch_size

@@ -229,19 +229,16 @@ def _restore_expert_shard(engine: Any, ckpt: Path) -> None:
 def save_final(model: nn.Module, run_dir: Path, training: dict[str, Any] | None = None) -> Path:
     """`model.save_pretrained` into RUN/final with `training` as its training.json and in its model card,
     replacing an older one atomically (main rank only)."""
-    from moe_ts.io.model_card import training_data_summary
-    from moe_ts.io.provenance import training_summary
+    from moe_ts.io.provenance import CONVERSION_FILE, card_fields, record_files
 
     final = Path(run_dir) / "final"
     tmp = Path(run_dir) / "tmp-final"
     if tmp.exists():
         shutil.rmtree(tmp)
-    card = {"training": training_summary(training), "training_data": training_data_summary(training)}
-    if training and training.get("datasets"):
-        card["datasets"] = list(training["datasets"])
-    model.save_pretrained(str(tmp), model_card_kwargs=card)
-    if training is not None:
-        (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=1) + "\n")
+    records = {} if training is None else {TRAINING_FILE: training}
+    if training and training.get("conversion"):  # `--init CONVERTED`: the source's record travels on
+        records[CONVERSION_FILE] = training["conversion"]
+    model.save_pretrained(str(tmp), model_card_kwargs=card_fields(records), extra_files=record_files(records))
     if final.exists():
         _remove_dir(final)
     os.replace(tmp, final)

@@ -13,12 +13,16 @@ batches and the same loss curve, after checking that the requested config matche
 Hugging Face folder (e.g. one written by `moe-ts centroids`) instead of a fresh model; the model
 config is then MODEL_DIR's config.json and the YAML's `model:` section is replaced by it (config.yaml
 records what ran). CLI flags override the YAML. CORPUS must be a finished `moe-ts prepare` output (complete manifest.json).
-This module is the command; the run itself (set-up, step loop, finish) is pretrain/trainer.py.
+Ctrl-C or SIGTERM saves a checkpoint at the next step boundary and exits with one line (128 + the signal
+number; pretrain/interrupt.py); `--resume` continues exactly. This module is the command; the run itself (set-up,
+step loop, finish) is pretrain/trainer.py.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ from moe_ts.io.output_dir import OutputDirError
 from moe_ts.typed_config import ConfigError
 from pretrain.errors import CheckpointError
 from pretrain.config import PretrainConfig, load_pretrain_config
+from pretrain.interrupt import RunInterrupted
 from pretrain.trainer import finish, run_steps, set_up
 
 
@@ -105,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CorpusError, CheckpointError, OutputDirError, ModelFolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    except RunInterrupted as err:  # a checkpoint is saved: one line, no traceback
+        if os.environ.get("RANK", "0") == "0":
+            print(f"pretrain: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:  # outside the step loop, or a second Ctrl-C: nothing new was saved
+        if os.environ.get("RANK", "0") == "0":
+            print("pretrain: interrupted; nothing saved since the last checkpoint (--resume continues from it)",
+                  file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,17 @@ import torch
 
 from data_prep.corpus import Corpus, corpus_fingerprint, manifest_field, manifest_weights
 from moe_ts.io.output_dir import check_output_dir, mark
+from moe_ts.io.provenance import read_conversion
 from moe_ts.typed_config import save_file, to_dict
 from pretrain.checkpoint import (check_checkpoint_layout, latest_checkpoint, list_checkpoints,
                                  load_checkpoint, remove_leftovers, save_checkpoint, save_final)
 from pretrain.config import PretrainConfig, train_flops_per_token
+from pretrain.batch_sampler import VectorisedSampler
 from pretrain.data import WindowSampler
+from pretrain.loader import BatchLoader
 from pretrain.engine import DistInfo, StepStats, any_rank, build_engine, setup_distributed, train_step, unwrap
 from pretrain.errors import CheckpointError
+from pretrain.interrupt import RunInterrupted, StopSignals
 from pretrain.metrics import MetricsLog, expert_load_stats
 from pretrain.resume_check import check_resume_config
 
@@ -38,7 +43,7 @@ class Session:
     out: Path
     dist: DistInfo
     engine: Any  # the DeepSpeed engine
-    sampler: WindowSampler
+    sampler: WindowSampler | VectorisedSampler | BatchLoader
     corpus_path: Path
     fingerprint: str  # of the corpus (data_prep.corpus.corpus_fingerprint)
     start_step: int  # 0, or the step of the checkpoint resumed from
@@ -73,7 +78,7 @@ def set_up(run: PretrainConfig, corpus: Corpus, out: Path, *, resume: bool, t_st
         torch.set_num_threads(tc.num_threads)
     dist = setup_distributed(run.parallel.timeout_s)
     run.parallel.check_world_size(dist.world_size)
-    _check_run_folder(run, out, dist, resume)
+    _check_run_folder(run, out, dist, resume, {"--data": corpus.path, "--init": init_path})
     fingerprint = corpus_fingerprint(corpus.path)
     if dist.is_main:
         _write_run_folder(run, out)
@@ -90,7 +95,8 @@ def set_up(run: PretrainConfig, corpus: Corpus, out: Path, *, resume: bool, t_st
     return session
 
 
-def _check_run_folder(run: PretrainConfig, out: Path, dist: DistInfo, resume: bool) -> None:
+def _check_run_folder(run: PretrainConfig, out: Path, dist: DistInfo, resume: bool,
+                      inputs: dict[str, Any] | None = None) -> None:
     """Refuse a folder with checkpoints without --resume, a changed config or checkpoint layout with it, and
     a folder moe-ts did not write."""
     if not resume and list_checkpoints(out):
@@ -100,7 +106,8 @@ def _check_run_folder(run: PretrainConfig, out: Path, dist: DistInfo, resume: bo
         if latest_checkpoint(out) is not None:  # every rank, before any collective: a mismatch fails, not hangs
             check_checkpoint_layout(latest_checkpoint(out), dist.world_size, run.parallel.ep_size)
     if not resume or not list_checkpoints(out):  # config.yaml, metrics.jsonl... must not replace a user's files
-        check_output_dir(out, remedy="pass --resume if it is a run to continue")
+        check_output_dir(out, remedy="pass --resume if it is a run to continue", kind="run", inputs=inputs,
+                         replaces=False)
 
 
 def _write_run_folder(run: PretrainConfig, out: Path) -> None:
@@ -113,16 +120,18 @@ def _write_run_folder(run: PretrainConfig, out: Path) -> None:
     os.replace(out / ".config.tmp.yaml", out / "config.yaml")
 
 
-def _sampler(run: PretrainConfig, corpus: Corpus, dist: DistInfo) -> WindowSampler:
+def _sampler(run: PretrainConfig, corpus: Corpus, dist: DistInfo) -> WindowSampler | VectorisedSampler | BatchLoader:
     """This rank's sampler of packed batches; the main rank prints the mixture. The corpus manifest's per-dataset
     weights (`moe-ts prepare --weights`) scale the draw weights unless the run config names `train.mixture`."""
     tc = run.train
     weights = None if tc.mixture else manifest_weights(corpus.path)
-    sampler = WindowSampler(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
-                            min_window_patches=tc.min_window_patches,
-                            max_windows_per_series=tc.max_windows_per_series, mixture=tc.mixture,
-                            mixture_default=tc.mixture_default,
-                            mixture_share=tc.mixture_share, dataset_weights=weights, seed=tc.seed, rank=dist.rank)
+    kind = VectorisedSampler if tc.sampler == "vectorised" else WindowSampler
+    sampler = kind(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
+                   min_window_patches=tc.min_window_patches, max_windows_per_series=tc.max_windows_per_series,
+                   mixture=tc.mixture, mixture_default=tc.mixture_default, mixture_share=tc.mixture_share,
+                   dataset_weights=weights, seed=tc.seed, rank=dist.rank)
+    if tc.loader_workers:
+        sampler = BatchLoader(sampler, tc.loader_workers, pin_memory=dist.device.type == "cuda")
     if dist.is_main:
         if weights:
             print(f"corpus {corpus.path}: dataset weights from its manifest ({len(weights)} datasets)")
@@ -222,6 +231,7 @@ def run_steps(session: Session, stop_at: int | None = None) -> LoopResult:
         from tqdm import tqdm
 
         progress = tqdm(total=tc.steps, initial=step, desc="pretrain", dynamic_ncols=True, mininterval=1.0)
+    signals = StopSignals().install()  # Ctrl-C / SIGTERM: checkpoint at the next step boundary (pretrain/interrupt.py)
     try:
         while step < tc.steps:
             t0 = time.perf_counter()
@@ -234,7 +244,7 @@ def run_steps(session: Session, stop_at: int | None = None) -> LoopResult:
             meter.add(last.tokens, dt)
             over_budget = tc.time_budget_s is not None and time.time() - session.t_start >= tc.time_budget_s
             at_stop = stop_at is not None and step >= stop_at
-            stop = any_rank(over_budget or at_stop, dist.device)
+            stop = any_rank(over_budget or at_stop or signals.caught, dist.device)
             if stop or step == tc.steps or step % tc.log_every == 0:
                 seconds = max(meter.seconds, 1e-9)
                 mfu = None if peak_flops is None else flops_per_step * meter.steps / seconds / peak_flops
@@ -248,12 +258,19 @@ def run_steps(session: Session, stop_at: int | None = None) -> LoopResult:
                                 {"planned_steps": tc.steps, "finished": step >= tc.steps,
                                  "corpus_fingerprint": session.fingerprint})
             if stop:
-                reason = "time budget reached" if over_budget else f"--stop-at {stop_at}"
+                reason = ("time budget reached" if over_budget else f"--stop-at {stop_at}" if at_stop
+                          else f"interrupted by {signals.name()}")
                 break
     finally:
+        signals.restore()
         if progress is not None:
             progress.close()
         metrics.close()
+        if isinstance(sampler, BatchLoader):
+            sampler.close()  # its worker processes; a later run_steps restarts them at the batch counter
+    if reason.startswith("interrupted") and step < tc.steps:
+        raise RunInterrupted(f"{reason} at step {step} of {tc.steps}: saved {out / 'checkpoints' / f'step-{step}'} "
+                             "(no final model); continue with --resume", signals.signum or signal.SIGTERM)
     tokens_per_s = meter.total_tokens / meter.total_seconds if meter.total_seconds else 0.0
     return LoopResult(step, reason, last, tokens_per_s)
 
@@ -273,6 +290,9 @@ def finish(session: Session, result: LoopResult) -> dict:
                 "exclude_eval": manifest_field(session.corpus_path, "exclude_eval")}
     if session.init_path is not None:
         training["init"] = str(session.init_path)
+        conversion = read_conversion(session.init_path)
+        if conversion is not None:  # converted weights keep their source's credit (moe_ts/io/provenance.py)
+            training["conversion"] = conversion
     export = exportable_model(unwrap(session.engine), session.run)  # collective when the experts are sharded
     if session.dist.is_main:
         final = save_final(export, out, training)

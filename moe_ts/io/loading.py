@@ -5,16 +5,15 @@ either); a distilled student's says `timedistill_mlp`, an MSFT-finetuned model's
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Union
 
-from moe_ts.io.hub import CONFIG_NAME, ModelFolderError, check_local_folder
+from moe_ts.io.hub import CONFIG_NAME, MOE_MODEL_TYPE, ModelFolderError, check_local_folder, local_folder_type, \
+    looks_like_hub_id
 from moe_ts.model import MoiraiMoEModel
 from moe_ts.msft.model import MSFT_MODEL_TYPE, MSFTModel
 from moe_ts.student.model import STUDENT_MODEL_TYPE, MLPForecaster
 
-MOE_MODEL_TYPE = "moirai_moe"  # what a config.json without `model_type` is
 FORECASTERS = {MOE_MODEL_TYPE: MoiraiMoEModel, STUDENT_MODEL_TYPE: MLPForecaster, MSFT_MODEL_TYPE: MSFTModel}
 ReleasedModel = Union[MoiraiMoEModel, MLPForecaster, MSFTModel]
 
@@ -22,12 +21,9 @@ ReleasedModel = Union[MoiraiMoEModel, MLPForecaster, MSFTModel]
 def model_type(folder: str | Path) -> str:
     """The folder's model type (its config.json's `model_type`, default the MoE model); ModelFolderError when
     the folder holds no loadable checkpoint or an unknown type."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     check_local_folder(folder)
-    data = json.loads((folder / CONFIG_NAME).read_text())
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{folder / CONFIG_NAME}: expected a JSON object, got {type(data).__name__}")
-    kind = data.get("model_type", MOE_MODEL_TYPE)
+    kind = local_folder_type(folder)  # a raw uni2ts checkpoint: "convert it first"
     if kind not in FORECASTERS:
         raise ModelFolderError(f"{folder / CONFIG_NAME}: unknown model_type {kind!r} "
                               f"(known: {', '.join(sorted(FORECASTERS))})")
@@ -37,8 +33,9 @@ def model_type(folder: str | Path) -> str:
 def load_model(folder: str | Path) -> ReleasedModel:
     """The forecaster saved in `folder` (MoE model, distilled student or MSFT model), ready for `forecast`.
 
-    A name that is not a local path (a Hub repo id) loads as a MoE model, as `MoiraiMoEModel.from_pretrained`.
+    A name that can only be a Hub repo id (`moe_ts.io.hub.looks_like_hub_id`) loads as a MoE model, as
+    `MoiraiMoEModel.from_pretrained`; any other missing path is one line at once.
     """
-    if not Path(folder).exists() and not str(folder).startswith((".", "/")):
+    if looks_like_hub_id(folder):
         return MoiraiMoEModel.from_pretrained(folder)
     return FORECASTERS[model_type(folder)].from_pretrained(folder)

@@ -3,20 +3,31 @@
 - `training.json` beside a trained model's weights: steps done and planned, whether the run finished (or why
   it stopped), the corpus fingerprint and the datasets it held. Written by `moe-ts pretrain`; the model card
   shows it.
-- `checkpoint.json` in an `moe-ts eval --out` folder: the checkpoint evaluated and the SHA-256 of its
-  `model.safetensors`, so `moe-ts export` can refuse to pair an evaluation with other weights.
+- `checkpoint.json` in an `moe-ts eval --out` folder: the checkpoint evaluated, the SHA-256 of its
+  `model.safetensors` and the decoding, so `moe-ts export` can refuse to pair an evaluation with other weights.
+- `conversion.json` beside converted weights (`moe-ts convert`): the uni2ts source, its weights' SHA-256, the
+  licence. Every folder made from such weights (export, finetune, distill, centroids, `pretrain --init`) carries
+  it on (`derived_records`; RUN/final's training.json holds it as "conversion"), and its card credits the source
+  and names the licence (`card_fields`): the weights stay Salesforce's, under their terms.
+- finetune.json / distill.json / centroids.json: what the deriving command did; `card_fields` turns a folder's
+  records into its card's origin, training, intended use, licence and datasets.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from moe_ts.io.hub import WEIGHTS_NAME
+from moe_ts.io.hub import WEIGHTS_NAME, file_sha256
+from moe_ts.io.model_card import training_data_summary
 
 TRAINING_FILE = "training.json"
 EVAL_SOURCE_FILE = "checkpoint.json"
+CONVERSION_FILE = "conversion.json"
+FINETUNE_FILE, DISTILL_FILE, CENTROIDS_FILE = "finetune.json", "distill.json", "centroids.json"
+RECORD_FILES = (TRAINING_FILE, CONVERSION_FILE, FINETUNE_FILE, DISTILL_FILE, CENTROIDS_FILE)  # travel with weights
+UNI2TS_CREDIT = ("Salesforce AI Research, [uni2ts](https://github.com/SalesforceAIResearch/uni2ts); Liu et al., "
+                 "\"Moirai-MoE: Empowering Time Series Foundation Models with Sparse Mixture of Experts\", 2024")
 
 
 class ProvenanceError(ValueError):
@@ -25,11 +36,7 @@ class ProvenanceError(ValueError):
 
 def weights_fingerprint(folder: str | Path) -> str:
     """SHA-256 (hex) of a model folder's weights file."""
-    digest = hashlib.sha256()
-    with open(Path(folder) / WEIGHTS_NAME, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(Path(folder) / WEIGHTS_NAME)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -63,9 +70,10 @@ def training_summary(info: dict[str, Any] | None) -> str:
     return f"Training {state}."
 
 
-def write_eval_source(out: str | Path, checkpoint: str | Path | None) -> None:
-    """Record in an evaluation folder which weights were evaluated (None: a baseline, no weights)."""
-    record: dict[str, Any] = {"checkpoint": None if checkpoint is None else str(checkpoint), "weights_sha256": None}
+def write_eval_source(out: str | Path, checkpoint: str | Path | None, decoding: str | None = None) -> None:
+    """Record in an evaluation folder which weights were evaluated (None: a baseline, no weights) and how."""
+    record: dict[str, Any] = {"checkpoint": None if checkpoint is None else str(checkpoint), "weights_sha256": None,
+                              "decoding": decoding}
     if checkpoint is not None:
         record["weights_sha256"] = weights_fingerprint(checkpoint)
     (Path(out) / EVAL_SOURCE_FILE).write_text(json.dumps(record, indent=1) + "\n")
@@ -83,3 +91,88 @@ def check_eval_source(eval_dir: str | Path, checkpoint: str | Path) -> None:
         raise ProvenanceError(f"{eval_dir}: evaluates other weights ({record.get('checkpoint')}, sha256 "
                               f"{str(record.get('weights_sha256'))[:12]}) than {checkpoint} (sha256 {mine[:12]}); "
                               f"rerun `moe-ts eval --checkpoint {checkpoint} --out {eval_dir}`")
+
+
+def read_conversion(folder: str | Path) -> dict[str, Any] | None:
+    """The conversion record the weights in `folder` descend from: its conversion.json, else the "conversion"
+    entry of its training.json (RUN/final of `pretrain --init CONVERTED`); None for our own weights."""
+    folder = Path(folder)
+    record = read_json(folder / CONVERSION_FILE)
+    if record is None:
+        record = (read_json(folder / TRAINING_FILE) or {}).get("conversion")
+    return record if isinstance(record, dict) else None
+
+
+def conversion_credit(record: dict[str, Any]) -> str:
+    """One sentence crediting converted weights' source."""
+    licence = f" (licence: {record['license']})" if record.get("license") else ""
+    return (f"The weights descend from the uni2ts Moirai-MoE checkpoint `{record.get('source', '?')}` ({UNI2TS_CREDIT}), "
+            f"converted by `moe-ts convert --from uni2ts`; moe-ts did not pretrain them, and the source's licence and "
+            f"terms of use apply{licence}.")
+
+
+def folder_records(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """{file name: content} of the provenance records a model folder holds (`RECORD_FILES`)."""
+    found = {name: read_json(Path(folder) / name) for name in RECORD_FILES}
+    return {name: record for name, record in found.items() if record is not None}
+
+
+def record_files(records: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The records as the files to write beside the weights ({name: JSON text})."""
+    return {name: json.dumps(record, indent=1) + "\n" for name, record in records.items()}
+
+
+def _name(path: Any) -> str:
+    return Path(str(path)).name if path else "?"
+
+
+def card_fields(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The model card's origin, training, intended use, licence and datasets, from a folder's records: what
+    the folder is, what it was made from and whose weights it carries."""
+    conversion = records.get(CONVERSION_FILE) or (records.get(TRAINING_FILE) or {}).get("conversion")
+    credit = "" if not isinstance(conversion, dict) else " " + conversion_credit(conversion)
+    info = records.get(TRAINING_FILE)
+    fields: dict[str, Any] = {}
+    if FINETUNE_FILE in records:
+        ft = records[FINETUNE_FILE]
+        method, dataset, result = ft.get("config", {}).get("method", "?"), ft.get("dataset", "?"), ft.get("result", {})
+        fields["origin"] = f"Finetuned (`{method}`) by `moe-ts finetune` from `{_name(ft.get('checkpoint'))}`.{credit}"
+        fields["training"] = (f"Finetuned with `{method}` on `{dataset}` (its training split; early stopping on its "
+                              f"validation split): best validation loss {result.get('best_val', float('nan')):.4f} at "
+                              f"step {result.get('best_step')} of {result.get('steps_run')} (before finetuning "
+                              f"{result.get('zero_shot_val', float('nan')):.4f}).")
+        fields["intended_use"] = (f"Forecasting `{dataset}` and series like it. The model was finetuned on `{dataset}`'s "
+                                  "training split: its numbers on that dataset are not zero-shot.")
+    elif DISTILL_FILE in records:
+        fields["training"] = records[DISTILL_FILE].get("summary", "") + credit  # the student's card has no origin
+    elif CENTROIDS_FILE in records:
+        report = records[CENTROIDS_FILE]
+        fields["origin"] = (f"A centroid-gated model made by `moe-ts centroids` from `{_name(report.get('source'))}` "
+                            f"({report.get('num_experts')} experts, top-{report.get('top_k')}, "
+                            f"{report.get('select')} centroids).{credit}")
+        fields["training"] = (f"No gradient training: per-layer centroids from k-means over the FFN inputs of "
+                              f"{report.get('num_windows')} corpus windows (`{_name(report.get('corpus'))}`), experts "
+                              f"from {report.get('experts_from', 'the source')}.")
+        fields["intended_use"] = ("A starting point for `moe-ts pretrain --init`: the gates are fitted, not trained; "
+                                  "forecast with it only after that training.")
+    elif info is not None:
+        fields["training"] = training_summary(info)
+        if info.get("init"):
+            fields["origin"] = (f"A Moirai-MoE-style sparse mixture-of-experts forecaster trained by moe-ts, starting "
+                                f"from the weights of `{_name(info['init'])}`.{credit}")
+    elif isinstance(conversion, dict):
+        fields["origin"] = conversion_credit(conversion)
+        fields["training"] = "None by moe-ts: the weights are converted (see the top of this card)."
+    if info is not None and info.get("datasets"):
+        fields["datasets"] = list(info["datasets"])
+        fields["training_data"] = training_data_summary(info)
+    if isinstance(conversion, dict) and conversion.get("license"):
+        fields["license"] = conversion["license"]
+    return fields
+
+
+def derived_records(source: str | Path, own: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The records of a folder made from `source` by a command whose own record is `own`: the conversion it
+    descends from travels on."""
+    record = read_conversion(source)
+    return {**({CONVERSION_FILE: record} if record is not None else {}), **own}

@@ -103,3 +103,19 @@ def test_manifests_without_shards_still_open(tmp_path, sources):
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert check_manifest(out)["complete"] is True
     assert leak_check.main([str(out)]) == 0
+
+
+def test_prepare_replaces_only_a_corpus_and_never_its_own_input(tmp_path, sources):
+    root, args = sources
+    other = tmp_path / "eval"
+    other.mkdir()
+    from moe_ts.io.output_dir import MARKER, MARKER_FORMAT
+
+    (other / MARKER).write_text(f"eval\n{MARKER_FORMAT}\n")  # another command's folder
+    with pytest.raises(SystemExit, match="not a corpus|not .*corpus"):
+        prepare.main(["--out", str(other), "--no-registered", *args, *NO_SYNTHETIC, "--synthetic-count", "2"])
+    lotsa = root / "lotsa" / "sharded"
+    with pytest.raises(SystemExit, match="own input"):
+        prepare.main(["--out", str(lotsa), "--overwrite", "--no-registered", "--source", f"lotsa:{lotsa}",
+                      *NO_SYNTHETIC])
+    assert (lotsa / "state.json").is_file()

@@ -118,8 +118,8 @@ def test_student_saves_and_loads_with_identical_outputs(tmp_path):
     assert isinstance(loaded, MLPForecaster)
     after = loaded.forecast(list(x), 30)
     assert np.array_equal(before.mean, after.mean)
-    with pytest.raises(Exception, match="does not describe this model"):
-        MoiraiMoEModel.from_pretrained(tmp_path / "s")  # a student folder is not a MoE model
+    with pytest.raises(Exception, match="is a distilled MLP student folder"):
+        MoiraiMoEModel.from_pretrained(tmp_path / "s")  # a student folder is not a MoE model, and says so
 
 
 def test_student_forecast_is_a_point_forecast_rolled_out_past_its_horizon():

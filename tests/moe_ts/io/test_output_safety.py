@@ -88,6 +88,7 @@ def test_nan_weights_are_refused_naming_the_tensor(ckpt):
     state[name] = state[name].clone()
     state[name].view(-1)[0] = float("nan")
     save_file(state, weights)
+    (ckpt / "checksums.json").unlink()  # as a folder written before checksums were recorded
     with pytest.raises(ModelFolderError, match=rf"tensor '{name}' holds 1 non-finite value"):
         MoiraiMoEModel.from_pretrained(ckpt)
 
@@ -128,7 +129,7 @@ def test_export_refuses_an_evaluation_of_other_weights(ckpt, tmp_path, capsys, m
     monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeApi)
     assert main(["export", "--checkpoint", str(other), "--eval", str(eval_dir), "--out", str(tmp_path / "r"),
                  "--push-to-hub", "me/tiny", "--license", "apache-2.0"]) == 0
-    assert sorted(pushed) == ["README.md", "config.json", "model.safetensors"]  # no local marker file
+    assert sorted(pushed) == ["README.md", "checksums.json", "config.json", "model.safetensors"]  # no local marker
     card = (tmp_path / "r" / "README.md").read_text()
     assert pushed["README.md"].decode() == card
     head = card.split("---")[1]
