@@ -21,6 +21,8 @@ import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterator
 
 import numpy as np
 
@@ -95,6 +97,21 @@ def _window_hashes(bits: np.ndarray, w: int) -> np.ndarray:
     return h
 
 
+def _hashes_by_length(bits: np.ndarray, lengths: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(w, `_window_hashes(bits, w)`) for each w of the ascending `lengths`, in one pass of max(lengths) steps: the
+    hashes of the windows of length k+1 extend those of length k (a pass per length costs their sum)."""
+    wanted = set(lengths)
+    n = len(bits)
+    h = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(max(lengths, default=0)):
+            if n - k <= 0:
+                return
+            h = h[: n - k] * _P + bits[k:]  # [n - k] hashes of the windows of length k + 1
+            if k + 1 in wanted:
+                yield k + 1, h
+
+
 @dataclass
 class _EvalWindows:
     """The test windows of one length w, as arrays (memory: about 24 bytes per window plus the test spans).
@@ -109,6 +126,16 @@ class _EvalWindows:
     span_base: np.ndarray  # [S] int64 where each series' span starts in span_values
     test_start: np.ndarray  # [S] int64 where each series' test span starts in the series
     names: list[tuple[str, str]]  # [S] (dataset, item id)
+
+    @cached_property
+    def present(self) -> tuple[np.ndarray, int]:
+        """A table indexed by the top `bits` bits of a hash, True where some test window's hash has them: a corpus
+        hash that misses it cannot match (one cache-friendly lookup instead of a binary search for almost every
+        corpus window). About 64 slots per window, at most 2^23."""
+        bits = int(min(23, max(10, np.ceil(np.log2(max(len(self.hashes), 1) * 64)))))
+        table = np.zeros(1 << bits, dtype=bool)
+        table[self.hashes >> np.uint64(64 - bits)] = True
+        return table, bits
 
     def window(self, j: int) -> np.ndarray:
         """The values of sorted window j."""
@@ -183,22 +210,25 @@ def _scan_chunk(values: np.ndarray, offsets: np.ndarray, row_base: int, meta: _R
                 windows: dict[int, _EvalWindows], report: LeakReport, max_leaks: int | None) -> None:
     """Hash every window of the concatenated targets `values` (rows delimited by `offsets`) and record confirmed hits."""
     bits = _canonical_bits(values)
-    for w, ev in windows.items():
-        h = _window_hashes(bits, w)
-        if not len(h):
+    for w, h in _hashes_by_length(bits, sorted(windows)):
+        ev = windows[w]
+        table, top = ev.present
+        maybe = np.flatnonzero(table[h >> np.uint64(64 - top)])
+        if not len(maybe):
             continue
-        pos = np.searchsorted(ev.hashes, h)
-        pos = np.minimum(pos, len(ev.hashes) - 1)
-        hit = np.flatnonzero(ev.hashes[pos] == h)
+        pos = np.minimum(np.searchsorted(ev.hashes, h[maybe]), len(ev.hashes) - 1)
+        found = ev.hashes[pos] == h[maybe]
+        hit, pos = maybe[found], pos[found]
         if not len(hit):
             continue
+        pos_of = dict(zip(hit.tolist(), pos.tolist()))  # corpus window -> first matching sorted test window
         row_start = np.searchsorted(offsets, hit, side="right") - 1
         row_end_of_window = np.searchsorted(offsets, hit + w - 1, side="right") - 1
         for p, r, r2 in zip(hit, row_start, row_end_of_window):
             if r != r2:
                 continue  # window straddles two corpus rows
             window_values = values[p : p + w]
-            j = pos[p]
+            j = int(pos_of[p])
             while j < len(ev.hashes) and ev.hashes[j] == h[p]:
                 series, off = int(ev.series[j]), int(ev.offset[j])
                 ref = ev.window(j)

@@ -415,19 +415,25 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
                                       args.periodic_count, args.random_walk_count, args.seed, stats)
 
     shard = args.max_shard_size
+    phases: dict[str, float] = {}  # phase -> seconds, printed with the summary (where a big build spends its time)
+    t = time.time()
     if found:
         rows = _write_in_parts(staging, names, data_dir, args, found, stats)
     else:
         rows = write_corpus(entries(), staging, row_stats=False, max_shard_size=shard)
     if not rows:
         raise SystemExit(f"{out}: nothing to write (no registered dataset, source or synthetic series)")
+    phases["read + write"], t = time.time() - t, time.time()
     cuts: list[dict] = []
     if args.exclude_eval:
         cuts = decontaminate(staging, data_dir, stats, shard)
         rows -= sum(1 for c in cuts if c["kept"] < MIN_LENGTH)
+        phases["leak check"], t = time.time() - t, time.time()
     if args.tsmixup_count:  # mixed from the decontaminated real rows, so it adds no evaluation data
         rows += add_tsmixup(staging, args.tsmixup_count, args.seed, stats, shard)
+        phases["tsmixup"], t = time.time() - t, time.time()
     write_row_stats(staging)  # once, on the final rows: what open_corpus reads instead of scanning the values
+    phases["row statistics"] = time.time() - t
     elapsed = time.time() - t0
     print(f"{'dataset':22s} {'series':>8s} {'points':>12s}  note")
     for st in stats:
@@ -435,7 +441,8 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
         extra += f" ({st.covariates} of them covariates, never sampled)" if st.covariates else ""
         print(f"{st.name:22s} {st.series:8d} {st.points:12d}  {st.note}{extra}")
     total_points = sum(st.points for st in stats)
-    print(f"{'total':22s} {rows:8d} {total_points:12d}  written to {out} in {elapsed:.1f}s")
+    print(f"{'total':22s} {rows:8d} {total_points:12d}  written to {out} in {elapsed:.1f}s ("
+          + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in phases.items()) + ")")
     if cuts:
         print(f"decontaminated {len(cuts)} series holding copies of other series' test windows "
               f"(e.g. {cuts[0]['dataset']}/{cuts[0]['item_id']}: {cuts[0]['reason']}); the leak check now passes")
