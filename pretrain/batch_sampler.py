@@ -54,7 +54,9 @@ class VectorisedSampler(PackedSampler):
         cum = self.index.dataset_cum
         d = np.minimum(np.searchsorted(cum, u[:, 0] * cum[-1], side="right"), len(cum) - 1)
         x = self._dataset_base[d] + u[:, 1] * self._dataset_total[d]
-        j = np.searchsorted(self.index.cumweights, x, side="right")
+        order = np.argsort(x)  # sorted queries: numpy's binary search starts from the last answer (fewer misses)
+        j = np.empty(count, dtype=np.int64)
+        j[order] = np.searchsorted(self.index.cumweights, x[order], side="right")
         j = np.clip(j, self.index.bounds[d], self.index.bounds[d + 1] - 1)
         length = self._length[j]
         p = self.patch_size
@@ -110,7 +112,10 @@ class VectorisedSampler(PackedSampler):
         dst = row_of * (n_cap * p) + first_patch * p  # [W]
         src = self._offset[rows_j] + start
         chunk_values = self.corpus.chunk_values
-        for c, d, s, w in zip(self._chunk[rows_j].tolist(), dst.tolist(), src.tolist(), length.tolist()):
+        chunk = self._chunk[rows_j]
+        by_place = np.lexsort((src, chunk))  # copy in file order: neighbouring pages, fewer TLB and page misses
+        for c, d, s, w in zip(chunk[by_place].tolist(), dst[by_place].tolist(), src[by_place].tolist(),
+                              length[by_place].tolist()):
             target[d:d + w] = chunk_values[c][s:s + w]
         # [W] observed values per window: summed from each window's start to the next one's, since everything
         # between a window's end and the next window is NaN (patch tails, padding)
