@@ -73,3 +73,12 @@ demo: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# The GPU path in one command, for the day a device is lent (< 8 min on one H100): gpu tests, MoE layer bf16 vs
+# dense, training MFU, forecast throughput vs CPU, kernel correctness; record the table in BENCHMARKS.md.
+# No install step: a device machine keeps its own CUDA torch (the CPU pins of `install` would replace it).
+GPU_PYTHON ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
+.PHONY: gpu-check
+gpu-check:
+	TRITON_INTERPRET=0 DS_ACCELERATOR=cuda $(GPU_PYTHON) benchmarks/gpu_check.py \
+	  --out benchmarks/results/gpu_check.json --md benchmarks/results/gpu_check.md

@@ -14,7 +14,10 @@ seconds / ours (> 1: moe-ts faster).
 - forecast: B series of context T, S sample paths. uni2ts: `MoiraiMoEForecast.forward` (its decoding loop
   re-encodes the whole sequence for every path at every step; GluonTS' predictor and imputation are left
   out). moe-ts: `forecast(decode="sample")` with the KV cache, and `decode="uni2ts"` (uni2ts' decoding:
-  re-standardise and re-encode per step) at the horizons listed in --uni2ts-mode-horizons.
+  re-standardise and re-encode per step) at the horizons listed in --uni2ts-mode-horizons, and without the
+  cache (`use_kv_cache=False`, the same draws) at --recompute-horizons: the cache's speed-up over our own
+  recompute. `--baseline-tree DIR` (a checkout of another commit) also runs that commit's moe-ts with the KV
+  cache, in its own process on the same weights: a change's before / after, measured in the same run.
 - train step: forward + NLL of the next patch + backward on B rows of N patches (one series per row).
   uni2ts: `MoiraiMoEModule` forward, the mean NLL of patch j+1 under the distribution at patch j, backward.
   moe-ts: `pretrain_loss` (its scaler uses the leading 30% of each row; the network work is the same).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -91,17 +95,44 @@ def _worker(size: str, folder: Path, threads: int) -> None:
             print(json.dumps({"seconds": seconds, "forward_seconds": forward_s}), flush=True)
 
 
+def _moe_worker(folder: Path, threads: int) -> None:
+    """moe-ts from another source tree (--baseline-tree, first on PYTHONPATH) timing its forecasts on the same
+    converted weights: the before / after comparison of a change, measured under the same load."""
+    import torch
+    from moe_ts.model import MoiraiMoEModel
+    from moe_ts.uni2ts.convert import convert_uni2ts_folder
+
+    torch.set_num_threads(threads)
+    conversion = convert_uni2ts_folder(folder / "uni2ts")
+    model = MoiraiMoEModel(conversion.config)
+    model.load_state_dict(conversion.state_dict)
+    model.eval()
+    import moe_ts
+
+    print(json.dumps({"ready": True, "moe_ts": moe_ts.__file__}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "exit":
+            return
+        contexts = np.load(cmd["data"])
+        start = time.perf_counter()
+        model.forecast(list(contexts), cmd["horizon"], num_samples=cmd["samples"], seed=0,
+                       context_length=contexts.shape[1], decode=cmd["decode"])
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+
+
 # ----------------------------------------------------------------------------- moe-ts side
 
 
 class Uni2tsWorker:
     """The uni2ts worker process."""
 
-    def __init__(self, python: str, size: str, folder: Path, threads: int) -> None:
-        self.proc = subprocess.Popen([python, __file__, "--worker", "--size", size, "--dir", str(folder),
+    def __init__(self, python: str, size: str, folder: Path, threads: int, kind: str = "--worker",
+                 env: dict | None = None) -> None:
+        self.proc = subprocess.Popen([python, __file__, kind, "--size", size, "--dir", str(folder),
                                       "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
-        self._read()
+                                     text=True, env=env)
+        self.ready = self._read()
 
     def _read(self) -> dict:
         while True:  # skip anything a library printed
@@ -130,15 +161,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--tasks", default="96:20,720:5", help="forecast horizon:samples pairs")
     parser.add_argument("--uni2ts-mode-horizons", default="96", help="horizons also run with decode=uni2ts")
+    parser.add_argument("--recompute-horizons", default="720",
+                        help="horizons also run without the KV cache (use_kv_cache=False): the cache's speed-up")
     parser.add_argument("--train-patches", type=int, default=128, help="patches per row of the training batch")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/vs_uni2ts.json")
+    parser.add_argument("--baseline-tree", help="a checkout of the baseline commit (e.g. `git archive HEAD | tar -x "
+                        "-C DIR`): its moe-ts runs the KV-cache forecasts too, in its own process, for before / after")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-moe-ts", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args.size, Path(args.dir), args.threads)
+        return {}
+    if args.worker_moe_ts:
+        _moe_worker(Path(args.dir), args.threads)
         return {}
 
     import torch
@@ -151,6 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="vs-uni2ts-"))
     worker = Uni2tsWorker(args.uni2ts_python, args.size, tmp, args.threads)
     conversion = convert_uni2ts_folder(tmp / "uni2ts")
+    baseline = None
+    if args.baseline_tree:
+        env = dict(os.environ, PYTHONPATH=str(Path(args.baseline_tree).resolve()))
+        baseline = Uni2tsWorker(sys.executable, args.size, tmp, args.threads, "--worker-moe-ts", env)
     model = MoiraiMoEModel(conversion.config)
     model.load_state_dict(conversion.state_dict)
     model.eval()
@@ -163,10 +206,10 @@ def main(argv: list[str] | None = None) -> dict:
     train_t = torch.from_numpy(train)
     train_ids = torch.ones(args.series, args.train_patches, dtype=torch.long)
 
-    def ours_forecast(horizon: int, samples: int, decode: str) -> float:
+    def ours_forecast(horizon: int, samples: int, decode: str, use_kv_cache: bool = True) -> float:
         start = time.perf_counter()
         model.forecast(list(contexts), horizon, num_samples=samples, seed=0, context_length=args.context,
-                       decode=decode)
+                       decode=decode, use_kv_cache=use_kv_cache)
         return time.perf_counter() - start
 
     def ours_train() -> float:
@@ -185,14 +228,21 @@ def main(argv: list[str] | None = None) -> dict:
                 "uni2ts": lambda h=horizon, s=samples: worker.ask(op="forecast", horizon=h, samples=s,
                                                                    data=str(tmp / "contexts.npy"))["seconds"],
                 "moe-ts kv-cache": lambda h=horizon, s=samples: ours_forecast(h, s, "sample")}
+        if baseline is not None:
+            task["baseline kv-cache"] = lambda h=horizon, s=samples: baseline.ask(
+                op="forecast", horizon=h, samples=s, decode="sample", data=str(tmp / "contexts.npy"))["seconds"]
         if str(horizon) in args.uni2ts_mode_horizons.split(","):
             task["moe-ts decode=uni2ts"] = lambda h=horizon, s=samples: ours_forecast(h, s, "uni2ts")
+        if str(horizon) in args.recompute_horizons.split(","):
+            task["moe-ts recompute"] = lambda h=horizon, s=samples: ours_forecast(h, s, "sample", False)
         tasks.append(task)
     tasks.append({"task": f"train step {args.series}x{args.train_patches} patches",
                   "uni2ts": lambda: worker.ask(op="train", data=str(tmp / "train.npy"))["seconds"],
                   "moe-ts": ours_train})
     ours_forecast(16, 2, "sample")  # warm-ups
     worker.ask(op="forecast", horizon=16, samples=2, data=str(tmp / "contexts.npy"))
+    if baseline is not None:
+        baseline.ask(op="forecast", horizon=16, samples=2, decode="sample", data=str(tmp / "contexts.npy"))
     times: dict[tuple[str, str], list[float]] = {}
     try:
         for rep in range(args.repeats):
@@ -204,17 +254,30 @@ def main(argv: list[str] | None = None) -> dict:
                           file=sys.stderr, flush=True)
     finally:
         worker.close()
+        if baseline is not None:
+            baseline.close()
     rows = []
     for task in tasks:
         base = statistics.median(times[(task["task"], "uni2ts")])
         for name in (k for k in task if k != "task"):
             sec = statistics.median(times[(task["task"], name)])
             rows.append({"task": task["task"], "system": name, "seconds": sec, "uni2ts_over_this": base / sec})
-    print(f"| task | system | seconds (median of {args.repeats}) | uni2ts s / this s |")
-    print("|---|---|---|---|")
+        if "moe-ts recompute" in task:  # the KV cache's speed-up over our own re-encoding, same draws
+            recompute = statistics.median(times[(task["task"], "moe-ts recompute")])
+            kv_row = next(r for r in rows if r["task"] == task["task"] and r["system"] == "moe-ts kv-cache")
+            kv_row["recompute_over_this"] = recompute / kv_row["seconds"]
+        if "baseline kv-cache" in task:  # the change's speed-up, measured in the same run
+            kv_row = next(r for r in rows if r["task"] == task["task"] and r["system"] == "moe-ts kv-cache")
+            baseline_s = statistics.median(times[(task["task"], "baseline kv-cache")])
+            kv_row["baseline_over_this"] = baseline_s / kv_row["seconds"]
+    print(f"| task | system | seconds (median of {args.repeats}) | uni2ts s / this s | recompute s / this s "
+          "| baseline s / this s |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['task']} | {r['system']} | {r['seconds']:.2f} | {r['uni2ts_over_this']:.2f} |")
+        cache, base = (f"{r[k]:.2f}" if k in r else "" for k in ("recompute_over_this", "baseline_over_this"))
+        print(f"| {r['task']} | {r['system']} | {r['seconds']:.2f} | {r['uni2ts_over_this']:.2f} | {cache} | {base} |")
     result = {"config": vars(args) | {"worker": None}, "rows": rows, "machine": platform.platform(),
+              "baseline_moe_ts": None if baseline is None else baseline.ready.get("moe_ts"),
               "command": "python benchmarks/vs_uni2ts.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,15 +5,18 @@
     moe-ts forecast --checkpoint RUN/final --input file.tsf --out forecasts.csv      # the file's @horizon
     moe-ts forecast --checkpoint CONVERTED --input wide.csv --horizon 48 --group --out forecasts.csv  # jointly
 
-Input (.csv or .parquet), in either layout (see moe_ts/io/dataframe.py):
+Input (.csv, .csv.gz or .parquet), in either layout (see moe_ts/io/dataframe.py):
   long  one row per item and timestamp: --id-column (default item_id), --timestamp-column (default timestamp)
         and --target-column (default target); used when the id column is in the file;
   wide  one timestamp column (--timestamp-column, default `date`) and one numeric column per series.
 Every series' whole timestamp column is checked: increasing, no duplicate, on one regular calendar (the
 frequency is inferred, or given with --freq); absent steps count as missing values; the first offending row
 is named. Series shorter than one patch are left-padded with missing values (as `moe-ts eval` does), with a note.
-Output: one row per series x step with item_id, step, timestamp (continuing the series' own calendar; empty for
-a .tsf without start dates), mean and the quantiles q0.1 .. q0.9.
+Dates: ISO, or d/m/y vs m/d/y as the data show (--dayfirst / --no-dayfirst / --date-format when every date
+reads both ways: refused, never guessed), UTC offsets that change at a DST switch, or an integer time index.
+Output (.csv, .csv.gz or .parquet, as --out ends): one row per series x step with item_id, step, timestamp
+(continuing the series' own calendar; empty for a .tsf without start dates), mean and the quantiles q0.1 .. q0.9
+(--quantiles).
 """
 from __future__ import annotations
 
@@ -26,20 +29,44 @@ from pathlib import Path
 import pandas as pd
 
 from moe_ts.io.dataframe import TimedSeries, TimeSeriesFrameError, forecast_frame, series_from_long, series_from_wide
+from moe_ts.decode_options import DECODE_MODES
+from moe_ts.device import add_device_arguments
 from moe_ts.forecast_output import DEFAULT_QUANTILES
+
+PROGRESS_HORIZON = 256  # from this horizon on (or several batches), a progress bar on a terminal
+
+
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")  # what --input reads (besides .tsf) and --out writes
+
+
+def table_suffix(path: Path) -> str | None:
+    """".csv", ".csv.gz" or ".parquet" as the file's name ends (any case), else None."""
+    name = path.name.lower()
+    return next((s for s in sorted(TABLE_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A .csv or .parquet file as a DataFrame (CSV cells kept as text, parsed and checked later)."""
+    """A .csv, .csv.gz or .parquet file as a DataFrame (CSV cells kept as text, parsed and checked later)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input file not found")
+    kind = "Parquet" if table_suffix(path) == ".parquet" else "CSV"
     try:
-        if path.suffix == ".parquet":
+        if kind == "Parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
-        kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+        return pd.read_csv(path, dtype=str, keep_default_na=False, compression="infer")
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError, EOFError) as err:
         raise TimeSeriesFrameError(f"{path}: not a {kind} file: {str(err).splitlines()[0]}") from None
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """`frame` as the format `path`'s suffix names, written next to it and renamed into place (a killed run
+    never leaves a half-written file under the user's name)."""
+    partial = path.with_name(f".{path.name}.partial")
+    if table_suffix(path) == ".parquet":
+        frame.to_parquet(partial, index=False)
+    else:
+        frame.to_csv(partial, index=False, compression="gzip" if table_suffix(path) == ".csv.gz" else None)
+    os.replace(partial, path)
 
 
 def read_input(path: Path, args: argparse.Namespace) -> tuple[list[TimedSeries], int | None]:
@@ -51,41 +78,74 @@ def read_input(path: Path, args: argparse.Namespace) -> tuple[list[TimedSeries],
         series = [TimedSeries(s.item_id, s.target.astype(float), None if s.start is None else pd.Timestamp(s.start),
                               args.freq or s.freq) for s in tsf.series]
         return series, tsf.horizon
-    if path.suffix not in (".csv", ".parquet"):
-        raise TimeSeriesFrameError(f"{path}: unsupported input type {path.suffix!r} (use .csv, .parquet or .tsf)")
+    if table_suffix(path) is None:
+        raise TimeSeriesFrameError(f"{path}: unsupported input type {path.suffix!r} (use .csv, .csv.gz, .parquet "
+                                   f"or .tsf)")
     frame = read_table(path)
-    line = (lambda i: f"line {i + 2}") if path.suffix == ".csv" else (lambda i: f"row {i + 1}")
+    line = (lambda i: f"line {i + 2}") if table_suffix(path) != ".parquet" else (lambda i: f"row {i + 1}")
+    dates = {"date_format": args.date_format, "dayfirst": args.dayfirst}
     if args.id_column in frame.columns:
         timestamp = args.timestamp_column or "timestamp"
-        return series_from_long(frame, args.id_column, timestamp, args.target_column, args.freq, str(path), line), None
+        return series_from_long(frame, args.id_column, timestamp, args.target_column, args.freq, str(path), line,
+                                **dates), None
     if args.id_column != "item_id":  # asked for by name
         raise TimeSeriesFrameError(f"{path}: no column {args.id_column!r} (columns: {', '.join(map(str, frame.columns[:10]))})")
     timestamp = args.timestamp_column or args.date_column or "date"
-    return series_from_wide(frame, timestamp, args.freq, str(path), line), None
+    return series_from_wide(frame, timestamp, args.freq, str(path), line, **dates), None
+
+
+def quantile_levels(text: str) -> tuple[float, ...]:
+    """--quantiles "0.1,0.5,0.9": distinct levels in (0, 1), sorted."""
+    try:
+        levels = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if not levels or not all(0.0 < q < 1.0 for q in levels):
+        raise argparse.ArgumentTypeError(f"levels must be in (0, 1), got {text!r}")
+    return tuple(levels)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe-ts forecast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a folder written by save_pretrained, or a Hub repo id")
-    parser.add_argument("--input", required=True, type=Path, help=".csv or .parquet (long or wide layout), or .tsf")
-    parser.add_argument("--out", required=True, type=Path, help="CSV to write (a file; its folder is created)")
+    parser.add_argument("--input", required=True, type=Path, help=".csv, .csv.gz or .parquet (long or wide layout), "
+                                                                  "or .tsf")
+    parser.add_argument("--out", required=True, type=Path, help="file to write: .csv, .csv.gz or .parquet (its folder "
+                                                                   "is created)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists already")
     parser.add_argument("--horizon", type=int, help="steps to forecast (default: the .tsf file's @horizon)")
     parser.add_argument("--freq", help="pandas frequency alias of the timestamps (h, D, W-SUN, MS, 15min, ...); "
-                                       "default: inferred from each series' timestamps")
+                                       "default: inferred from each series' timestamps; 'MS+14D' = monthly "
+                                       "on the 15th")
+    parser.add_argument("--date-format", help="strftime format of the timestamps (e.g. '%%d/%%m/%%Y'); default: "
+                                              "read as ISO or d/m/y vs m/d/y as the data show (ambiguous = error)")
+    parser.add_argument("--dayfirst", action=argparse.BooleanOptionalAction, default=None,
+                        help="read 01/02/2019 as 1 February (--dayfirst) or 2 January (--no-dayfirst); "
+                             "needed when every date reads both ways")
     parser.add_argument("--id-column", default="item_id", help="long layout: the series id column (default item_id)")
     parser.add_argument("--timestamp-column", help="the timestamp column (default: timestamp in the long layout, "
                                                    "date in the wide one)")
     parser.add_argument("--target-column", default="target", help="long layout: the value column (default target)")
     parser.add_argument("--date-column", help=argparse.SUPPRESS)  # the older name of --timestamp-column (wide)
     parser.add_argument("--num-samples", type=int, default=100, help="sample paths per series (default 100)")
+    parser.add_argument("--quantiles", type=quantile_levels, default=DEFAULT_QUANTILES,
+                        help="comma-separated quantile levels in (0, 1) (default 0.1,0.2,...,0.9); "
+                             "one column q<level> each")
+    parser.add_argument("--decode", choices=DECODE_MODES,
+                        help="what decoding feeds back (MoE models; default sample; see moe_ts/forecasting.py): "
+                             "median, mean, sample or uni2ts")
     parser.add_argument("--context-length", type=int, help="most recent points used (default: what the model fits)")
     parser.add_argument("--batch-size", type=int, default=64, help="series per forward pass (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--independent-series", action=argparse.BooleanOptionalAction, default=True,
+                        help="each series its own random stream (seed + its values): its forecast does not depend "
+                             "on the other series or --batch-size (default; decodes one series at a time); "
+                             "--no-independent-series batches the draws (faster)")
     parser.add_argument("--group", action="store_true",
                         help="forecast all series of the file jointly as one multivariate group (any-variate, as "
                              "uni2ts; a converted uni2ts model); the series must have equal lengths")
+    add_device_arguments(parser)
     return parser
 
 
@@ -93,9 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.out.is_dir():
-        raise IsADirectoryError(f"{args.out}: is a folder; --out names the CSV file to write")
+        raise IsADirectoryError(f"{args.out}: is a folder; --out names the file to write")
+    if table_suffix(args.out) is None:
+        raise ValueError(f"{args.out}: --out must end in .csv, .csv.gz or .parquet (the suffix picks the format)")
+    if args.group and args.decode is not None:
+        raise ValueError("--group decodes as uni2ts does (jointly); --decode does not apply")
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out}: exists already; pass --overwrite to replace it")
+    from moe_ts.device import place_model, resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)  # a device this machine lacks: one line before anything is read
+    dtype = resolve_dtype(args.dtype, device)
     series, file_horizon = read_input(args.input, args)
     horizon = args.horizon if args.horizon is not None else file_horizon
     if horizon is None:
@@ -105,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     if not series:
         parser.error(f"{args.input}: no series")
 
+    from moe_ts.forecast_harness import independent_series
     from moe_ts.io.loading import load_model
 
-    model = load_model(args.checkpoint)  # a MoE model or a distilled MLP student (point forecasts)
+    model = place_model(load_model(args.checkpoint), device, dtype)  # a MoE model or a distilled MLP student
     # The MoE model needs one patch; the student reads a fixed window. Shorter series are left-padded.
     patch = getattr(model.config, "patch_size", None) or model.config.context_length
     what = "one patch" if hasattr(model.config, "patch_size") else "the student's context"
@@ -122,21 +191,22 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{args.checkpoint}: --group needs a Moirai-MoE model folder")
             out = model.forecast_group([s.values for s in series], horizon, num_samples=args.num_samples,
                                        seed=args.seed, context_length=args.context_length,
-                                       quantile_levels=DEFAULT_QUANTILES)
+                                       quantile_levels=args.quantiles)
         else:
-            out = model.forecast([s.values for s in series], horizon, num_samples=args.num_samples, seed=args.seed,
-                                 context_length=args.context_length, quantile_levels=DEFAULT_QUANTILES,
-                                 batch_size=args.batch_size, allow_short_context=True,
-                                 progress=len(series) > args.batch_size)
+            decoding = {} if args.decode is None else {"decode": args.decode}
+            with independent_series(args.independent_series):
+                out = model.forecast([s.values for s in series], horizon, num_samples=args.num_samples, seed=args.seed,
+                                     context_length=args.context_length, quantile_levels=args.quantiles,
+                                     batch_size=args.batch_size, allow_short_context=True,
+                                     progress=len(series) > args.batch_size or horizon >= PROGRESS_HORIZON,
+                                     **decoding)
     except ValueError as err:  # name the series by its id, not its index
         named = re.sub(r"series (\d+)", lambda m: f"series {series[int(m.group(1))].item_id!r}", str(err))
         raise SystemExit(f"{args.input}: {named}") from None
     frame = forecast_frame(series, out, horizon, quantile_names=lambda q: f"q{q:g}")
     frame.insert(1, "step", [h + 1 for _ in series for h in range(horizon)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(f".{args.out.name}.partial")
-    frame.to_csv(partial, index=False)
-    os.replace(partial, args.out)  # a killed run never leaves a half-written CSV under the user's name
+    write_table(frame, args.out)
     print(f"wrote {len(series)} series x {horizon} steps to {args.out}")
     return 0
 

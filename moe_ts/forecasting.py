@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moe_ts.attention import LayerCache
+from moe_ts.attention import LayerCache, repeated_rows
 from moe_ts.decode_options import MEDIAN_DRAWS, DecodeOptions
+from moe_ts.device import to_device
 from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.packing import (PackedLayout, left_pad, masked_stats, observed_time_ids, patchify, prepare_contexts,
@@ -50,44 +51,81 @@ if TYPE_CHECKING:
 
 
 class _Decoder:
-    """Runs the model over a growing sequence, with or without the KV cache."""
+    """Runs the model over a growing sequence, with or without the KV cache.
+
+    The tokens, their positions, the key mask, the KV caches and RoPE's table are sized once for the whole
+    forecast (`extra_tokens` beyond the context) and written in place at each step; nothing in a step reads a
+    value back to the host."""
 
     def __init__(self, model: "MoiraiMoEModel", normed_bnp: Tensor, layout: PackedLayout, use_cache: bool,
-                 positions_bn: Tensor | None = None) -> None:
+                 positions_bn: Tensor | None = None, extra_tokens: int = 0) -> None:
         self.model = model
         self.use_cache = use_cache
-        self.tokens = normed_bnp
-        self.positions = layout.position if positions_bn is None else positions_bn
-        self.key_valid = layout.sample_id > 0
+        b, n, p = normed_bnp.shape
+        self.length = n
+        self._tokens = normed_bnp.new_empty(b, n + extra_tokens, p)
+        self._positions = layout.position.new_empty(b, n + extra_tokens)
+        self._key_valid = torch.ones(b, n + extra_tokens, dtype=torch.bool, device=normed_bnp.device)
+        self._tokens[:, :n] = normed_bnp
+        self._positions[:, :n] = layout.position if positions_bn is None else positions_bn
+        self._key_valid[:, :n] = layout.sample_id > 0
+        self.rope_table = model.rope_table(n + extra_tokens)  # positions never exceed a token's index
         self.caches: list[LayerCache] | None = None
+
+    @property
+    def tokens(self) -> Tensor:
+        """The normalised patches so far [B, L, P]."""
+        return self._tokens[:, :self.length]
+
+    @property
+    def positions(self) -> Tensor:
+        return self._positions[:, :self.length]
+
+    @property
+    def key_valid(self) -> Tensor:
+        return self._key_valid[:, :self.length]
 
     def prefill(self) -> Tensor:
         """Hidden state of the last context patch [B, D]."""
         mask = time_causal_mask(self.key_valid.long(), self.positions)
-        hidden, caches, _ = self.model(self.tokens, self.positions, mask)
+        caches = self.model.empty_caches(self._tokens.shape[0], self._tokens.shape[1]) if self.use_cache else None
+        hidden, caches, _ = self.model(self.tokens, self.positions, mask, caches, rope_table=self.rope_table)
         self.caches = caches if self.use_cache else None
         return hidden[:, -1]
 
     def expand(self, repeats: int) -> None:
-        self.tokens = self.tokens.repeat_interleave(repeats, 0)
-        self.positions = self.positions.repeat_interleave(repeats, 0)
-        self.key_valid = self.key_valid.repeat_interleave(repeats, 0)
+        """Repeat every row `repeats` times (one copy per sample path)."""
+        rows = repeated_rows(self._tokens.shape[0], repeats, self._tokens.device)
+        self._tokens, self._positions, self._key_valid = (t.index_select(0, rows) for t in
+                                                          (self._tokens, self._positions, self._key_valid))
         if self.caches is not None:
             self.caches = [c.expand(repeats) for c in self.caches]
+
+    def _grow(self, capacity: int) -> None:
+        """Room for `capacity` tokens (only when a caller steps past what it reserved)."""
+        b, old, p = self._tokens.shape
+        extra = max(capacity, 2 * old) - old
+        self._tokens = torch.cat((self._tokens, self._tokens.new_empty(b, extra, p)), 1)
+        self._positions = torch.cat((self._positions, self._positions.new_empty(b, extra)), 1)
+        self._key_valid = torch.cat((self._key_valid, self._key_valid.new_ones(b, extra)), 1)
+        self.rope_table = self.model.rope_table(old + extra)
 
     def step(self, patches_bkp: Tensor) -> Tensor:
         """Append K patches to every row; hidden state of the last of them [B, D]."""
         k = patches_bkp.shape[1]
-        new_pos = self.positions[:, -1:] + torch.arange(1, k + 1, device=self.positions.device)
-        self.tokens = torch.cat((self.tokens, patches_bkp), dim=1)
-        self.positions = torch.cat((self.positions, new_pos), dim=1)
-        self.key_valid = torch.cat((self.key_valid, torch.ones_like(self.key_valid[:, :k])), dim=1)
+        start, end = self.length, self.length + k
+        if end > self._tokens.shape[1]:
+            self._grow(end)
+        new_pos = self._positions[:, start - 1:start] + torch.arange(1, k + 1, device=self._positions.device)
+        self._tokens[:, start:end] = patches_bkp
+        self._positions[:, start:end] = new_pos
+        self.length = end
         if self.caches is None:
             return self.prefill()
-        length = self.key_valid.shape[1]
-        causal_kl = torch.ones(k, length, dtype=torch.bool, device=self.key_valid.device).tril(length - k)
-        mask_bkl = self.key_valid[:, None, :] & causal_kl
-        hidden, self.caches, _ = self.model(patches_bkp, new_pos, mask_bkl, self.caches)
+        mask_bkl = self.key_valid[:, None, :]
+        if k > 1:
+            mask_bkl = mask_bkl & torch.ones(k, end, dtype=torch.bool, device=mask_bkl.device).tril(end - k)
+        hidden, self.caches, _ = self.model(patches_bkp, new_pos, mask_bkl, self.caches, rope_table=self.rope_table)
         return hidden[:, -1]
 
 
@@ -145,61 +183,64 @@ def _checked_context_length(cfg: "ModelConfig", context_length: int | None, hori
 
 
 def prepare_decoder(
-    model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], use_cache: bool = True
+    model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], use_cache: bool = True, extra_tokens: int = 0
 ) -> tuple[_Decoder, Tensor, Tensor]:
     """Left-pad and standardise `arrays` with the whole context's statistics → (decoder, loc, scale).
 
-    loc and scale are [B, N, 1]; the decoder holds the normalised context and is ready for `prefill()`.
+    loc and scale are [B, N, 1]; the decoder holds the normalised context and is ready for `prefill()`, with
+    room reserved for `extra_tokens` fed-back patches.
     With `time_ids: observed` (converted uni2ts models) the patches are numbered by `observed_time_ids`.
     Forecasting and the test tying it to the training objective both start here.
     """
     cfg = model.config
     param = next(model.parameters())
     target, sample_id = left_pad(arrays, cfg.patch_size)
-    values, observed = patchify(target.to(param.device), cfg.patch_size)
-    layout = PackedLayout.from_sample_id(sample_id.to(param.device))
+    values, observed = patchify(to_device(target, param.device), cfg.patch_size)
+    layout = PackedLayout.from_sample_id(to_device(sample_id, param.device))
     loc, scale, _ = masked_stats(values, observed, layout.sample_id > 0, layout.sample_id, cfg.min_scale)
     normed = standardise(values, observed, loc, scale, cfg.missing_values).to(param.dtype)
     positions = observed_time_ids(observed, layout.sample_id) if cfg.time_ids == "observed" else None
-    return _Decoder(model, normed, layout, use_cache, positions), loc, scale
+    return _Decoder(model, normed, layout, use_cache, positions, extra_tokens), loc, scale
 
 
 def _sample_paths(
     model: "MoiraiMoEModel", arrays: Sequence[np.ndarray], horizon_patches: int, num_samples: int,
     options: DecodeOptions, per_step: int,
 ) -> Tensor:
-    """[B, S, horizon_patches·P] sample paths on the original scale; each step emits `per_step` patches."""
+    """[B, S, horizon_patches·P] sample paths on the original scale, on the model's device; each step emits
+    `per_step` patches."""
     decode, feedback_noise = options.decode, options.noise
     if decode == "uni2ts":
         return uni2ts_paths(model, arrays, horizon_patches, num_samples)
     param = next(model.parameters())
-    decoder, loc, scale = prepare_decoder(model, arrays, options.use_kv_cache)
+    num_steps = math.ceil(horizon_patches / per_step)
+    decoder, loc, scale = prepare_decoder(model, arrays, options.use_kv_cache, (num_steps - 1) * per_step)
     hidden = decoder.prefill()
-    if decode == "sample":
+    if decode == "sample":  # the S paths of every series decode as one batch of B·S rows
         hidden = hidden.repeat_interleave(num_samples, 0)
         decoder.expand(num_samples)
     emitted = per_step * model.config.patch_size  # Q: the leading values of the head's K·P that a step uses
-    num_steps = math.ceil(horizon_patches / per_step)
-    steps = []
+    paths = torch.empty(len(arrays) * num_samples, num_steps * emitted, dtype=param.dtype, device=param.device)
     for step in range(num_steps):
         distr = model.head.distribution(hidden)  # batch shape [B(·S), K·P]
+        emitted_bq = paths[:, step * emitted:(step + 1) * emitted]  # [B·S, Q], written in place
         if decode == "sample":
             draws_bq, centers_bq = (t[..., :emitted].to(param.dtype) for t in distr.sample_with_centers())
-            steps.append(draws_bq)
+            emitted_bq.copy_(draws_bq)
             fed_bq = draws_bq if feedback_noise == 1.0 else centers_bq + feedback_noise * (draws_bq - centers_bq)
         else:
             num_draws = max(num_samples, MEDIAN_DRAWS) if decode == "median" else num_samples
             draws_sbq = distr.sample((num_draws,))[..., :emitted].to(param.dtype)
-            steps.append(draws_sbq[:num_samples].transpose(0, 1).reshape(-1, emitted))  # [B·S, Q]
+            emitted_bq.copy_(draws_sbq[:num_samples].transpose(0, 1).reshape(-1, emitted))
             fed_bq = (draws_sbq.median(dim=0).values if decode == "median"
                       else distr.mean[..., :emitted].to(param.dtype))
         if step + 1 < num_steps:
             hidden = decoder.step(fed_bq.unflatten(-1, (per_step, -1)))
-    paths = torch.cat(steps, dim=-1)[:, :horizon_patches * model.config.patch_size].float()  # [B·S, H']
+    paths = paths[:, :horizon_patches * model.config.patch_size].float()  # [B·S, H']
     b = len(arrays)
     paths = paths.view(b, num_samples, -1)
     loc_b = loc[:, -1, 0].float().view(b, 1, 1)
     scale_b = scale[:, -1, 0].float().view(b, 1, 1)
-    return (loc_b + scale_b * paths).cpu()
+    return loc_b + scale_b * paths  # on the model's device: the harness copies the whole forecast out once
 
 

@@ -7,17 +7,17 @@ below it and is imported by none of them: the network (`moe_ts.network`), the sa
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelHubMixin
+from huggingface_hub import ModelHubMixin
 
 from moe_ts.config import ModelConfig, drop_runtime_keys
+from moe_ts.device import place_model, resolve_device, resolve_dtype
 from moe_ts.forecast_output import ForecastOutput
 from moe_ts.forecasting import forecast
 from moe_ts.uni2ts.decoding import forecast_group
 from moe_ts.io.hub import HubIOMixin, released_class_keywords
-from moe_ts.io.model_card import MODEL_CARD_TEMPLATE, architecture_summary
+from moe_ts.io.model_card import MODEL_CARD_TEMPLATE
 from moe_ts.network import MoiraiMoENetwork
 
 
@@ -38,19 +38,17 @@ class MoiraiMoEModel(
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(self.typed_config(config))
 
-    def generate_model_card(self, *args: Any, **kwargs: Any):
-        """The card template filled with this model's sizes (and `eval_table`, `training`, ... when given).
-
-        `license` and `datasets` go into the card's YAML metadata.
-        """
-        kwargs.setdefault("architecture", architecture_summary(self))
-        card_data = copy.deepcopy(self._hub_mixin_info.model_card_data)
-        for key in ("license", "datasets"):
-            if kwargs.get(key):
-                setattr(card_data, key, kwargs.pop(key))
-        kwargs.pop("license", None), kwargs.pop("datasets", None)
-        return ModelCard.from_template(card_data=card_data, template_str=self._hub_mixin_info.model_card_template,
-                                       repo_url=self._hub_mixin_info.repo_url, **kwargs)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *, device: Any = None, dtype: Any = None,
+                        **kwargs: Any) -> "MoiraiMoEModel":
+        """Load a folder or Hub repo id (`moe_ts.io.hub.HubIOMixin.from_pretrained`), then place it: `device`
+        auto / cpu / cuda / cuda:N and `dtype` float32 / bfloat16 / float64 (`moe_ts.device`; default: the CPU,
+        as saved). A device this machine lacks is refused before anything loads."""
+        target = None if device is None else resolve_device(device)
+        if dtype is not None:
+            resolve_dtype(dtype, target or resolve_device("cpu"))
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return model if target is None and dtype is None else place_model(model, target or "cpu", dtype)
 
     def predict_df(self, df: Any, prediction_length: int, **kwargs: Any) -> Any:
         """Forecast a long pandas DataFrame (item_id, timestamp, target) into one (item_id, timestamp, mean,

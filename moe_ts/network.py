@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from moe_ts.attention import Attention, LayerCache
+from moe_ts.attention import Attention, LayerCache, RopeAngles, RopeTable, rope_angles
 from moe_ts.config import ModelConfig
 from moe_ts.distributions import MixtureHead
 from moe_ts.moe import MoELayer, MoEStats
@@ -42,9 +42,9 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, x_bnd: Tensor, positions_bn: Tensor, mask_bnl: Tensor, cache: LayerCache | None,
-        token_mask_bn: Tensor | None = None, variate_bn: Tensor | None = None,
+        token_mask_bn: Tensor | None = None, variate_bn: Tensor | None = None, rope: RopeAngles | None = None,
     ) -> tuple[Tensor, LayerCache, MoEStats]:
-        attn_out, new_cache = self.attn(self.attn_norm(x_bnd), positions_bn, mask_bnl, cache, variate_bn)
+        attn_out, new_cache = self.attn(self.attn_norm(x_bnd), positions_bn, mask_bnl, cache, variate_bn, rope)
         x_bnd = x_bnd + attn_out
         b, n, d = x_bnd.shape
         token_mask_t = None if token_mask_bn is None else token_mask_bn.reshape(b * n)
@@ -72,21 +72,34 @@ class MoiraiMoENetwork(nn.Module):
 
     def forward(
         self, patches_bnp: Tensor, positions_bn: Tensor, mask_bnl: Tensor, caches: list[LayerCache] | None = None,
-        token_mask_bn: Tensor | None = None, variate_bn: Tensor | None = None,
+        token_mask_bn: Tensor | None = None, variate_bn: Tensor | None = None, rope_table: RopeTable | None = None,
     ) -> tuple[Tensor, list[LayerCache], list[MoEStats]]:
-        """Hidden states [B, N, D] of normalised patches, given the tokens already in `caches`.
+        """Hidden states [B, N, D] of normalised patches, given the tokens already in `caches` (written in place).
 
         `token_mask_bn` (True = real patch) keeps padding out of the MoE losses and expert counts;
         `variate_bn` (variate ids of a multivariate row) feeds the variate attention bias, if configured.
+        RoPE's angles are computed once for all layers, or looked up in `rope_table` (a decoder's, built once).
         """
         x = self.patch_proj(patches_bnp)
+        rope = (rope_angles(positions_bn, self.config.head_dim, self.config.rope_base) if rope_table is None
+                else rope_table.lookup(positions_bn))
         new_caches, all_stats = [], []
         for i, layer in enumerate(self.layers):
             x, cache, stats = layer(x, positions_bn, mask_bnl, None if caches is None else caches[i], token_mask_bn,
-                                    variate_bn)
+                                    variate_bn, rope)
             new_caches.append(cache)
             all_stats.append(stats)
         return self.final_norm(x), new_caches, all_stats
+
+    def rope_table(self, size: int) -> RopeTable:
+        """RoPE's angles for positions 0..size-1 on this network's device (`forward`'s `rope_table`)."""
+        return RopeTable(self.config.head_dim, self.config.rope_base, size, next(self.parameters()).device)
+
+    def empty_caches(self, batch: int, capacity: int) -> list[LayerCache]:
+        """One empty KV cache per layer with room for `capacity` tokens (`forward` fills them in place)."""
+        cfg, param = self.config, next(self.parameters())
+        return [LayerCache.empty(batch, cfg.num_heads, capacity, cfg.head_dim, param.dtype, param.device)
+                for _ in self.layers]
 
     def num_parameters(self, active: bool = False) -> int:
         """Total parameters, or those a token uses (top-k of E experts per layer)."""

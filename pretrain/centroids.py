@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,10 @@ import torch
 
 from moe_ts.centroids import collect_ffn_inputs, kmeans, transfer_to_centroid_model
 from moe_ts.config import ModelConfig
+from moe_ts.device import DEVICE_HELP, resolve_device
 from moe_ts.typed_config import ConfigError
 from moe_ts.io.output_dir import check_output_dir
+from moe_ts.io.provenance import card_fields, derived_records, record_files
 
 ROWS_PER_BATCH = 32
 REPORT_FILE = "centroids.json"
@@ -54,9 +55,10 @@ def centroid_config(source: ModelConfig, num_experts: int | None, top_k: int | N
 
 
 def fit_layer_centroids(states: list[torch.Tensor], num_experts: int, iters: int, batch_size: int,
-                        seed: int) -> tuple[list[torch.Tensor], list[dict]]:
-    """k-means per layer on the GPU when present; the centroids (CPU) and per-layer cluster statistics."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                        seed: int, device: str | torch.device = "auto") -> tuple[list[torch.Tensor], list[dict]]:
+    """k-means per layer on `device` (auto: the GPU when present); the centroids (CPU) and per-layer cluster
+    statistics."""
+    device = resolve_device(device)
     centroids, stats = [], []
     for i, x_td in enumerate(states):
         if x_td.shape[0] < num_experts:
@@ -75,7 +77,7 @@ def fit_layer_centroids(states: list[torch.Tensor], num_experts: int, iters: int
 
 def build(checkpoint: str, corpus_path: str, out: Path, *, num_windows: int = 256, num_experts: int | None = None,
           top_k: int | None = None, select: str = "nearest", iters: int = 100, batch_size: int = 4096, seed: int = 0,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, device: str | torch.device = "auto") -> dict:
     """The whole command; returns the report written to DIR/centroids.json."""
     from moe_ts.model import MoiraiMoEModel
     from data_prep.corpus import check_manifest, open_corpus
@@ -85,17 +87,20 @@ def build(checkpoint: str, corpus_path: str, out: Path, *, num_windows: int = 25
         raise ValueError(f"--num-windows must be >= 1, got {num_windows}")
     if Path(out).resolve() == Path(checkpoint).resolve():
         raise ValueError(f"--out {out}: is the --checkpoint folder; the pretrained model would be replaced")
-    check_output_dir(out, overwrite)
+    inputs = {"--checkpoint": checkpoint, "--data": corpus_path}
+    check_output_dir(out, overwrite, kind="centroids", inputs=inputs)
     t0 = time.time()
-    source = MoiraiMoEModel.from_pretrained(checkpoint)
+    device = resolve_device(device)
+    source = MoiraiMoEModel.from_pretrained(checkpoint, device=device)
     cfg = centroid_config(source.config, num_experts, top_k, select, checkpoint)
     corpus = open_corpus(corpus_path)
     check_manifest(corpus_path)
     sampler = WindowSampler(corpus, patch_size=cfg.patch_size, seq_patches=cfg.max_seq_len, seed=seed)
     sizes = [ROWS_PER_BATCH] * (num_windows // ROWS_PER_BATCH) + ([num_windows % ROWS_PER_BATCH] if num_windows % ROWS_PER_BATCH else [])
-    batches = (sampler.next_batch(n) for n in sizes)
+    batches = ({k: v.to(device) for k, v in sampler.next_batch(n).items()} for n in sizes)
     states = collect_ffn_inputs(source, batches, max_tokens=num_windows * cfg.max_seq_len)
-    centroids, stats = fit_layer_centroids(states, cfg.moe.num_experts, iters, batch_size, seed)
+    source.to("cpu")  # the weight transfer runs on the CPU, beside the new model
+    centroids, stats = fit_layer_centroids(states, cfg.moe.num_experts, iters, batch_size, seed, device)
     torch.manual_seed(seed)
     target = MoiraiMoEModel(cfg)
     mapping = transfer_to_centroid_model(source, target, centroids, states)
@@ -106,8 +111,10 @@ def build(checkpoint: str, corpus_path: str, out: Path, *, num_windows: int = 25
               "batch_size": batch_size, "seed": seed,
               "experts_from": "dense FFN copies" if source.config.moe.num_experts == 1 else "matched source experts",
               "layers": stats, "seconds": round(time.time() - t0, 2)}
-    target.save_pretrained(out, overwrite=overwrite)
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    records = derived_records(checkpoint, {REPORT_FILE: report})  # a converted source's credit travels on
+    target.save_pretrained(out, overwrite=overwrite, folder_kind="centroids", inputs=inputs,
+                           extra_files=record_files(records), remedy="pass --overwrite to replace it",
+                           model_card_kwargs={"model_name": Path(out).name, **card_fields(records)})
     return report
 
 
@@ -125,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=100, help="k-means iterations (default 100)")
     p.add_argument("--batch-size", type=int, default=4096, help="k-means mini-batch size (default 4096)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder moe-ts did not write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out whatever it holds (a user's files, a moe-ts folder of another kind)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (the collection forward pass and k-means)")
     args = p.parse_args(argv)
     report = build(args.checkpoint, args.data, args.out, num_windows=args.num_windows, num_experts=args.num_experts,
                    top_k=args.top_k, select=args.select, iters=args.iters, batch_size=args.batch_size,
-                   seed=args.seed, overwrite=args.overwrite)
+                   seed=args.seed, overwrite=args.overwrite, device=args.device)
     for layer in report["layers"]:
         print(f"layer {layer['layer']}: {layer['tokens']} tokens, cluster sizes {layer['cluster_sizes']}, "
               f"mean squared distance {layer['mean_sq_distance']:.4f}, experts from {layer['source_expert']}")

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moe_ts.attention import RopeTable
+from moe_ts.device import to_device
 from moe_ts.distributions import ScaledMixture
 from moe_ts.forecast_harness import check_request, context_arrays, seeded_eval
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
 
 
 def _restandardised_step(
-    model: "MoiraiMoEModel", values_bnp: Tensor, observed_bnp: Tensor, sample_id_bn: Tensor, time_bn: Tensor
+    model: "MoiraiMoEModel", values_bnp: Tensor, observed_bnp: Tensor, sample_id_bn: Tensor, time_bn: Tensor,
+    rope_table: RopeTable | None = None,
 ) -> ScaledMixture:
     """Statistics over every observed value (context and sampled patches), standardise, encode the whole
     sequence: the next-patch distribution [B, K·P] on the original scale (uni2ts' per-step computation)."""
@@ -36,7 +39,7 @@ def _restandardised_step(
     param = next(model.parameters())
     loc, scale, _ = masked_stats(values_bnp, observed_bnp, sample_id_bn > 0, sample_id_bn, cfg.min_scale)
     normed = standardise(values_bnp, observed_bnp, loc, scale, cfg.missing_values).to(param.dtype)
-    hidden, _, _ = model(normed, time_bn, time_causal_mask(sample_id_bn, time_bn))
+    hidden, _, _ = model(normed, time_bn, time_causal_mask(sample_id_bn, time_bn), rope_table=rope_table)
     return ScaledMixture(model.head.distribution(hidden[:, -1]), loc[:, -1].float(), scale[:, -1].float())
 
 
@@ -53,52 +56,71 @@ def uni2ts_paths(
     device = next(model.parameters()).device
     draw = draw or (lambda distr, n: distr.sample((n,)))
     target, sample_id = left_pad(arrays, cfg.patch_size)
-    values, observed = patchify(target.to(device), cfg.patch_size)
-    sample_id = sample_id.to(device)
+    values, observed = patchify(to_device(target, device), cfg.patch_size)
+    sample_id = to_device(sample_id, device)
     layout = PackedLayout.from_sample_id(sample_id)
     time_bn = observed_time_ids(observed, sample_id) if cfg.time_ids == "observed" else layout.position
     per_step = cfg.predict_patches
     num_steps = math.ceil(horizon_patches / per_step)
-    steps = []
+    # The sequence's buffers hold every patch the forecast will feed back, written in place (a step re-encodes
+    # the first `length` of them); RoPE's table is built once (time ids never exceed a patch's index).
+    n, capacity = values.shape[1], values.shape[1] + (num_steps - 1) * per_step
+    values, observed, sample_id, time_bn = (_with_room(t, capacity) for t in (values, observed, sample_id, time_bn))
+    rope_table = model.rope_table(capacity)
+    step_ids = torch.arange(1, per_step + 1, device=device)
+    paths = torch.empty(len(arrays) * num_samples, num_steps * per_step * cfg.patch_size, device=device)
     for step in range(num_steps):
-        distr = _restandardised_step(model, values, observed, sample_id, time_bn)
+        length = n + step * per_step
+        distr = _restandardised_step(model, values[:, :length], observed[:, :length], sample_id[:, :length],
+                                     time_bn[:, :length], rope_table)
         if step == 0:  # the context is shared by the S paths: one encoding, S draws, then one row per path
             fed_rq = draw(distr, num_samples).float().transpose(0, 1).reshape(len(arrays) * num_samples, -1)
             values, observed, sample_id, time_bn = (t.repeat_interleave(num_samples, 0)
                                                     for t in (values, observed, sample_id, time_bn))
         else:
             fed_rq = draw(distr, 1)[0].float()
-        steps.append(fed_rq)
-        fed_rkp = fed_rq.unflatten(-1, (per_step, cfg.patch_size)).to(values.dtype)
-        values = torch.cat((values, fed_rkp), dim=1)
-        observed = torch.cat((observed, torch.ones_like(fed_rkp, dtype=torch.bool)), dim=1)
-        sample_id = torch.cat((sample_id, sample_id[:, -1:].expand(-1, per_step)), dim=1)
-        time_bn = torch.cat((time_bn, time_bn[:, -1:] + torch.arange(1, per_step + 1, device=device)), dim=1)
-    paths = torch.cat(steps, dim=-1)[:, :horizon_patches * cfg.patch_size]
+        paths[:, step * fed_rq.shape[1]:(step + 1) * fed_rq.shape[1]] = fed_rq
+        if step + 1 == num_steps:
+            break
+        new = slice(length, length + per_step)
+        values[:, new] = fed_rq.unflatten(-1, (per_step, cfg.patch_size)).to(values.dtype)
+        observed[:, new] = True
+        sample_id[:, new] = sample_id[:, length - 1:length]
+        time_bn[:, new] = time_bn[:, length - 1:length] + step_ids
+    paths = paths[:, :horizon_patches * cfg.patch_size]
     return paths.view(len(arrays), num_samples, -1).cpu()
 
 
-def pack_group(group_vt: np.ndarray, patch_size: int) -> dict[str, Tensor]:
+def _with_room(t_bn: Tensor, capacity: int) -> Tensor:
+    """`t_bn` [B, N, ...] copied into the front of a buffer of `capacity` positions along dim 1 (the rest unset)."""
+    out = t_bn.new_empty(t_bn.shape[0], capacity, *t_bn.shape[2:])
+    out[:, :t_bn.shape[1]] = t_bn
+    return out
+
+
+def pack_group(group_vt: np.ndarray, patch_size: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
     """One multivariate row as uni2ts packs it: the V variates' patches one after another (variate-major).
 
     Returns values / observed [1, V·N, P] (left-padded with missing values to whole patches), sample_id,
     variate (0..V-1), time (uni2ts' time ids, shared by the variates: a patch counts from the first one in
-    which any variate is observed) and stat_id (variate + 1: each variate gets its own statistics), all [1, V·N].
+    which any variate is observed) and stat_id (variate + 1: each variate gets its own statistics), all [1, V·N],
+    on `device`.
     """
     v, t = group_vt.shape
     n = math.ceil(t / patch_size)
     padded = np.full((v, n * patch_size), np.nan, dtype=np.float32)
     padded[:, n * patch_size - t:] = group_vt
-    values, observed = patchify(torch.from_numpy(padded), patch_size)  # [V, N, P]
+    values, observed = patchify(torch.from_numpy(padded).to(device), patch_size)  # [V, N, P]
     any_obs = observed.any(-1).any(0, keepdim=True)  # [1, N]
-    time_n = observed_time_ids(any_obs[..., None], torch.ones(1, n, dtype=torch.long))[0]
-    variate = torch.arange(v).repeat_interleave(n)
+    time_n = observed_time_ids(any_obs[..., None], torch.ones(1, n, dtype=torch.long, device=device))[0]
+    variate = torch.arange(v, device=device).repeat_interleave(n)
     return {"values": values.reshape(1, v * n, patch_size), "observed": observed.reshape(1, v * n, patch_size),
-            "sample_id": torch.ones(1, v * n, dtype=torch.long), "variate": variate[None],
+            "sample_id": torch.ones(1, v * n, dtype=torch.long, device=device), "variate": variate[None],
             "time": time_n.repeat(v)[None], "stat_id": (variate + 1)[None]}
 
 
-def _group_step(model: "MoiraiMoEModel", row: dict[str, Tensor], last_bv: Tensor) -> ScaledMixture:
+def _group_step(model: "MoiraiMoEModel", row: dict[str, Tensor], last_bv: Tensor,
+                rope_table: RopeTable | None = None) -> ScaledMixture:
     """Per-variate statistics over every observed value, standardise, encode with the variate bias: the
     next-patch distributions [B, V, K·P] at the tokens `last_bv` (original scale)."""
     cfg = model.config
@@ -106,7 +128,7 @@ def _group_step(model: "MoiraiMoEModel", row: dict[str, Tensor], last_bv: Tensor
     loc, scale, _ = masked_stats(row["values"], row["observed"], row["sample_id"] > 0, row["stat_id"], cfg.min_scale)
     normed = standardise(row["values"], row["observed"], loc, scale, cfg.missing_values).to(param.dtype)
     mask = time_causal_mask(row["sample_id"], row["time"])
-    hidden, _, _ = model(normed, row["time"], mask, variate_bn=row["variate"])
+    hidden, _, _ = model(normed, row["time"], mask, variate_bn=row["variate"], rope_table=rope_table)
     take = last_bv[..., None]
     h_bvd = hidden.gather(1, take.expand(-1, -1, hidden.shape[-1]))
     return ScaledMixture(model.head.distribution(h_bvd), loc.gather(1, take).float(), scale.gather(1, take).float())
@@ -130,13 +152,18 @@ def group_paths(
         raise ValueError("group forecasting needs predict_patches: 1")
     device = next(model.parameters()).device
     draw = draw or (lambda distr, n: distr.sample((n,)))
-    row = {k: t.to(device) for k, t in pack_group(group_vt, cfg.patch_size).items()}
+    row = pack_group(group_vt, cfg.patch_size, device)
     v = group_vt.shape[0]
     n = row["values"].shape[1] // v
-    last_bv = (torch.arange(v, device=device) * n + n - 1)[None]
+    capacity = v * (n + horizon_patches - 1)  # every patch the forecast feeds back, written in place
+    row = {k: _with_room(t, capacity) for k, t in row.items()}
+    rope_table = model.rope_table(capacity)  # once: time ids never exceed a patch's index
+    variates_v = torch.arange(v, device=device)
+    last_bv = (variates_v * n + n - 1)[None]
     steps = []
     for step in range(horizon_patches):
-        distr = _group_step(model, row, last_bv)
+        length = v * (n + step)
+        distr = _group_step(model, {k: t[:, :length] for k, t in row.items()}, last_bv, rope_table)
         if step == 0:
             fed = draw(distr, num_samples).float()[:, 0]  # [S, V, P]: one row per path from here on
             row = {k: t.expand(num_samples, *t.shape[1:]).clone() for k, t in row.items()}
@@ -144,14 +171,16 @@ def group_paths(
         else:
             fed = draw(distr, 1)[0].float()  # [S, V, P]
         steps.append(fed)
-        length = row["values"].shape[1]
-        row["values"] = torch.cat((row["values"], fed.to(row["values"].dtype)), dim=1)
-        row["observed"] = torch.cat((row["observed"], torch.ones_like(fed, dtype=torch.bool)), dim=1)
-        row["sample_id"] = torch.cat((row["sample_id"], row["sample_id"][:, -v:]), dim=1)
-        row["variate"] = torch.cat((row["variate"], torch.arange(v, device=device).expand(num_samples, v)), dim=1)
-        row["stat_id"] = torch.cat((row["stat_id"], (torch.arange(v, device=device) + 1).expand(num_samples, v)), dim=1)
-        row["time"] = torch.cat((row["time"], (row["time"].max(dim=1, keepdim=True).values + 1).expand(-1, v)), dim=1)
-        last_bv = (length + torch.arange(v, device=device))[None].expand(num_samples, v)
+        if step + 1 == horizon_patches:
+            break
+        new = slice(length, length + v)
+        row["values"][:, new] = fed.to(row["values"].dtype)
+        row["observed"][:, new] = True
+        row["sample_id"][:, new] = row["sample_id"][:, length - v:length]
+        row["variate"][:, new] = variates_v
+        row["stat_id"][:, new] = variates_v + 1
+        row["time"][:, new] = row["time"][:, :length].max(dim=1, keepdim=True).values + 1
+        last_bv = (length + variates_v)[None].expand(num_samples, v)
     paths = torch.stack(steps, dim=2)  # [S, V, H', P]
     return paths.flatten(2).transpose(0, 1).cpu()  # [V, S, H'·P]
 
