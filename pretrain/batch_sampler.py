@@ -18,12 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from data_prep.corpus import Corpus, CorpusError
 from pretrain.data import MAX_CONSECUTIVE_SKIPS, PackedSampler
 
 SAMPLER_KIND = "vectorised"
+GATHER_BELOW = 128  # windows shorter than this many values are gathered in bulk, longer ones copied one by one
 
 
 class VectorisedSampler(PackedSampler):
@@ -38,7 +40,11 @@ class VectorisedSampler(PackedSampler):
         rows = self.index.rows
         self._chunk = (np.searchsorted(corpus.chunk_first_row, rows, side="right") - 1).astype(np.int64)
         row_offset = np.concatenate([offs[:-1] for offs in corpus.chunk_offsets]).astype(np.int64)  # [R]
-        self._offset = row_offset[rows]  # start of each usable row inside its chunk's values
+        # Where each usable row's values start in one flat array ("home"): the whole memory-mapped shard file
+        # when the values were read without a copy, else the chunk's own array; batches gather from homes.
+        self._homes, chunk_home, chunk_start = _flat_homes(corpus.chunk_values)
+        self._home = chunk_home[self._chunk]  # [U]
+        self._offset = chunk_start[self._chunk] + row_offset[rows]  # [U] start of each row in its home
         self._length = corpus.lengths[rows]
         self._dataset_base = np.concatenate([[0.0], self.index.cumweights])[self.index.bounds[:-1]]  # [D]
         self._dataset_total = self.index.cumweights[self.index.bounds[1:] - 1] - self._dataset_base  # [D]
@@ -110,13 +116,19 @@ class VectorisedSampler(PackedSampler):
         n_cap, p = self.seq_patches, self.patch_size
         target = np.full(batch_size * n_cap * p, np.nan, dtype=np.float32)  # [B·N·P]
         dst = row_of * (n_cap * p) + first_patch * p  # [W]
-        src = self._offset[rows_j] + start
-        chunk_values = self.corpus.chunk_values
-        chunk = self._chunk[rows_j]
-        by_place = np.lexsort((src, chunk))  # copy in file order: neighbouring pages, fewer TLB and page misses
-        for c, d, s, w in zip(chunk[by_place].tolist(), dst[by_place].tolist(), src[by_place].tolist(),
-                              length[by_place].tolist()):
-            target[d:d + w] = chunk_values[c][s:s + w]
+        src = self._offset[rows_j] + start  # [W] first value of each window in its home
+        home = self._home[rows_j]
+        # Long windows: one slice copy each (a memcpy); short ones, where the per-window Python call would cost
+        # more than the copy, in one index gather per home (a shard file).
+        long = length >= GATHER_BELOW
+        homes = self._homes
+        for h, d, s, w in zip(home[long].tolist(), dst[long].tolist(), src[long].tolist(), length[long].tolist()):
+            target[d:d + w] = homes[h][s:s + w]
+        for h in np.unique(home[~long]):
+            mine = ~long & (home == h)
+            lens = length[mine]
+            step = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)  # 0..len-1 per window
+            target[np.repeat(dst[mine], lens) + step] = homes[h][np.repeat(src[mine], lens) + step]
         # [W] observed values per window: summed from each window's start to the next one's, since everything
         # between a window's end and the next window is NaN (patch tails, padding)
         observed = np.add.reduceat((~np.isnan(target)).view(np.uint8), dst, dtype=np.int64)
@@ -168,6 +180,42 @@ class VectorisedSampler(PackedSampler):
         self.batches, self.rows, self.windows = int(state["batches"]), int(state["rows"]), int(state["windows"])
         self.skipped, self.padding = int(state["skipped"]), int(state["padding"])
         self._skip_run = int(state.get("skip_run", 0))
+
+
+def _flat_homes(chunk_values: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Flat float32 arrays holding the chunks' values, and each chunk's array index and element offset there.
+    A chunk read zero-copy from a memory-mapped Arrow file lives in that file's mapping (the root of its pyarrow
+    buffer's parents): chunks of one file share one array. Others (copied: nulls, another dtype) are their own."""
+    homes: list[np.ndarray] = []
+    by_address: dict[int, int] = {}
+    chunk_home, chunk_start = [], []
+    for values in chunk_values:
+        root = _root_buffer(values)
+        offset = -1 if root is None else values.__array_interface__["data"][0] - root.address
+        if root is not None and offset % 4 == 0 and 0 <= offset and offset + values.nbytes <= root.size:
+            if root.address not in by_address:
+                by_address[root.address] = len(homes)
+                homes.append(np.frombuffer(root, dtype=np.float32, count=root.size // 4))
+            chunk_home.append(by_address[root.address])
+            chunk_start.append(offset // 4)
+        else:
+            homes.append(values)
+            chunk_home.append(len(homes) - 1)
+            chunk_start.append(0)
+    return homes, np.asarray(chunk_home, dtype=np.int64), np.asarray(chunk_start, dtype=np.int64)
+
+
+def _root_buffer(values: np.ndarray) -> pa.Buffer | None:
+    """The outermost pyarrow buffer a zero-copy numpy view of an Arrow float array lies in, or None."""
+    base: Any = values
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, pa.Array) or len(base.buffers()) < 2 or base.buffers()[1] is None:
+        return None
+    buffer = base.buffers()[1]
+    while buffer.parent is not None:
+        buffer = buffer.parent
+    return buffer
 
 
 def _leading_run(flags: np.ndarray) -> int:

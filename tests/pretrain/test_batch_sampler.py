@@ -262,3 +262,35 @@ def test_a_corpus_in_several_arrow_chunks_reads_each_row_from_its_own_chunk(tmp_
         got = sampler.make_batch(k, 6)
         np.testing.assert_array_equal(got["sample_id"].numpy(), sample_id)
         np.testing.assert_array_equal(got["target"].numpy(), target)
+
+
+def test_zero_copy_shard_files_are_gathered_from_and_match_the_reference(tmp_path):
+    """A corpus as `moe-ts prepare` writes it (float32, memory-mapped, several shard files): batches gather short
+    windows from one flat view per file and copy long ones, and both equal the scalar reference."""
+    from data_prep.corpus import CorpusEntry, write_corpus
+    from data_prep.series import Series
+    from pretrain.batch_sampler import GATHER_BELOW
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(20, 1200, 60)
+    entries = []
+    for r, n in enumerate(lengths):
+        y = (r * STRIDE + np.arange(n)).astype(np.float32)
+        y[rng.random(n) < 0.05] = np.nan
+        entries.append(CorpusEntry(Series(f"s{r}", y, "h", None, "ds" + str(r % 3)), f"s{r}", 0, int(n)))
+    write_corpus(entries, tmp_path / "c", max_shard_size="60KB")
+    corpus = open_corpus(tmp_path / "c")
+    sampler = make(corpus, patch_size=16, seq_patches=32, min_window_patches=1, seed=7)
+    files = list((tmp_path / "c").glob("*.arrow"))
+    assert len(files) > 1 and len(sampler._homes) == len(files)  # one flat view per shard file
+    assert not any(h is v for h in sampler._homes for v in corpus.chunk_values)  # views of the files, not copies
+    seen_short = seen_long = False
+    for k in range(6):
+        got = sampler.make_batch(k, 4)
+        target, sample_id = reference_batch(corpus, 7, 0, k, 4, 16, 32, 1, 16)
+        np.testing.assert_array_equal(got["sample_id"].numpy(), sample_id)
+        np.testing.assert_array_equal(got["target"].numpy(), target)
+        rows, length, *_ = sampler._plan(np.random.default_rng(np.random.SeedSequence(7, spawn_key=(0, k))), 4)
+        seen_short |= bool((length < GATHER_BELOW).any())
+        seen_long |= bool((length >= GATHER_BELOW).any())
+    assert seen_short and seen_long  # both copy paths ran
