@@ -14,11 +14,15 @@
 Errors in the user's input (missing or malformed files, bad options, mismatched artefacts) are printed as one
 line on stderr with a non-zero exit; `moe-ts --debug COMMAND ...` shows the traceback instead.
 A mistyped option is one line too, with a pointer to `moe-ts COMMAND --help`; `moe-ts --version` prints the version.
+Ctrl-C is one line too, `moe-ts COMMAND: interrupted (what was kept)`, and exit status 130 (128 + SIGINT): a
+command that keeps work raises `KeyboardInterrupt(what it kept)`, the others write their output only once complete
+(`KEPT_ON_INTERRUPT`). `pretrain` checkpoints at the next step and prints its own line (pretrain/interrupt.py).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Iterator, NoReturn
@@ -38,6 +42,23 @@ COMMANDS = {
     "convert": ("cli.convert", "convert a released uni2ts Moirai-MoE checkpoint into a moe-ts model folder"),
     "data": ("cli.data", "list the evaluation datasets (available / downloadable / manual) and download them"),
 }
+
+# What an interrupted command leaves, when it does not say itself (KeyboardInterrupt's argument).
+_UNTOUCHED = "--out untouched: it is written only once complete; the next run removes the partial copy"
+KEPT_ON_INTERRUPT = {
+    "prepare": _UNTOUCHED, "check": "nothing to keep: the check writes nothing", "eval": _UNTOUCHED,
+    "forecast": "--out untouched: the forecasts are written only once complete",
+    "export": "--out is written only once complete (an interrupted upload leaves the written --out in place)",
+    "centroids": _UNTOUCHED, "finetune": _UNTOUCHED, "distill": _UNTOUCHED,
+    "convert": _UNTOUCHED, "data": "finished downloads kept; a partial one resumes on the next `moe-ts data download`",
+}
+INTERRUPTED_EXIT = 128 + signal.SIGINT
+
+
+def interrupted_line(command: str, err: KeyboardInterrupt) -> str:
+    """The one line printed for a Ctrl-C: what the command kept (its own words if it gave them)."""
+    kept = str(err.args[0]) if err.args else KEPT_ON_INTERRUPT.get(command, "nothing kept")
+    return f"moe-ts {command}: interrupted ({kept})"
 
 
 def _usage() -> str:
@@ -87,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"moe-ts: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
     try:
+        module = importlib.import_module(COMMANDS[name][0])
         with one_line_usage_errors(name):
             result = module.main(rest)
+    except KeyboardInterrupt as err:
+        if debug:
+            raise
+        print(interrupted_line(name, err), file=sys.stderr)
+        return INTERRUPTED_EXIT
     except SystemExit as exit_:
         if not isinstance(exit_.code, str):  # argparse and the commands have printed their message already
             return int(exit_.code or 0)

@@ -4,7 +4,7 @@
         [--alpha 1] [--beta 1] [--tau 0.5] [--hidden 512] [--epochs 20] [--patience 3] [--batch-size 64]
         [--lr 1e-3] [--stride 1] [--max-windows 20000] [--max-val-windows 4000] [--teacher-samples 20]
         [--teacher-point mean|median] [--teacher-decode median|mean|sample] [--cache-dir DIR] [--seed 0]
-        [--data-dir DIR] [--threads 1] [--overwrite]
+        [--data-dir DIR] [--threads 1] [--overwrite] [--resume]
 
 The teacher's forecasts and features on the training windows are computed once (progress bar) and cached
 (distill/teacher_cache.py); each epoch reuses them. Loss (moe_ts/student/objectives.py):
@@ -13,6 +13,8 @@ mapped to the student's hidden width by a learned linear regressor (trained with
 Early stopping on the validation windows' MSE against the truth; the best epoch's weights are kept.
 `--alpha 0 --beta 0` is plain supervised training (the teacher is then not run). Writes the student as a
 Hugging Face folder (config.json, model.safetensors, README.md) plus distill.json (settings, data, history).
+An interrupted run (Ctrl-C, a kill) keeps the state after its last finished epoch beside --out
+(moe_ts/io/kept_state.py); the same command with --resume continues from it and ends as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from torch import nn
 from moe_ts.device import add_device_arguments, place_model, resolve_device, resolve_dtype
 from moe_ts.student.objectives import TAU, distill_loss, masked_mse
 from moe_ts.model import MoiraiMoEModel
+from moe_ts.io.kept_state import KeptState
 from moe_ts.io.output_dir import check_output_dir
 from moe_ts.io.provenance import DISTILL_FILE, card_fields, derived_records, record_files
 from moe_ts.student.model import MLPForecaster, StudentConfig
@@ -135,13 +138,35 @@ def validation_mse(student: MLPForecaster, normed_nl: torch.Tensor, truth_nh: to
     return sq / max(count, 1)
 
 
+def _modules_state(student: nn.Module, regressor: nn.Module | None, optimizer: torch.optim.Optimizer,
+                   generator: torch.Generator) -> dict[str, Any]:
+    """What an epoch leaves that the next one reads (kept for `--resume`)."""
+    state = {"student": copy.deepcopy(student.state_dict()), "optimizer": optimizer.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+    if regressor is not None:
+        state["regressor"] = copy.deepcopy(regressor.state_dict())
+    return state
+
+
+def _restore_modules(state: dict[str, Any], student: nn.Module, regressor: nn.Module | None,
+                     optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+    student.load_state_dict(state["student"])
+    if regressor is not None:
+        regressor.load_state_dict(state["regressor"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+
+
 def train_student(data: DistillData, cfg: DistillConfig, targets: TeacherTargets | None,
-                  log: Callable[[str], None] | None = None) -> tuple[MLPForecaster, list[dict]]:
+                  log: Callable[[str], None] | None = None,
+                  progress: KeptState | None = None) -> tuple[MLPForecaster, list[dict]]:
     """Train a student on `data` (with the teacher's `targets` when α or β > 0); returns the best-validation
     student and the per-epoch history.
 
     Reproducible: the student is initialised right after torch.manual_seed(seed) (the regressor after it),
-    batches follow torch.randperm with a generator seeded by `seed`, one permutation per epoch.
+    batches follow torch.randperm with a generator seeded by `seed`, one permutation per epoch. With
+    `progress` (moe_ts/io/kept_state.py), the state after each epoch is kept, and a kept state is continued.
     """
     if cfg.uses_teacher and targets is None:
         raise ValueError("alpha or beta > 0 needs the teacher's forecasts and features")
@@ -159,7 +184,13 @@ def train_student(data: DistillData, cfg: DistillConfig, targets: TeacherTargets
     vx_nl, vy_nh, _ = _normalised(student, data.val)
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_state, stale, history = math.inf, copy.deepcopy(student.state_dict()), 0, []
-    for epoch in range(1, cfg.epochs + 1):
+    kept = progress.state if progress is not None else None
+    if kept is not None:
+        _restore_modules(kept, student, regressor, optimizer, generator)
+        best, best_state, stale, history = kept["best"], kept["best_state"], kept["stale"], kept["history"]
+        if log:
+            log(f"resumed after epoch {kept['epoch']} from {progress.folder}")
+    for epoch in range(1 + (kept["epoch"] if kept is not None else 0), cfg.epochs + 1):
         student.train()
         sums: dict[str, float] = {}
         perm = torch.randperm(len(x_nl), generator=generator)
@@ -188,6 +219,10 @@ def train_student(data: DistillData, cfg: DistillConfig, targets: TeacherTargets
                 if log:
                     log(f"early stop: no validation gain for {cfg.patience} epoch(s); best {best:.4g}")
                 break
+        if progress is not None:
+            progress.save({**_modules_state(student, regressor, optimizer, generator),
+                           "best_state": copy.deepcopy(best_state)},
+                          {"epoch": epoch, "best": best, "stale": stale, "history": history})
     student.load_state_dict(best_state)
     student.eval()
     return student, history
@@ -238,8 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help="teacher output cache (default $MOE_TS_CACHE/teacher, else ~/.cache/moe-ts/teacher)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command after its last finished epoch")
     add_device_arguments(p)  # where the teacher runs (the MLP student trains on the CPU)
     return p
+
+
+def _settings(args: argparse.Namespace, teacher: MoiraiMoEModel, data: DistillData) -> dict[str, Any]:
+    """What the student depends on: the options, the teacher's weights and the windows' bytes."""
+    import hashlib
+
+    windows = hashlib.sha256()
+    for part in (data.train.contexts, data.train.truth, data.val.contexts, data.val.truth):
+        windows.update(np.ascontiguousarray(part).tobytes())
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+               if k not in ("out", "overwrite", "resume", "cache_dir")}
+    return {**options, "teacher_sha256": teacher_fingerprint(teacher), "windows_sha256": windows.hexdigest()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,9 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = corpus_windows(args.data, args.context, args.horizon, args.stride, args.max_windows,
                               args.max_val_windows)
+    progress = KeptState(args.out, "distill", _settings(args, teacher, data), args.resume, unit="epoch")
     log(data.description)
     targets = teacher_targets(teacher, data, cfg, args.cache_dir, log) if cfg.uses_teacher else None
-    student, history = train_student(data, cfg, targets, log)
+    try:
+        student, history = train_student(data, cfg, targets, log, progress)
+    except KeyboardInterrupt:  # the teacher's outputs, the slow part, are on disk already
+        kept = [f"the teacher's outputs are kept in {args.cache_dir}, a rerun reads them"] if targets is not None else []
+        if progress.state is not None:
+            kept.append(f"the student after epoch {progress.count} is kept in {progress.folder}, rerun with "
+                        f"--resume to continue from it")
+        raise KeyboardInterrupt("; ".join(kept or ["nothing kept"]) + "; --out untouched") from None
     best = min(history, key=lambda r: r["val_mse"])
     training = (f"Distilled from `{Path(args.teacher).name}` (TimeDistill, alpha {cfg.alpha}, beta {cfg.beta}) on "
                 f"{data.description}. Best validation MSE {best['val_mse']:.4g} (epoch {best['epoch']} of "
@@ -281,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     student.save_pretrained(args.out, overwrite=args.overwrite, folder_kind="student", inputs=inputs,
                             extra_files=record_files(records), remedy="pass --overwrite to replace it",
                             model_card_kwargs={"model_name": args.out.name, **card_fields(records)})
+    progress.remove()
     log(f"wrote student ({student.num_parameters():,} parameters, teacher {teacher.num_parameters():,}) to {args.out}")
     return 0
 

@@ -105,6 +105,14 @@ class SuiteResult:
     missing: list[MissingDataset] = field(default_factory=list)
 
 
+class Progress(Protocol):
+    """Where finished datasets are kept for a resume (eval/resume.py's EvalProgress)."""
+
+    def finished(self, suite: str, dataset: str) -> list[TaskResult] | None: ...
+
+    def record(self, suite: str, dataset: str, tasks: list[TaskResult]) -> None: ...
+
+
 def _bind(forecaster: Forecaster, seasonality: int) -> Forecaster:
     return forecaster.for_seasonality(seasonality) if isinstance(forecaster, SeasonalForecaster) else forecaster
 
@@ -224,8 +232,10 @@ def run_suite(
     log: Callable[[str], None] | None = _default_log,
     baselines: tuple[str, ...] = DEFAULT_BASELINES,
     n_jobs: int = 1,
+    progress: Progress | None = None,
 ) -> SuiteResult:
-    """Evaluate `model` (and the baselines) on `datasets` under `suite`'s protocol; absent files -> `missing`."""
+    """Evaluate `model` (and the baselines) on `datasets` under `suite`'s protocol; absent files -> `missing`.
+    With `progress`, a dataset it has finished is taken from it, and each newly finished one is recorded there."""
     from data_prep.registry import DatasetMissingError
 
     options = options or TaskOptions()
@@ -235,6 +245,12 @@ def run_suite(
     from tqdm import tqdm
 
     for name in tqdm(datasets, desc=f"eval {suite}", unit="dataset", disable=None):
+        kept = progress.finished(suite, name) if progress is not None else None
+        if kept is not None:
+            result.tasks.extend(kept)
+            if log:
+                log(f"[{suite}] {name}: finished by the interrupted run (--resume), {len(kept)} task(s) kept")
+            continue
         try:
             tasks = build_tasks(name, suite, data_dir, options)
         except DatasetMissingError as err:
@@ -245,8 +261,10 @@ def run_suite(
             continue
         if log:
             log(f"[{suite}] {name}: {len(tasks)} task(s), {tasks[0].sampling.describe()}")
-        for task in tasks:
-            result.tasks.append(evaluate_task(task, forecasters, cfg, log))
+        done = [evaluate_task(task, forecasters, cfg, log) for task in tasks]
+        result.tasks.extend(done)
+        if progress is not None:
+            progress.record(suite, name, done)
     return result
 
 

@@ -3,7 +3,7 @@
     moe-ts finetune --checkpoint DIR --method msft|full|head|lora --dataset NAME|--csv FILE --out OUT
         [--data-dir DIR] [--steps N] [--batch-size B] [--lr LR] [--window W] [--eval-every N] [--patience N]
         [--num-scales K] [--lora-rank R] [--lora-alpha A] [--freeze-gates] [--train-experts] [--seed S]
-        [--no-eval] [--eval-max-windows N] [--eval-stride N] [--num-samples S] [--overwrite]
+        [--no-eval] [--eval-max-windows N] [--eval-stride N] [--num-samples S] [--overwrite] [--resume]
 
 NAME is a registered LSF dataset (ETTh1, ETTh2, ...): the model trains on its training split, stops
 early on its validation split, and is evaluated on its test split by `moe-ts eval` (OUT/eval:
@@ -12,6 +12,8 @@ results.csv, results.md; plain models decode with their median, as MSFT does). F
 96/192/336/720 that fit its test split. OUT is a Hugging Face folder: `MSFTModel` for msft (config.json holds
 {"model", "msft"}), a plain `MoiraiMoEModel` for full, head and lora (LoRA merged into Q/K/V);
 OUT/finetune.json records the run (method, trainable parameters, time per step, validation history).
+An interrupted run (Ctrl-C, a kill) keeps its state at its last validation step beside OUT; the same command
+with --resume continues from it and ends as an uninterrupted run would (moe_ts/io/kept_state.py).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 from finetune.data import Splits, csv_splits, lsf_splits
 from finetune.train import METHODS, FinetuneConfig, finetune, prepare_model, releasable
 from moe_ts.device import DEVICE_HELP, place_model, resolve_device
+from moe_ts.io.kept_state import KeptState
 from moe_ts.io.output_dir import check_output_dir
 from moe_ts.io.provenance import FINETUNE_FILE, card_fields, derived_records, record_files
 
@@ -58,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=100, help="forecast samples in the evaluation")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out whatever it holds (a user's files, a moe-ts folder of another kind)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command from its last validation step")
     return p
+
+
+def _progress(args: argparse.Namespace) -> KeptState:
+    """The kept loop state of this command (continued with --resume, else started afresh)."""
+    from moe_ts.io.provenance import weights_fingerprint
+
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+                if k not in ("out", "overwrite", "resume", "no_eval")}
+    return KeptState(args.out, "finetune", {**settings, "weights_sha256": weights_fingerprint(args.checkpoint)},
+                     args.resume)
 
 
 def evaluate_csv(model: torch.nn.Module, splits: Splits, args: argparse.Namespace) -> str:
@@ -106,17 +121,31 @@ def main(argv: list[str] | None = None) -> int:
     base = MoiraiMoEModel.from_pretrained(args.checkpoint)
     model = place_model(prepare_model(base, cfg, args.checkpoint), device)  # with the method's new modules
     splits = lsf_splits(args.dataset, args.data_dir) if args.dataset else csv_splits(args.csv)
+    progress = _progress(args)
     t0 = time.time()
-    result = finetune(model, splits, cfg)
+    try:
+        result = finetune(model, splits, cfg, progress=progress)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(progress.interrupted_note()) from None
     report = {"checkpoint": str(args.checkpoint), "dataset": splits.name, "borders": list(splits.borders),
               "config": asdict(cfg), "result": asdict(result), "seconds": round(time.time() - t0, 2)}
     records = derived_records(args.checkpoint, {REPORT_FILE: report})  # a converted source's credit travels on
     releasable(model).save_pretrained(args.out, overwrite=args.overwrite, folder_kind="finetuned", inputs=inputs,
                                       extra_files=record_files(records), remedy="pass --overwrite to replace it",
                                       model_card_kwargs={"model_name": args.out.name, **card_fields(records)})
+    progress.remove()
     print(f"finetune {cfg.method}: best validation loss {result.best_val:.4f} at step {result.best_step} "
           f"(zero-shot {result.zero_shot_val:.4f}); {result.steps_run} steps, {result.seconds_per_step * 1000:.0f} "
           f"ms/step; {result.trainable_params:,} of {result.total_params:,} parameters trained; wrote {args.out}")
+    try:
+        return _evaluate(args, model, splits)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the finetuned model is written to {args.out}; its test-split evaluation is not, "
+                                f"run `moe-ts eval --checkpoint {args.out}` for it") from None
+
+
+def _evaluate(args: argparse.Namespace, model: torch.nn.Module, splits: Splits) -> int:
+    """The test-split evaluation into OUT/eval (none with --no-eval)."""
     if not args.no_eval and args.csv is not None:
         print(evaluate_csv(releasable(model), splits, args))
     elif not args.no_eval:

@@ -10,14 +10,15 @@ Methods, all from the same pretrained model:
 
 The loop: AdamW on the trainable parameters, global-norm clipping, validation loss every `eval_every`
 steps (and before the first, the zero-shot value), early stopping after `patience` evaluations without
-improvement, the best validation state restored at the end.
+improvement, the best validation state restored at the end. With a `KeptState` (moe_ts/io/kept_state.py) the
+loop's state is kept at every validation step and a resumed loop continues from it exactly.
 """
 from __future__ import annotations
 
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from finetune.data import Splits, TrainWindows, check_window, val_windows
 from moe_ts.model import MoiraiMoEModel
 from moe_ts.msft.network import MSFTConfig, MSFTNetwork, merge_lora, msft_loss
 from moe_ts.msft.model import MSFTModel
+from moe_ts.io.kept_state import KeptState, ResumeError
 from moe_ts.objectives import pretrain_loss
 
 METHODS = ("msft", "full", "head", "lora")
@@ -122,9 +124,34 @@ def validation_loss(model: nn.Module, windows_vl: torch.Tensor, batch_size: int)
     return total / len(windows_vl)
 
 
+def _trainable(state: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items() if k in names}
+
+
+def _keep(progress: KeptState, model: nn.Module, names: set[str], opt: torch.optim.Optimizer,
+          train: TrainWindows, best_state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """The loop's state after a validation step (what `_restore` puts back)."""
+    tensors = {"model": _trainable(model.state_dict(), names), "best": _trainable(best_state, names),
+               "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}
+    progress.save(tensors, {**meta, "train_rng": train.rng.bit_generator.state})
+
+
+def _restore(state: dict[str, Any], model: nn.Module, names: set[str], opt: torch.optim.Optimizer,
+             train: TrainWindows, best_state: dict[str, torch.Tensor]) -> None:
+    if set(state["model"]) != names:
+        raise ResumeError("--resume: the kept state holds other trainable weights than this run's; rerun without "
+                         "--resume")
+    model.load_state_dict(state["model"], strict=False)
+    best_state.update(state["best"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    train.rng.bit_generator.state = state["train_rng"]
+
+
 def finetune(model: nn.Module, splits: Splits, cfg: FinetuneConfig,
-             log: Callable[[str], None] = print) -> FinetuneResult:
-    """Train `model` in place on `splits` (early stopping on validation); the best state is restored."""
+             log: Callable[[str], None] = print, progress: KeptState | None = None) -> FinetuneResult:
+    """Train `model` in place on `splits` (early stopping on validation); the best state is restored. With
+    `progress`, continue from its kept state if any, and keep the state at every validation step."""
     unit = window_unit(model)
     if cfg.window % unit:
         raise ValueError(f"--window {cfg.window} must be a multiple of {unit} (patch size × 2^num_scales)")
@@ -134,13 +161,21 @@ def finetune(model: nn.Module, splits: Splits, cfg: FinetuneConfig,
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = TrainWindows(splits.train, cfg.window, cfg.seed)
     val = val_windows(splits.val, cfg.window, cfg.max_val_windows)
-    zero_shot = best = validation_loss(model, val, cfg.batch_size)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_step, bad, history = 0, 0, [{"step": 0, "val": zero_shot}]
+    kept = progress.state if progress is not None else None
+    if kept is None:
+        zero_shot = best = validation_loss(model, val, cfg.batch_size)
+        best_step, bad, history, seconds, step = 0, 0, [{"step": 0, "val": zero_shot}], 0.0, 0
+    else:
+        _restore(kept, model, names, opt, train, best_state)
+        zero_shot, best, best_step, bad = kept["zero_shot"], kept["best_val"], kept["best_step"], kept["bad"]
+        history, seconds, step = kept["history"], kept["seconds"], kept["step"]
+        log(f"finetune {cfg.method}: resumed at step {step} from {progress.folder}")
     log(f"finetune {cfg.method}: {sum(p.numel() for p in params):,} trainable parameters; zero-shot validation "
         f"loss {zero_shot:.4f} on {len(val)} windows")
     model.train()
-    seconds, step, stopped = 0.0, 0, False
+    stopped = False
     while step < cfg.steps:
         t0 = time.perf_counter()
         loss = batch_loss(model, train.batch(cfg.batch_size))
@@ -165,6 +200,10 @@ def finetune(model: nn.Module, splits: Splits, cfg: FinetuneConfig,
                 if bad >= cfg.patience:
                     stopped = True
                     break
+            if progress is not None:
+                _keep(progress, model, names, opt, train, best_state,
+                      {"step": step, "zero_shot": zero_shot, "best_val": best, "best_step": best_step, "bad": bad,
+                       "history": history, "seconds": seconds})
     model.load_state_dict(best_state)
     model.eval()
     return FinetuneResult(best_val=best, zero_shot_val=zero_shot, best_step=best_step, steps_run=step,
