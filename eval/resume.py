@@ -24,6 +24,7 @@ import numpy as np
 
 from eval.metrics import MetricValue
 from eval.runner import PlotExample, TaskResult
+from moe_ts.io.output_dir import fsync_dir
 
 SETTINGS = "settings.json"
 FORMAT = 1
@@ -85,11 +86,7 @@ def _write_atomic(path: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)  # the rename itself survives a crash
 
 
 def _file_name(suite: str, dataset: str) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from moe_ts.io.output_dir import fsync_dir
 from moe_ts.io.provenance import TRAINING_FILE
 from pretrain.engine import DistInfo, barrier
 from pretrain.errors import CheckpointError
@@ -84,14 +85,6 @@ def remove_leftovers(run_dir: Path) -> list[str]:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so readers see the old or the new content, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
@@ -100,7 +93,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _remove_dir(path: Path) -> None:
@@ -159,7 +152,7 @@ def save_checkpoint(engine: Any, run_dir: Path, step: int, sampler_state: dict[s
         if final.exists():  # the same step saved again (e.g. a resumed run stopped at once)
             _remove_dir(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         write_atomic(root / "latest", final.name.encode())
         for _, old in list_checkpoints(run_dir)[:-keep]:
             _remove_dir(old)

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from moe_ts.io.output_dir import fsync_dir
+
 SETTINGS = "settings.json"
 STATE = "state.pt"
 
@@ -30,14 +32,6 @@ def progress_dir(out: str | os.PathLike[str], command: str) -> Path:
     """Where `command`'s state for output folder `out` is kept."""
     out = Path(out)
     return out.parent / f".{out.name}.{command}-progress"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class KeptState:
@@ -89,7 +83,7 @@ class KeptState:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.folder / STATE)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -110,6 +110,15 @@ def _describe(kind: str) -> str:
     return KINDS.get(kind, f"a moe-ts folder of unknown kind {kind!r}")
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries to disk, so a rename or a new file in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False,
                      remedy: str = "pass --overwrite to replace it", *, kind: str | None = None,
                      inputs: Mapping[str, str | os.PathLike[str] | None] | None = None, replaces: bool = True) -> None:
