@@ -7,13 +7,13 @@ below it and is imported by none of them: the network (`moe_ts.network`), the sa
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from huggingface_hub import ModelHubMixin
 
 from moe_ts.config import ModelConfig, drop_runtime_keys
 from moe_ts.device import place_model, resolve_device, resolve_dtype
-from moe_ts.forecast_output import ForecastOutput
+from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.forecasting import forecast
 from moe_ts.uni2ts.decoding import forecast_group
 from moe_ts.io.hub import HubIOMixin, released_class_keywords
@@ -50,12 +50,21 @@ class MoiraiMoEModel(
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return model if target is None and dtype is None else place_model(model, target or "cpu", dtype)
 
-    def predict_df(self, df: Any, prediction_length: int, **kwargs: Any) -> Any:
-        """Forecast a long pandas DataFrame (item_id, timestamp, target) into one (item_id, timestamp, mean,
-        quantile columns); see `moe_ts.io.dataframe.predict_df` for the arguments."""
+    def predict_df(self, df: Any, prediction_length: int, *, id_column: str = "item_id",
+                   timestamp_column: str = "timestamp", target: str = "target", freq: str | None = None,
+                   date_format: str | None = None, dayfirst: bool | None = None,
+                   quantile_levels: Sequence[float] = DEFAULT_QUANTILES, num_samples: int = 100,
+                   seed: int | None = None, batch_size: int = 64, context_length: int | None = None,
+                   decode: str = "sample", progress: bool = False, independent_series: bool = True) -> Any:
+        """Forecast a long or wide pandas DataFrame into one of item_id, timestamp, mean and the quantile columns
+        "q0.1" .. "q0.9"; the arguments are `moe_ts.io.dataframe.predict_df`'s (pandas is imported on use)."""
         from moe_ts.io.dataframe import predict_df
 
-        return predict_df(self, df, prediction_length, **kwargs)
+        return predict_df(self, df, prediction_length, id_column=id_column, timestamp_column=timestamp_column,
+                          target=target, freq=freq, date_format=date_format, dayfirst=dayfirst,
+                          quantile_levels=quantile_levels, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                          context_length=context_length, decode=decode, progress=progress,
+                          independent_series=independent_series)
 
     def forecast(self, contexts: object, prediction_length: int, **kwargs: Any) -> ForecastOutput:
         """Probabilistic forecast; see `moe_ts.forecasting.forecast` for the arguments."""

@@ -146,3 +146,13 @@ def test_predict_df_has_explicit_keywords_the_cli_columns_and_wide_frames(tiny_c
     pd.testing.assert_frame_equal(from_wide, long)
     from_date_column = predict_df(model, wide.reset_index(names="date"), 4, num_samples=8, seed=3)
     pd.testing.assert_frame_equal(from_date_column, long)
+
+
+def test_the_model_method_takes_the_same_explicit_keywords_as_predict_df():
+    from moe_ts.model import MoiraiMoEModel
+
+    function = inspect.signature(predict_df).parameters
+    method = inspect.signature(MoiraiMoEModel.predict_df).parameters
+    assert not any(p.kind is p.VAR_KEYWORD for p in method.values())
+    assert {k: v.default for k, v in method.items() if v.kind is v.KEYWORD_ONLY} == \
+        {k: v.default for k, v in function.items() if v.kind is v.KEYWORD_ONLY}
