@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import threading
 import zipfile
@@ -241,6 +242,8 @@ def test_eval_list_shows_the_three_way_status(env, capsys):
     assert lines["m1_monthly"].split()[3] == "available"
     assert lines["cif_2016"].split()[3] == "downloadable"
     assert lines["walmart"].split()[3] == "manual" and "missing: " in lines["walmart"]
+    assert re.search(r"available +[\d.]+ [kMG]?B ", lines["m1_monthly"])  # size on disk
+    assert re.search(r"downloadable +- ", lines["cif_2016"])
     assert "downloadable (moe-ts data download NAME)" in out[-1]
 
 
