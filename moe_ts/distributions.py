@@ -51,8 +51,10 @@ S sample shape.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +150,77 @@ def log_normal_log_prob(y: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
 
+class RowStreams:
+    """Per-series random streams for a batch whose rows are `per_series` consecutive rows per series: series b
+    draws from `generators[b]`, so its draws do not depend on the other series of the batch (`row_streams`).
+    Each draw names its row dimension (the first batch dimension: after the sample dimensions)."""
+
+    def __init__(self, generators: list[torch.Generator], per_series: int) -> None:
+        self.generators, self.per_series = generators, per_series
+
+    def _split(self, size: int) -> int:
+        if size != self.per_series * len(self.generators):
+            raise ValueError(f"row streams: {size} rows for {len(self.generators)} series of {self.per_series}")
+        return self.per_series
+
+    def randn(self, shape: torch.Size, like: Tensor, row_dim: int) -> Tensor:
+        part = shape[:row_dim] + (self._split(shape[row_dim]),) + shape[row_dim + 1:]
+        return torch.cat([torch.randn(part, generator=g, dtype=like.dtype, device=like.device)
+                          for g in self.generators], dim=row_dim)
+
+    def rand(self, shape: torch.Size, like: Tensor, row_dim: int) -> Tensor:
+        part = shape[:row_dim] + (self._split(shape[row_dim]),) + shape[row_dim + 1:]
+        return torch.cat([torch.rand(part, generator=g, dtype=like.dtype, device=like.device)
+                          for g in self.generators], dim=row_dim)
+
+    def standard_gamma(self, alpha: Tensor, row_dim: int) -> Tensor:
+        chunks = alpha.split(self._split(alpha.shape[row_dim]), dim=row_dim)
+        return torch.cat([torch._standard_gamma(a.contiguous(), generator=g) for a, g in zip(chunks, self.generators)],
+                         dim=row_dim)
+
+    def poisson(self, rate: Tensor, row_dim: int) -> Tensor:
+        chunks = rate.split(self._split(rate.shape[row_dim]), dim=row_dim)
+        return torch.cat([torch.poisson(r.contiguous(), generator=g) for r, g in zip(chunks, self.generators)],
+                         dim=row_dim)
+
+
+_ROW_STREAMS: ContextVar[RowStreams | None] = ContextVar("moe_ts_row_streams", default=None)
+
+
+@contextmanager
+def row_streams(streams: RowStreams | None) -> Iterator[None]:
+    """Within the block, mixture draws come from `streams` (None: the global generator, as outside)."""
+    token = _ROW_STREAMS.set(streams)
+    try:
+        yield
+    finally:
+        _ROW_STREAMS.reset(token)
+
+
+def _randn(shape: torch.Size, like: Tensor, row_dim: int) -> Tensor:
+    streams = _ROW_STREAMS.get()
+    if streams is None:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+    return streams.randn(shape, like, row_dim)
+
+
+def _rand(shape: torch.Size, like: Tensor, row_dim: int) -> Tensor:
+    streams = _ROW_STREAMS.get()
+    if streams is None:
+        return torch.rand(shape, dtype=like.dtype, device=like.device)
+    return streams.rand(shape, like, row_dim)
+
+
+def _standard_gamma(alpha: Tensor, row_dim: int) -> Tensor:
+    streams = _ROW_STREAMS.get()
+    return torch._standard_gamma(alpha) if streams is None else streams.standard_gamma(alpha, row_dim)
+
+
+def _poisson(rate: Tensor, row_dim: int) -> Tensor:
+    streams = _ROW_STREAMS.get()
+    return torch.poisson(rate) if streams is None else streams.poisson(rate, row_dim)
+
+
 def _capped_exp(x: Tensor) -> Tensor:
     return torch.exp(x.clamp(max=_LOG_SAMPLE_CAP))
 
@@ -155,17 +228,19 @@ def _capped_exp(x: Tensor) -> Tensor:
 def negative_binomial_sample(total_count: Tensor, logits: Tensor, sample_shape: torch.Size) -> Tensor:
     """Poisson(Gamma(total_count, rate=exp(-logits))) draws, shape sample_shape + batch."""
     shape = torch.Size(sample_shape) + total_count.shape
-    gamma = torch._standard_gamma(total_count.expand(shape).contiguous())
+    row_dim = len(sample_shape)
+    gamma = _standard_gamma(total_count.expand(shape).contiguous(), row_dim)
     log_rate = torch.log(gamma.clamp_min(torch.finfo(gamma.dtype).tiny)) + logits
-    return torch.poisson(_capped_exp(log_rate))
+    return _poisson(_capped_exp(log_rate), row_dim)
 
 
 def student_t_sample(df: Tensor, loc: Tensor, scale: Tensor, sample_shape: torch.Size) -> Tensor:
     """loc + scale * N(0,1) / sqrt(Chi2(df) / df), shape sample_shape + batch."""
     shape = torch.Size(sample_shape) + loc.shape
-    chi2 = 2.0 * torch._standard_gamma((0.5 * df).expand(shape).contiguous())
+    row_dim = len(sample_shape)
+    chi2 = 2.0 * _standard_gamma((0.5 * df).expand(shape).contiguous(), row_dim)
     chi2 = chi2.clamp_min(torch.finfo(chi2.dtype).tiny)
-    z = torch.randn(shape, dtype=loc.dtype, device=loc.device)
+    z = _randn(shape, loc, row_dim)
     return loc + scale * z * torch.rsqrt(chi2 / df)
 
 
@@ -244,17 +319,18 @@ class Mixture:
         p = self.params
         sample_shape = torch.Size(sample_shape)
         shape = sample_shape + p.shape
-        eps = torch.randn(shape, dtype=p.t_loc.dtype, device=p.t_loc.device)
+        row_dim = len(sample_shape)
+        eps = _randn(shape, p.t_loc, row_dim)
         draws = torch.stack(
             [
                 student_t_sample(p.t_df, p.t_loc, p.t_scale, sample_shape),
                 p.normal_loc + NORMAL_FIXED_SCALE * eps,
                 negative_binomial_sample(p.nb_total_count, p.nb_logits, sample_shape),
-                _capped_exp(p.ln_loc + p.ln_scale * torch.randn_like(eps)),
+                _capped_exp(p.ln_loc + p.ln_scale * _randn(eps.shape, eps, row_dim)),
             ],
             dim=-1,
         )
-        gumbel = -torch.log(-torch.log(torch.rand(shape + (NUM_COMPONENTS,), dtype=eps.dtype, device=eps.device).clamp_min(1e-20)))
+        gumbel = -torch.log(-torch.log(_rand(shape + (NUM_COMPONENTS,), eps, row_dim).clamp_min(1e-20)))
         return draws, torch.argmax(self.log_weights + gumbel, dim=-1, keepdim=True)
 
 

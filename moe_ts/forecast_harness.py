@@ -31,15 +31,22 @@ PredictBatch = Callable[[Sequence[np.ndarray]], Tensor]
 
 
 _INDEPENDENT: ContextVar[bool] = ContextVar("moe_ts_independent_series", default=False)
+_BATCH_SEEDS: ContextVar[list[int] | None] = ContextVar("moe_ts_batch_seeds", default=None)
+
+
+def batch_seeds() -> list[int] | None:
+    """The `series_seed` of each series of the batch being decoded, when the harness asks the family to draw
+    each series from its own generator (`forecast_batches(..., row_streams=True)`); None otherwise."""
+    return _BATCH_SEEDS.get()
 
 
 @contextmanager
 def independent_series(enabled: bool = True) -> Iterator[None]:
     """Within the block, a seeded `forecast` (any family) draws each series from its own random stream, seeded
     by `series_seed` from the seed and the series' values: a series' forecast is the same whatever the other
-    series and the batch size. Series are then decoded one at a time (3.9x the batched time for 32 series of
-    configs/small.yaml on one CPU thread, BENCHMARKS.md); per-row generators in the decode loop would keep the
-    batches."""
+    series and the batch size. A family whose decode loop draws from per-series generators (`batch_seeds`;
+    moe_ts.forecasting's sample, median and mean decoding) keeps its batches; the others decode the series one
+    at a time (3.9x the batched time for 32 series of configs/small.yaml on one CPU thread, BENCHMARKS.md)."""
     token = _INDEPENDENT.set(enabled)
     try:
         yield
@@ -131,26 +138,36 @@ def forecast_batches(
     seed: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    row_streams: bool = False,
 ) -> ForecastOutput:
     """`predict_batch` over `series` in batches (in `seeded_eval`), cut to `prediction_length`.
 
     series: the prepared contexts, one item per series (a list of arrays, or the rows of a 2-D array).
-    Inside `independent_series()` a seeded forecast runs each series alone on its own random stream.
+    Inside `independent_series()` a seeded forecast draws each series from its own random stream: in batches
+    when `row_streams` (`predict_batch` honours `batch_seeds()`), else one series at a time.
     Sample paths [B, S, H] give `ForecastOutput.from_samples`, point forecasts [B, H] `from_point`.
     progress: a bar over the decoding steps on stderr when it is a terminal.
     """
     levels = tuple(float(q) for q in quantile_levels)
     independent = seed is not None and _INDEPENDENT.get()
-    size = 1 if independent else batch_size
+    size = 1 if independent and not row_streams else batch_size
     starts = range(0, len(series), size)
     bar = _Progress(model, len(starts)) if progress else None
     chunks = []
     try:
         with seeded_eval(model, seed):
             for index, start in enumerate(starts):
-                if independent:
-                    torch.manual_seed(series_seed(seed, series[start]))
-                chunks.append(predict_batch(series[start:start + size]))
+                chunk = series[start:start + size]
+                if independent and row_streams:
+                    token = _BATCH_SEEDS.set([series_seed(seed, one) for one in chunk])
+                    try:
+                        chunks.append(predict_batch(chunk))
+                    finally:
+                        _BATCH_SEEDS.reset(token)
+                else:
+                    if independent:
+                        torch.manual_seed(series_seed(seed, chunk[0]))
+                    chunks.append(predict_batch(chunk))
                 if bar is not None:
                     bar.batch_done(first=index == 0)
     finally:

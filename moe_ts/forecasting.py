@@ -39,7 +39,8 @@ from torch import Tensor
 from moe_ts.attention import LayerCache, repeated_rows
 from moe_ts.decode_options import MEDIAN_DRAWS, DecodeOptions
 from moe_ts.device import to_device
-from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
+from moe_ts.distributions import RowStreams, row_streams
+from moe_ts.forecast_harness import batch_seeds, check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.packing import (PackedLayout, left_pad, masked_stats, observed_time_ids, patchify, prepare_contexts,
                             standardise, time_causal_mask)
@@ -168,7 +169,7 @@ def forecast(
     arrays = prepare_contexts(context_arrays(contexts), context_length, cfg.patch_size, allow_short_context)
     return forecast_batches(
         model, arrays, lambda chunk: _sample_paths(model, chunk, horizon_patches, num_samples, options, per_step),
-        prediction_length, quantile_levels, seed, batch_size, progress)
+        prediction_length, quantile_levels, seed, batch_size, progress, row_streams=options.decode != "uni2ts")
 
 
 def _checked_context_length(cfg: "ModelConfig", context_length: int | None, horizon_patches: int) -> int:
@@ -209,7 +210,7 @@ def _sample_paths(
 ) -> Tensor:
     """[B, S, horizon_patches·P] sample paths on the original scale, on the model's device; each step emits
     `per_step` patches."""
-    decode, feedback_noise = options.decode, options.noise
+    decode = options.decode
     if decode == "uni2ts":
         return uni2ts_paths(model, arrays, horizon_patches, num_samples)
     param = next(model.parameters())
@@ -221,26 +222,43 @@ def _sample_paths(
         decoder.expand(num_samples)
     emitted = per_step * model.config.patch_size  # Q: the leading values of the head's K·P that a step uses
     paths = torch.empty(len(arrays) * num_samples, num_steps * emitted, dtype=param.dtype, device=param.device)
-    for step in range(num_steps):
-        distr = model.head.distribution(hidden)  # batch shape [B(·S), K·P]
-        emitted_bq = paths[:, step * emitted:(step + 1) * emitted]  # [B·S, Q], written in place
-        if decode == "sample":
-            draws_bq, centers_bq = (t[..., :emitted].to(param.dtype) for t in distr.sample_with_centers())
-            emitted_bq.copy_(draws_bq)
-            fed_bq = draws_bq if feedback_noise == 1.0 else centers_bq + feedback_noise * (draws_bq - centers_bq)
-        else:
-            num_draws = max(num_samples, MEDIAN_DRAWS) if decode == "median" else num_samples
-            draws_sbq = distr.sample((num_draws,))[..., :emitted].to(param.dtype)
-            emitted_bq.copy_(draws_sbq[:num_samples].transpose(0, 1).reshape(-1, emitted))
-            fed_bq = (draws_sbq.median(dim=0).values if decode == "median"
-                      else distr.mean[..., :emitted].to(param.dtype))
-        if step + 1 < num_steps:
-            hidden = decoder.step(fed_bq.unflatten(-1, (per_step, -1)))
+    with row_streams(_series_streams(param.device, num_samples if decode == "sample" else 1)):
+        _decode_steps(model, decoder, hidden, paths, num_steps, num_samples, emitted, per_step, options)
     paths = paths[:, :horizon_patches * model.config.patch_size].float()  # [B·S, H']
     b = len(arrays)
     paths = paths.view(b, num_samples, -1)
     loc_b = loc[:, -1, 0].float().view(b, 1, 1)
     scale_b = scale[:, -1, 0].float().view(b, 1, 1)
     return loc_b + scale_b * paths  # on the model's device: the harness copies the whole forecast out once
+
+
+def _series_streams(device: torch.device, per_series: int) -> RowStreams | None:
+    """One generator per series of the batch, seeded as the harness says (`batch_seeds`), when it asks for
+    per-series streams; None (the global generator) otherwise."""
+    seeds = batch_seeds()
+    if seeds is None:
+        return None
+    return RowStreams([torch.Generator(device=device).manual_seed(s) for s in seeds], per_series)
+
+
+def _decode_steps(model: "MoiraiMoEModel", decoder: "_Decoder", hidden: Tensor, paths: Tensor, num_steps: int,
+                  num_samples: int, emitted: int, per_step: int, options: DecodeOptions) -> None:
+    """The step loop of `_sample_paths`: draws written into `paths` [B·S, steps·Q] in place."""
+    decode, feedback_noise, dtype = options.decode, options.noise, paths.dtype
+    for step in range(num_steps):
+        distr = model.head.distribution(hidden)  # batch shape [B(·S), K·P]
+        emitted_bq = paths[:, step * emitted:(step + 1) * emitted]  # [B·S, Q], written in place
+        if decode == "sample":
+            draws_bq, centers_bq = (t[..., :emitted].to(dtype) for t in distr.sample_with_centers())
+            emitted_bq.copy_(draws_bq)
+            fed_bq = draws_bq if feedback_noise == 1.0 else centers_bq + feedback_noise * (draws_bq - centers_bq)
+        else:
+            num_draws = max(num_samples, MEDIAN_DRAWS) if decode == "median" else num_samples
+            draws_sbq = distr.sample((num_draws,))[..., :emitted].to(dtype)
+            emitted_bq.copy_(draws_sbq[:num_samples].transpose(0, 1).reshape(-1, emitted))
+            fed_bq = (draws_sbq.median(dim=0).values if decode == "median"
+                      else distr.mean[..., :emitted].to(dtype))
+        if step + 1 < num_steps:
+            hidden = decoder.step(fed_bq.unflatten(-1, (per_step, -1)))
 
 
