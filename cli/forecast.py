@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--independent-series", action=argparse.BooleanOptionalAction, default=True,
                         help="each series its own random stream (seed + its values): its forecast does not depend "
-                             "on the other series or --batch-size (default; decodes one series at a time); "
-                             "--no-independent-series batches the draws (faster)")
+                             "on the other series or --batch-size (default, as fast as shared draws except with "
+                             "--decode uni2ts, which then decodes one series at a time); --no-independent-series "
+                             "shares one stream across the batch")
     parser.add_argument("--group", action="store_true",
                         help="forecast all series of the file jointly as one multivariate group (any-variate, as "
                              "uni2ts; a converted uni2ts model); the series must have equal lengths")
