@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.datasets:
         from data_prep.registry import get_spec
 
-        from data_prep.registry import DatasetMissingError, resolve_files
+        from data_prep.registry import DatasetMissingError, held_out_reason, resolve_files
 
         names = [get_spec(n.strip()).name for n in args.datasets.split(",") if n.strip()]
         for name in names:  # a dataset asked for by name must be there: say which file is missing
@@ -520,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
                 resolve_files(get_spec(name), data_dir)
             except DatasetMissingError as err:
                 raise SystemExit(str(err)) from None
+        held = {name: held_out_reason(name) for name in names} if args.exclude_eval else {}
+        held = {name: why for name, why in held.items() if why}
+        if held and len(held) == len(names):  # nothing asked for can go in: say why, not "nothing to write"
+            name, why = next(iter(held.items()))
+            raise SystemExit(f"--datasets {','.join(held)}: held out of every pretraining corpus ({name}: {why}); "
+                             f"pick training datasets, or --include-eval for an experiment that keeps them (leaks)")
     else:
         names = default_datasets(data_dir)
     found = find_sources(args.source, set(names) | set(SYNTHETIC_SOURCES))

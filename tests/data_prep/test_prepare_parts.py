@@ -119,3 +119,9 @@ def test_prepare_replaces_only_a_corpus_and_never_its_own_input(tmp_path, source
         prepare.main(["--out", str(lotsa), "--overwrite", "--no-registered", "--source", f"lotsa:{lotsa}",
                       *NO_SYNTHETIC])
     assert (lotsa / "state.json").is_file()
+
+
+def test_asking_only_for_held_out_datasets_says_why(tmp_path):
+    with pytest.raises(SystemExit, match=r"--datasets etth1: held out of every pretraining corpus \(etth1: lsf"):
+        prepare.main(["--out", str(tmp_path / "c"), "--datasets", "etth1", *NO_SYNTHETIC, "--synthetic-count", "0"])
+    assert not (tmp_path / "c").exists()
