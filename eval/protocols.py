@@ -138,11 +138,13 @@ def last_window_task(
     display_name: str | None = None,
     max_series: int | None = None,
     max_windows: int | None = None,
+    skip_short: bool = False,
 ) -> Task:
     """Monash / zero-shot protocol: the last `windows` non-overlapping windows of `horizon` points of each series.
 
     `max_series` keeps the first N series; `max_windows` keeps the last N windows of each series.
-    A series too short to hold its test windows plus one context point raises ValueError naming it.
+    A series too short to hold its test windows plus one context point raises ValueError naming it, or with
+    `skip_short` (a user's file) is left out and named among the dropped instances.
     """
     _check_horizon(horizon, name)
     if windows < 1 or context_length < 1:
@@ -151,6 +153,16 @@ def last_window_task(
         raise ValueError(f"{name}: no series to evaluate")
     used = series[:max_series] if max_series else series
     keep_w = min(windows, max_windows) if max_windows else windows
+    dropped: list[str] = []
+    if skip_short:
+        short = [s for s in used if len(s.target) - windows * horizon < 1]
+        used = [s for s in used if len(s.target) - windows * horizon >= 1]
+        if short:
+            dropped.append(f"{len(short)} series too short for {windows} window(s) of {horizon} plus one context "
+                           f"point ({', '.join(repr(s.item_id) for s in short[:3])}{', ...' if len(short) > 3 else ''})")
+        if not used:
+            raise ValueError(f"{name}: every series is too short for {windows} test window(s) of {horizon} after at "
+                             f"least one context point")
     values = [np.asarray(s.target, dtype=np.float64) for s in used]
     si, st = [], []
     for k, v in enumerate(values):
@@ -162,7 +174,6 @@ def last_window_task(
         for w in range(windows - keep_w, windows):
             si.append(k)
             st.append(first + w * horizon)
-    dropped: list[str] = []
     si_a, st_a = _drop_undefined(values, np.array(si, dtype=np.int64), np.array(st, dtype=np.int64), horizon, context_length, dropped)
     sampling = Sampling(
         series_total=len(series), series_used=len(used), windows_total=len(used) * windows,
@@ -303,5 +314,6 @@ def tsf_task(
         raise ValueError(f"{path}: the file has no @frequency line, needed for the seasonality")
     season = seasonality if seasonality is not None else monash_seasonality(tsf.frequency)
     return last_window_task(
-        path.stem, tsf.series, h, windows, context_length, season, "tsf", path.name, max_series, max_windows
+        path.stem, tsf.series, h, windows, context_length, season, "tsf", path.name, max_series, max_windows,
+        skip_short=True,
     )
