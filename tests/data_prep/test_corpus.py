@@ -159,10 +159,10 @@ def test_stale_side_file_is_ignored_with_one_warning(tmp_path, write_arrow_corpu
 
 def test_prepare_rewrite_keeps_the_side_file_current(tmp_path, recwarn, monkeypatch):
     """`prepare` rewrites the corpus (decontamination, TSMixup) and writes the side file once, for the final rows."""
-    from data_prep import prepare
+    from data_prep import build, prepare
 
     write_corpus(_mixed_series(), tmp_path / "c")
-    prepare._rewrite_with(tmp_path / "c", [Series("new", np.array([1.0, np.nan, 2.0]), "h", None, "z")], keep=[0, 5])
+    build.rewrite_with(tmp_path / "c", [Series("new", np.array([1.0, np.nan, 2.0]), "h", None, "z")], keep=[0, 5])
     corpus = open_corpus(tmp_path / "c")  # a rewrite alone leaves no side file: the values are scanned
     assert corpus.row_stats == "scan" and not (tmp_path / "c" / "row_stats.npz").exists()
     assert corpus.lengths.tolist() == [1, 2000, 3] and corpus.n_observed[-1] == 2
