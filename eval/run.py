@@ -5,13 +5,17 @@
         [--max-series N] [--max-windows N] [--lsf-stride N] [--lsf-split test|val] [--context-length N]
         [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N] [--decode median|mean|sample|uni2ts]
         [--patches-per-step K] [--feedback-noise 0..1]
-    moe-ts eval --checkpoint DIR --suite probes --out DIR [--probe-series 8]
+    moe-ts eval --checkpoint DIR --suite probes --out DIR [--probe-series 8] [--periodic-series N]
+    moe-ts eval --checkpoint DIR --suite periodic --out DIR [--periodic-series 8] [--datasets etth1,...]
     moe-ts eval --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
     moe-ts eval --list [--data-dir DIR]      # every registered dataset: available / missing, where its file goes
 
 `--checkpoint naive` or `seasonal_naive` evaluates a baseline by name (a sanity run). Writes
 results.csv, aggregate.csv, results.md and plots/<suite>/<dataset>_h<H>.png under --out, and prints
-the markdown, and checkpoint.json (the SHA-256 of the evaluated weights, which `moe-ts export` checks).
+the markdown, and checkpoint.json (the SHA-256 of the evaluated weights, which `moe-ts export` checks). --out is
+replaced whole when the evaluation is done (an older evaluation, or anything with --overwrite).
+An interrupted suite evaluation (Ctrl-C, a kill) keeps its finished datasets beside --out (eval/resume.py);
+rerun the same command with --resume to skip them.
 Datasets of a suite whose files are absent are reported as "missing: put FILE under DIR"; a dataset named in
 --datasets that is missing is an error. Any subsampling (--max-series, --max-windows, --lsf-stride > 1) is
 written beside every number it affects.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,11 +36,13 @@ from eval.baselines import Naive, SeasonalNaive
 from eval.plots import plot_suite
 from eval.protocols import LSF_SPLITS, TaskOptions, tsf_task
 from eval.report import write_reports
+from eval.resume import EvalProgress, eval_settings
 from eval.runner import Forecaster, EvalConfig, SuiteResult, parse_baselines, run_suite, run_task_suite
 from moe_ts.decode_options import DECODE_MODES, DecodeOptions, DecodeOptionsError
-from moe_ts.io.output_dir import check_output_dir, mark
+from moe_ts.device import add_device_arguments
+from moe_ts.io.output_dir import check_output_dir, make_staging_dir, swap_in
 
-SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "probes", "all")
+SUITE_CHOICES = ("monash", "zeroshot", "lsf", "monash_extra", "probes", "periodic", "all")
 ALL_SUITES = ("monash", "zeroshot", "lsf")
 BASELINE_NAMES = ("naive", "seasonal_naive")  # --checkpoint values that name a baseline, not a folder
 
@@ -73,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--list", action="store_true", help="list every registered dataset with available / missing "
                                                           "and where its file goes, then exit")
     p.add_argument("--out", type=Path, help="output folder (required): new, empty, or written by moe-ts")
-    p.add_argument("--overwrite", action="store_true", help="write into --out even when it holds files moe-ts did not write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out whatever it holds (a user's files, a moe-ts folder of another kind)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the datasets an interrupted run of the same command finished (eval/resume.py)")
     p.add_argument("--datasets", help="comma-separated registry names (default: the whole suite)")
     p.add_argument("--data-dir", help="data folder (default: $MOE_TS_DATA_DIR, else <repo>/data)")
     p.add_argument("--horizon", type=_positive, help="--tsf only: horizon when the file has no @horizon (overrides it)")
@@ -102,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(statsforecast; minutes on big sets). Seasonal Naive always runs: every ratio is relative to it")
     p.add_argument("--n-jobs", type=_positive, default=1, help="processes for the statsforecast baselines")
     p.add_argument("--probe-series", type=_positive, default=8, help="--suite probes: series per probe")
+    p.add_argument("--periodic-series", type=_positive,
+                   help="series per set of the periodic validation suite (eval/periodic_suite.py): --suite periodic "
+                        "(default 8), or with --suite probes to report it beside the probes")
+    add_device_arguments(p)
     return p
 
 
@@ -190,11 +204,17 @@ def _check_required(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 def _set_up(args: argparse.Namespace) -> _Setup:
     """Check the flags, load the forecaster and find the tasks; ValueError / KeyError / FileNotFoundError if off."""
     baselines = parse_baselines(args.baselines)
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, kind="eval", inputs={"--checkpoint": args.checkpoint, "--tsf": args.tsf})
     if args.lsf_split != "test" and args.suite not in ("lsf", "all"):
         raise ValueError(f"--lsf-split applies to --suite lsf or all, not {args.suite or '--tsf'}")
     decoding = _decode_kwargs(args)
+    from moe_ts.device import place_model, resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)  # a device this machine lacks: one line before anything loads
+    dtype = resolve_dtype(args.dtype, device)
     model, model_name, model_kwargs = load_forecaster(args.checkpoint)
+    if hasattr(model, "parameters"):  # a model, not a baseline
+        place_model(model, device, dtype)
     _check_decoding_fits(decoding, model)
     setup = _Setup(model, model_name, {**model_kwargs, **decoding}, baselines)
     if args.tsf is not None:
@@ -202,8 +222,14 @@ def _set_up(args: argparse.Namespace) -> _Setup:
             raise ValueError("--datasets and --data-dir apply to --suite only")
         setup.task = tsf_task(args.tsf, args.horizon, args.context_length or 1000, args.seasonality,
                               max_series=args.max_series, max_windows=args.max_windows)
+    elif args.suite == "periodic":
+        from eval.periodic_suite import PERIODIC_NAMES
+
+        unknown = [d for d in (args.datasets or "").split(",") if d.strip() and d.strip() not in PERIODIC_NAMES]
+        if unknown:
+            raise ValueError(f"--datasets {unknown[0]}: not in the periodic suite ({', '.join(PERIODIC_NAMES)})")
     elif args.suite == "probes":
-        if args.datasets or args.data_dir:
+        if args.datasets or (args.data_dir and not args.periodic_series):
             raise ValueError("--datasets and --data-dir do not apply to --suite probes (synthetic series)")
         from eval.probes import min_context_length
 
@@ -217,8 +243,9 @@ def _set_up(args: argparse.Namespace) -> _Setup:
     return setup
 
 
-def _run_suites(args: argparse.Namespace, setup: _Setup) -> list[SuiteResult]:
-    """Evaluate the model and the baselines on the --tsf task, the probes or the planned suites."""
+def _run_suites(args: argparse.Namespace, setup: _Setup, progress: EvalProgress | None = None) -> list[SuiteResult]:
+    """Evaluate the model and the baselines on the --tsf task, the probes or the planned suites (skipping the
+    datasets `progress` kept, recording each one finished)."""
     cfg = EvalConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
                      chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=setup.model_kwargs)
     options = TaskOptions(context_length=args.context_length, lsf_stride=args.lsf_stride,
@@ -232,27 +259,61 @@ def _run_suites(args: argparse.Namespace, setup: _Setup) -> list[SuiteResult]:
 
         results.append(run_probes(setup.model, cfg, args.probe_series, args.context_length, setup.baselines,
                                   args.n_jobs))
+    if args.suite == "periodic" or (args.suite == "probes" and args.periodic_series):
+        from eval.periodic_suite import PERIODIC_NAMES, run_periodic
+
+        names = tuple(d.strip() for d in args.datasets.split(",") if d.strip()) if args.datasets else PERIODIC_NAMES
+        context = args.context_length if args.suite == "periodic" else None  # the probes' context is theirs
+        results.append(run_periodic(setup.model, cfg, args.periodic_series or 8, context_length=context,
+                                    baselines=setup.baselines, n_jobs=args.n_jobs, data_dir=args.data_dir, names=names))
     for suite, datasets in setup.plan:
         results.append(run_suite(suite, datasets, setup.model, args.data_dir, options, cfg,
-                                 baselines=setup.baselines, n_jobs=args.n_jobs))
+                                 baselines=setup.baselines, n_jobs=args.n_jobs, progress=progress))
     return results
 
 
 def _write_outputs(args: argparse.Namespace, argv: list[str] | None, setup: _Setup, results: list[SuiteResult],
                    t0: float) -> str:
-    """Write the marker, provenance, plots and reports under --out; the markdown to print."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    mark(args.out, "eval")
+    """Write provenance, plots and reports into a staging folder swapped in as --out (marked `eval`, replacing
+    the old one whole: moe_ts/io/output_dir.py); the markdown to print."""
+    staging = make_staging_dir(args.out)
+    try:
+        text = _write_into(staging, args, argv, setup, results, t0)
+        swap_in(staging, args.out, "eval")
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return text
+
+
+def _decoding_text(args: argparse.Namespace, model: object) -> str:
+    """How the numbers were decoded, for results.md (and the model card `moe-ts export` writes)."""
+    if args.checkpoint in BASELINE_NAMES:
+        return "none (a baseline)"
+    if _predicted_patches(model) is None:
+        return f"{type(model).__name__}'s own forecast (no autoregressive decoding options)"
+    parts = [f"decode {args.decode or 'sample (the default)'}"]
+    if args.patches_per_step:
+        parts.append(f"patches per step {args.patches_per_step}")
+    if args.feedback_noise is not None:
+        parts.append(f"feedback noise {args.feedback_noise}")
+    return ", ".join(parts)
+
+
+def _write_into(out: Path, args: argparse.Namespace, argv: list[str] | None, setup: _Setup,
+                results: list[SuiteResult], t0: float) -> str:
     from moe_ts.io.provenance import write_eval_source
 
-    write_eval_source(args.out, args.checkpoint if Path(args.checkpoint).is_dir() else None)  # None: a baseline
+    write_eval_source(out, args.checkpoint if Path(args.checkpoint).is_dir() else None,  # None: a baseline
+                      decoding=_decoding_text(args, setup.model))
     if args.plot_series > 0:
         for r in results:
-            plot_suite(r, args.out, setup.model_name)
+            plot_suite(r, out, setup.model_name)
     argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     header = [
         f"- command: `moe-ts eval {argv_text}`",
         f"- checkpoint: `{args.checkpoint}`; samples {args.num_samples}, seed {args.seed}, batch {args.batch_size}",
+        f"- decoding: {_decoding_text(args, setup.model)}",
         f"- protocol options: context length {args.context_length or ('1000' if args.tsf else 'per dataset')}, "
         f"LSF stride {args.lsf_stride}, LSF split {args.lsf_split}, "
         f"max series {args.max_series or 'all'}, max windows {args.max_windows or 'all'}",
@@ -261,12 +322,32 @@ def _write_outputs(args: argparse.Namespace, argv: list[str] | None, setup: _Set
         "rel. = model / Seasonal Naive; all metrics of all roles are in results.csv",
         f"- baselines: {', '.join(setup.baselines)} (statsforecast ones: eval/classical.py)",
     ]
-    text = write_reports(results, args.out, setup.model_name, header)
+    text = write_reports(results, out, setup.model_name, header)
     if args.suite == "probes":
         from eval.probes import write_probe_table
 
-        text += "\n" + write_probe_table(results[-1], args.out, setup.model_name)
+        text += "\n" + write_probe_table(next(r for r in results if r.suite == "probes"), out, setup.model_name)
+    if any(r.suite == "periodic" for r in results):
+        from eval.periodic_suite import write_periodic_table
+
+        text += "\n" + write_periodic_table(next(r for r in results if r.suite == "periodic"), out, setup.model_name)
     return text
+
+
+def _progress(args: argparse.Namespace, setup: _Setup) -> EvalProgress | None:
+    """The finished-datasets record of a suite evaluation (kept from an interrupted run with --resume)."""
+    if not setup.plan:
+        return None
+    from moe_ts.io.provenance import weights_fingerprint
+
+    sha = weights_fingerprint(args.checkpoint) if Path(args.checkpoint).is_dir() else None
+    try:
+        progress = EvalProgress(args.out, eval_settings(args, sha), args.resume)
+    except ValueError as err:
+        _fail(str(err), 2)
+    if progress.resumed:
+        print(f"resuming: {progress.resumed} dataset(s) finished by the interrupted run are kept", file=sys.stderr)
+    return progress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,11 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         setup = _set_up(args)
     except (ValueError, KeyError, FileNotFoundError) as err:  # one line, no usage block
         _fail(str(err.args[0] if isinstance(err, KeyError) and err.args else err), 2)
-    results = _run_suites(args, setup)
+    progress = _progress(args, setup)
+    try:
+        results = _run_suites(args, setup, progress)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(progress.interrupted_note() if progress else "--out untouched") from None
     missing = [f"{m.dataset} ({m.message})" for r in results for m in r.missing]
     if not any(r.tasks for r in results):
+        if progress is not None:
+            progress.remove()
         _fail(f"nothing evaluated, every dataset is missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
     print(_write_outputs(args, argv, setup, results, t0))
+    if progress is not None:
+        progress.remove()
     if args.datasets and missing:  # asked for by name: the results are written, but the run is not complete
         _fail(f"requested dataset(s) missing: {'; '.join(missing)}; see `moe-ts eval --list`", 1)
     return 0
