@@ -190,18 +190,23 @@ def _series(kind: str, rng: np.random.Generator, length: int) -> tuple[np.ndarra
 SYNTHETIC_KINDS = ("seasonal", "trend", "noise", "intermittent", "mixed")
 
 
-def synthetic_series(seed: int, i: int, kind: str, length: int) -> Series:
-    """The i-th series of generator `kind` for `seed`."""
+def synthetic_series(seed: int, i: int, kind: str, length: int, missing_share: float | None = None,
+                     shift_share: float | None = None) -> Series:
+    """The i-th series of generator `kind` for `seed` (gaps and level shifts: `add_gaps_and_shifts`)."""
     rng = _rng(seed, 2 + SYNTHETIC_KINDS.index(kind), i)
     values, freq = _series(kind, rng, length)
+    if kind != "intermittent":  # zeros are its signal; a level shift or a gap would change what it is
+        values = add_gaps_and_shifts(values, _rng(seed, 40 + SYNTHETIC_KINDS.index(kind), i), missing_share, shift_share)
     return Series(item_id=f"synthetic/{kind}/{seed}/{i}", target=values, freq=freq, start=pd.Timestamp("2000-01-01"),
                   dataset="synthetic", attributes={"kind": kind})
 
 
 def generate_synthetic(
-    count: int, seed: int = 0, min_length: int = 64, max_length: int = 1024, kinds: tuple[str, ...] = SYNTHETIC_KINDS
+    count: int, seed: int = 0, min_length: int = 64, max_length: int = 1024, kinds: tuple[str, ...] = SYNTHETIC_KINDS,
+    missing_share: float | None = None, shift_share: float | None = None,
 ) -> list[Series]:
-    """`count` series cycling through `kinds`, lengths drawn in [min_length, max_length] (dataset 'synthetic')."""
+    """`count` series cycling through `kinds`, lengths drawn in [min_length, max_length] (dataset 'synthetic');
+    gaps and level shifts in the given shares of the series (None: `MISSING_SHARE`, `SHIFT_SHARE`)."""
     if not 2 <= min_length <= max_length:
         raise ValueError(f"need 2 <= min_length <= max_length, got {min_length}, {max_length}")
     for kind in kinds:
@@ -210,7 +215,7 @@ def generate_synthetic(
     out = []
     for i in range(count):
         length = int(_rng(seed, 99, i).integers(min_length, max_length + 1))
-        out.append(synthetic_series(seed, i, kinds[i % len(kinds)], length))
+        out.append(synthetic_series(seed, i, kinds[i % len(kinds)], length, missing_share, shift_share))
     return out
 
 
@@ -261,19 +266,65 @@ def _periodic(rng: np.random.Generator, length: int) -> tuple[np.ndarray, float,
     return rng.normal(0, 10) + rng.lognormal(0, 1) * (core + noise_sd * noise), period, noise_sd
 
 
-def periodic_series(seed: int, i: int, length: int) -> Series:
+def periodic_series(seed: int, i: int, length: int, missing_share: float | None = None,
+                    shift_share: float | None = None) -> Series:
     """The i-th periodic series for `seed` (dataset "periodic"; attributes: base period, relative noise sd)."""
     values, period, noise_sd = _periodic(_rng(seed, 20, i), length)
+    values = add_gaps_and_shifts(values, _rng(seed, 22, i), missing_share, shift_share)
     return Series(item_id=f"periodic/{seed}/{i}", target=values, freq="h", start=None, dataset="periodic",
                   attributes={"kind": "periodic", "period": round(period, 3), "noise_sd": round(noise_sd, 4)})
 
 
-def generate_periodic(count: int, seed: int = 0, min_length: int = 512, max_length: int = 2048) -> list[Series]:
+def generate_periodic(count: int, seed: int = 0, min_length: int = 512, max_length: int = 2048,
+                      missing_share: float | None = None, shift_share: float | None = None) -> list[Series]:
     """`count` periodic series (harmonic cycles of random period, optional second cycle, trend, level shift,
-    amplitude modulation, white or AR(1) noise from 1% to 50% of the cycle's sd), lengths in [min, max]."""
+    amplitude modulation, white or AR(1) noise from 1% to 50% of the cycle's sd), lengths in [min, max]; gaps
+    and further level shifts in the given shares of the series (None: `MISSING_SHARE`, `SHIFT_SHARE`)."""
     if not 2 <= min_length <= max_length:
         raise ValueError(f"need 2 <= min_length <= max_length, got {min_length}, {max_length}")
-    return [periodic_series(seed, i, int(_rng(seed, 21, i).integers(min_length, max_length + 1))) for i in range(count)]
+    return [periodic_series(seed, i, int(_rng(seed, 21, i).integers(min_length, max_length + 1)), missing_share,
+                            shift_share) for i in range(count)]
+
+
+# --- gaps and level shifts: real series have both, the rest of the corpus almost neither (NaN in 0.2% of its
+# values, all in NN5 and Sunspot), so a model trained on it has never seen a zero-filled (missing) patch and
+# reads one as a real value at the mean (EXPERIMENTS.md, 2026-12-07, parts 2 and 3).
+# Shares of the periodic and synthetic series that get them; 0 keeps the corpus as before (the default until an
+# experiment shows otherwise on two seeds).
+MISSING_SHARE = 0.0
+SHIFT_SHARE = 0.0
+GAP_LENGTHS = (8, 96)  # points: half a patch to six patches of 16
+
+
+def add_gaps_and_shifts(values: np.ndarray, rng: np.random.Generator, missing_share: float | None = None,
+                        shift_share: float | None = None) -> np.ndarray:
+    """A copy of `values`: with probability `shift_share` one or two level shifts (each N(0, 2) series sds, from a
+    point in the last 80%); with probability `missing_share` NaN in scattered points (1-25%), in one to three
+    gaps of GAP_LENGTHS points, or both. None takes the module's MISSING_SHARE / SHIFT_SHARE. Draws from `rng`
+    only, so the clean values do not depend on the shares."""
+    missing_share = MISSING_SHARE if missing_share is None else missing_share
+    shift_share = SHIFT_SHARE if shift_share is None else shift_share
+    for name, share in (("missing_share", missing_share), ("shift_share", shift_share)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {share}")
+    out = np.array(values, dtype=np.float64)
+    n = len(out)
+    u_shift, u_missing, mode = rng.random(3)
+    if u_shift < shift_share and n >= 10:
+        sd = float(np.nanstd(out)) or 1.0
+        for at in rng.integers(n // 5, n, size=int(rng.integers(1, 3))):
+            out[at:] += rng.normal(0.0, 2.0) * sd
+    if u_missing < missing_share and n >= 10:
+        if mode < 2 / 3:  # scattered, alone or with gaps
+            out[rng.random(n) < rng.uniform(0.01, 0.25)] = np.nan
+        if mode >= 1 / 3:  # gaps, alone or with scattered points
+            for _ in range(int(rng.integers(1, 4))):
+                length = int(rng.integers(GAP_LENGTHS[0], GAP_LENGTHS[1] + 1))
+                start = int(rng.integers(0, max(1, n - length)))
+                out[start:start + length] = np.nan
+        if np.isnan(out).all():
+            out[-1] = values[-1]
+    return out
 
 
 # --- random walks: integrated series whose best forecast is persistence (exchange rates, prices) ---

@@ -48,12 +48,16 @@ class PeriodicSet:
 
 
 PERIODIC_SETS: tuple[PeriodicSet, ...] = (
-    PeriodicSet("m4_hourly", 24, 48, "before_test", "M4 Hourly, daily cycle; windows before the test window (train part: in the corpus)"),
-    PeriodicSet("nn5_daily", 7, 56, "before_test", "NN5 cash withdrawals, weekly cycle; windows before the test window (in the corpus)"),
+    PeriodicSet("m4_hourly", 24, 48, "before_test",
+                "M4 Hourly, daily cycle; windows before the test window (train part: in the corpus)"),
+    PeriodicSet("nn5_daily", 7, 56, "before_test",
+                "NN5 cash withdrawals, weekly cycle; windows before the test window (in the corpus)"),
     PeriodicSet("etth1", 24, 48, "lsf_val", "ETTh1 channels, daily cycle; LSF validation split (held out of the corpus)"),
     PeriodicSet("etth2", 24, 48, "lsf_val", "ETTh2 channels, daily cycle; LSF validation split (held out of the corpus)"),
-    PeriodicSet("aus_elec_demand", 48, 48, "before_test", "Australian half-hourly electricity demand, daily cycle; windows before the test windows"),
-    PeriodicSet("pedestrian_counts", 24, 48, "before_test", "Melbourne hourly pedestrian counts, daily cycle; windows before the test window"),
+    PeriodicSet("aus_elec_demand", 48, 48, "before_test",
+                "Australian half-hourly electricity demand, daily cycle; windows before the test windows"),
+    PeriodicSet("pedestrian_counts", 24, 48, "before_test",
+                "Melbourne hourly pedestrian counts, daily cycle; windows before the test window"),
 )
 PERIODIC_NAMES: tuple[str, ...] = tuple(s.name for s in PERIODIC_SETS)
 
@@ -175,7 +179,8 @@ def write_periodic_table(suite: SuiteResult, out_dir: Path, model_name: str) -> 
     lines = ["## periodic validation suite (real series with daily / weekly cycles; no test-split window)", "",
              "MASE scale: in-sample seasonal-naive MAE at the set's period; model_vs_snaive = the model's MASE / "
              "Seasonal Naive's on the same windows.",
-             "Sets: " + "; ".join(f"{s.name}: {s.description}" for s in PERIODIC_SETS if any(r["set"] == s.name for r in rows)),
+             "Sets: " + "; ".join(f"{s.name}: {s.description}" for s in PERIODIC_SETS
+                                  if any(r["set"] == s.name for r in rows)),
              ""]
     if rows:
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

@@ -54,8 +54,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     min_scale: float = 1e-5  # scale = sqrt(var + min_scale): constant series never divide by zero
     # What a missing value becomes at the input: "zero_normalized" (0 after standardising: the series mean) or
-    # "zero_raw" (0 in raw units, then standardised: -loc/scale, what uni2ts feeds released Moirai-MoE weights).
-    missing_values: Literal["zero_normalized", "zero_raw"] = "zero_normalized"
+    # "zero_raw" (0 in raw units, then standardised: -loc/scale, what uni2ts feeds released Moirai-MoE weights), or
+    # "interpolate" (runs shorter than a patch filled from their neighbours, longer gaps 0: moe_ts/packing.py).
+    missing_values: Literal["zero_normalized", "zero_raw", "interpolate"] = "zero_normalized"
     # How forecasting numbers a series' patches (RoPE positions and causality): "position" (index within the
     # series) or "observed" (uni2ts' forecaster: leading patches without an observed value share time id 0 with
     # the first observed patch, and patches with equal time ids see each other). Pretraining always uses "position".

@@ -55,7 +55,7 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
     layout = PackedLayout.from_sample_id(sample_id)
     stats_bn = layout.stats_patches(cfg.stats_ratio)
     loc, scale, informative = masked_stats(values, observed, stats_bn, layout.sample_id, cfg.min_scale)
-    normed = standardise(values, observed, loc, scale, cfg.missing_values)
+    normed = standardise(values, observed, loc, scale, cfg.missing_values, layout.sample_id)
 
     inputs = normed
     mask = layout.attention_mask()

@@ -62,3 +62,18 @@ def test_moe_ts_does_not_import_gluonts_until_it_forecasts():
     code = "import sys, moe_ts.model, moe_ts.io.gluonts; print(any(m.startswith('gluonts') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_forecast_takes_a_gluonts_list_dataset_as_its_contexts(tiny_checkpoint):
+    import numpy as np
+    from gluonts.dataset.common import ListDataset
+
+    from moe_ts.model import MoiraiMoEModel
+
+    model = MoiraiMoEModel.from_pretrained(tiny_checkpoint)
+    rng = np.random.default_rng(0)
+    targets = [rng.normal(10, 1, 40).astype(np.float32), rng.normal(5, 2, 33).astype(np.float32)]
+    data = ListDataset([{"start": "2021-01-01", "target": t} for t in targets], freq="D")
+    from_dataset = model.forecast(data, 6, num_samples=4, seed=0)
+    from_arrays = model.forecast(targets, 6, num_samples=4, seed=0)
+    np.testing.assert_array_equal(from_dataset.samples, from_arrays.samples)
