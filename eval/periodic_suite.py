@@ -18,7 +18,6 @@ baseline's MASE, and the model's MASE relative to Seasonal Naive.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from eval.metrics import geometric_mean
+from eval.probes import write_rows_csv
 from eval.protocols import Sampling, Task, _drop_undefined
 from eval.runner import (DEFAULT_BASELINES, MODEL, SNAIVE, EvalConfig, Forecaster, MissingDataset, SuiteResult,
                          _default_log, evaluate_task, reference_forecasters)
@@ -124,10 +124,9 @@ def run_periodic(
         try:
             series = load_series(name, data_dir, max_series=n_series)
         except DatasetMissingError as err:
-            msg = str(err)
-            result.missing.append(MissingDataset(SUITE, name, msg[msg.find("missing:"):] if "missing:" in msg else msg))
+            result.missing.append(MissingDataset.of(SUITE, name, err))
             if log:
-                log(f"[{SUITE}] {msg}")
+                log(f"[{SUITE}] {err}")
             continue
         task = periodic_task(pset, series, n_series, windows, context_length or CONTEXT)
         if log:
@@ -165,15 +164,7 @@ def _fmt(x: object) -> str:
 def write_periodic_table(suite: SuiteResult, out_dir: Path, model_name: str) -> str:
     """periodic.csv and periodic.md under out_dir; returns the markdown (table and a geometric-mean line)."""
     rows = periodic_rows(suite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(out_dir / "periodic.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys or ["set"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    keys = write_rows_csv(rows, out_dir / "periodic.csv")
     ratios = [float(r["model_vs_snaive"]) for r in rows if math.isfinite(float(r["model_vs_snaive"]))]
     gm = geometric_mean(ratios) if ratios else float("nan")
     lines = ["## periodic validation suite (real series with daily / weekly cycles; no test-split window)", "",

@@ -221,18 +221,24 @@ def summary_line(rows: list[dict], model_name: str) -> str:
     return f"probes, {model_name}: " + "; ".join(parts) + f"; beats Seasonal Naive on {beats}"
 
 
-def write_probe_table(suite: SuiteResult, out_dir: Path, model_name: str) -> str:
-    """probes.csv and probes.md under out_dir; returns the markdown (table and summary line)."""
-    rows = probe_rows(suite)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_rows_csv(rows: list[dict], path: Path) -> list[str]:
+    """`rows` as a CSV at `path` (floats in full precision), columns in first-seen order; returns the columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(out_dir / "probes.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys or ["empty"])
         w.writeheader()
         for r in rows:
             w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    return keys
+
+
+def write_probe_table(suite: SuiteResult, out_dir: Path, model_name: str) -> str:
+    """probes.csv and probes.md under out_dir; returns the markdown (table and summary line)."""
+    rows = probe_rows(suite)
+    keys = write_rows_csv(rows, out_dir / "probes.csv")
     lines = ["## probes (synthetic series with a known best answer)", "",
              "MASE scale: in-sample seasonal-naive MAE with the probe's period; model_vs_* = the model's MASE / theirs.",
              "Probes: " + "; ".join(f"{p.name}: {p.description}" for p in PROBES if any(r["probe"] == p.name for r in rows)),

@@ -95,6 +95,12 @@ class MissingDataset:
     dataset: str
     message: str
 
+    @classmethod
+    def of(cls, suite: str, dataset: str, err: Exception) -> "MissingDataset":
+        """The record of a DatasetMissingError: its message from "missing:" on (the paths), or all of it."""
+        msg = str(err)
+        return cls(suite, dataset, msg[msg.find("missing:"):] if "missing:" in msg else msg)
+
 
 @dataclass
 class SuiteResult:
@@ -254,10 +260,9 @@ def run_suite(
         try:
             tasks = build_tasks(name, suite, data_dir, options)
         except DatasetMissingError as err:
-            msg = str(err)
-            result.missing.append(MissingDataset(suite, name, msg[msg.find("missing:"):] if "missing:" in msg else msg))
+            result.missing.append(MissingDataset.of(suite, name, err))
             if log:
-                log(f"[{suite}] {name}: {msg}")
+                log(f"[{suite}] {name}: {err}")
             continue
         if log:
             log(f"[{suite}] {name}: {len(tasks)} task(s), {tasks[0].sampling.describe()}")
