@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,10 +37,10 @@ from moe_ts.io.kept_state import KeptState
 from moe_ts.io.output_dir import check_output_dir
 from moe_ts.io.provenance import DISTILL_FILE, card_fields, derived_records, record_files
 from moe_ts.student.model import MLPForecaster, StudentConfig
+from data_prep.download import cache_dir
 from distill.data import DistillData, WindowSet, corpus_windows, dataset_windows
 from distill.teacher_cache import TeacherSettings, cached_teacher_outputs, teacher_fingerprint
 
-DEFAULT_CACHE = Path(os.environ.get("MOE_TS_CACHE", Path.home() / ".cache" / "moe-ts")) / "teacher"
 
 
 @dataclass
@@ -270,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher forecast = mean or median of its samples (default mean)")
     p.add_argument("--teacher-decode", choices=("median", "mean", "sample"), default=TeacherSettings.decode,
                    help="teacher decoding mode (moe_ts/forecasting.py; default median)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                   help="teacher output cache (default $MOE_TS_CACHE/teacher, else ~/.cache/moe-ts/teacher)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="teacher output cache (default: the moe-ts cache's teacher/ folder, data_prep.download.cache_dir)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command after its last finished epoch")
@@ -316,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                               args.max_val_windows)
     progress = KeptState(args.out, "distill", _settings(args, teacher, data), args.resume, unit="epoch")
     log(data.description)
+    if args.cache_dir is None:  # resolved at run time: $MOE_TS_CACHE / $XDG_CACHE_HOME as the downloads see them
+        args.cache_dir = cache_dir() / "teacher"
     targets = teacher_targets(teacher, data, cfg, args.cache_dir, log) if cfg.uses_teacher else None
     try:
         student, history = train_student(data, cfg, targets, log, progress)

@@ -323,3 +323,14 @@ def test_lsf_windows_never_read_the_test_split(tmp_path):
         assert np.abs(ws.contexts).max() < 1e5 and np.abs(ws.truth).max() < 1e5  # no test value anywhere
     assert np.abs(data.train.truth).max() < 100  # training targets stay inside the training split
     assert (np.abs(data.val.truth) > 100).all()  # validation targets inside the validation split
+
+
+def test_the_default_teacher_cache_is_the_moe_ts_cache_at_run_time(tmp_path, teacher_dir, capsys, monkeypatch):
+    corpus = _corpus(tmp_path, [120, 130])
+    monkeypatch.setenv("MOE_TS_CACHE", str(tmp_path / "set-after-import"))  # as `data download` sees it
+    argv = ["distill", "--teacher", str(teacher_dir), "--data", str(corpus), "--context", "32", "--horizon", "16",
+            "--out", str(tmp_path / "student"), "--hidden", "8", "--epochs", "1", "--stride", "8",
+            "--teacher-samples", "2"]
+    assert main(argv) == 0
+    assert f"cached in {tmp_path / 'set-after-import' / 'teacher'}" in capsys.readouterr().err
+    assert any((tmp_path / "set-after-import" / "teacher").iterdir())
