@@ -25,12 +25,13 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests skip with their reason where no CUDA device is present."""
+    """Tests marked `gpu` skip with their reason where no CUDA device is present. The marker is looked up
+    itself: `"gpu" in item.keywords` also matched any test whose parametrize id or name holds "gpu"."""
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; none is present on this machine")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip_gpu)
 
 
