@@ -17,7 +17,8 @@ seconds / ours (> 1: moe-ts faster).
   re-standardise and re-encode per step) at the horizons listed in --uni2ts-mode-horizons, and without the
   cache (`use_kv_cache=False`, the same draws) at --recompute-horizons: the cache's speed-up over our own
   recompute. `--baseline-tree DIR` (a checkout of another commit) also runs that commit's moe-ts with the KV
-  cache, in its own process on the same weights: a change's before / after, measured in the same run.
+  cache and the training step, in its own process on the same weights: a change's before / after, measured
+  in the same run.
 - train step: forward + NLL of the next patch + backward on B rows of N patches (one series per row).
   uni2ts: `MoiraiMoEModule` forward, the mean NLL of patch j+1 under the distribution at patch j, backward.
   moe-ts: `pretrain_loss` (its scaler uses the leading 30% of each row; the network work is the same).
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,11 +116,30 @@ def _moe_worker(folder: Path, threads: int) -> None:
         cmd = json.loads(line)
         if cmd["op"] == "exit":
             return
-        contexts = np.load(cmd["data"])
-        start = time.perf_counter()
-        model.forecast(list(contexts), cmd["horizon"], num_samples=cmd["samples"], seed=0,
-                       context_length=contexts.shape[1], decode=cmd["decode"])
-        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+        data = np.load(cmd["data"])
+        if cmd["op"] == "train":
+            seconds = _moe_train_step(model, torch.from_numpy(data))
+        else:
+            start = time.perf_counter()
+            model.forecast(list(data), cmd["horizon"], num_samples=cmd["samples"], seed=0,
+                           context_length=data.shape[1], decode=cmd["decode"])
+            seconds = time.perf_counter() - start
+        print(json.dumps({"seconds": seconds}), flush=True)
+
+
+def _moe_train_step(model: Any, train_bl: Any) -> float:
+    """Seconds of one forward + backward of moe-ts' `pretrain_loss` on rows of one series each."""
+    import torch
+    from moe_ts.objectives import pretrain_loss
+
+    ids_bn = torch.ones(train_bl.shape[0], train_bl.shape[1] // PATCH, dtype=torch.long)
+    model.train()
+    start = time.perf_counter()
+    pretrain_loss(model, train_bl, ids_bn).loss.backward()
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return seconds
 
 
 # ----------------------------------------------------------------------------- moe-ts side
@@ -184,7 +205,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     from moe_ts.uni2ts.convert import convert_uni2ts_folder
     from moe_ts.model import MoiraiMoEModel
-    from moe_ts.objectives import pretrain_loss
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="vs-uni2ts-"))
@@ -204,22 +224,12 @@ def main(argv: list[str] | None = None) -> dict:
     train = rng.normal(size=(args.series, args.train_patches * PATCH)).cumsum(axis=1).astype(np.float32)
     np.save(tmp / "train.npy", train)
     train_t = torch.from_numpy(train)
-    train_ids = torch.ones(args.series, args.train_patches, dtype=torch.long)
 
     def ours_forecast(horizon: int, samples: int, decode: str, use_kv_cache: bool = True) -> float:
         start = time.perf_counter()
         model.forecast(list(contexts), horizon, num_samples=samples, seed=0, context_length=args.context,
                        decode=decode, use_kv_cache=use_kv_cache)
         return time.perf_counter() - start
-
-    def ours_train() -> float:
-        model.train()
-        start = time.perf_counter()
-        pretrain_loss(model, train_t, train_ids).loss.backward()
-        seconds = time.perf_counter() - start
-        model.zero_grad(set_to_none=True)
-        model.eval()
-        return seconds
 
     tasks = []
     for pair in args.tasks.split(","):
@@ -236,9 +246,12 @@ def main(argv: list[str] | None = None) -> dict:
         if str(horizon) in args.recompute_horizons.split(","):
             task["moe-ts recompute"] = lambda h=horizon, s=samples: ours_forecast(h, s, "sample", False)
         tasks.append(task)
-    tasks.append({"task": f"train step {args.series}x{args.train_patches} patches",
+    train_task = {"task": f"train step {args.series}x{args.train_patches} patches",
                   "uni2ts": lambda: worker.ask(op="train", data=str(tmp / "train.npy"))["seconds"],
-                  "moe-ts": ours_train})
+                  "moe-ts": lambda: _moe_train_step(model, train_t)}
+    if baseline is not None:
+        train_task["baseline"] = lambda: baseline.ask(op="train", data=str(tmp / "train.npy"))["seconds"]
+    tasks.append(train_task)
     ours_forecast(16, 2, "sample")  # warm-ups
     worker.ask(op="forecast", horizon=16, samples=2, data=str(tmp / "contexts.npy"))
     if baseline is not None:
@@ -266,10 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
             recompute = statistics.median(times[(task["task"], "moe-ts recompute")])
             kv_row = next(r for r in rows if r["task"] == task["task"] and r["system"] == "moe-ts kv-cache")
             kv_row["recompute_over_this"] = recompute / kv_row["seconds"]
-        if "baseline kv-cache" in task:  # the change's speed-up, measured in the same run
-            kv_row = next(r for r in rows if r["task"] == task["task"] and r["system"] == "moe-ts kv-cache")
-            baseline_s = statistics.median(times[(task["task"], "baseline kv-cache")])
-            kv_row["baseline_over_this"] = baseline_s / kv_row["seconds"]
+        for base_name, ours_name in (("baseline kv-cache", "moe-ts kv-cache"), ("baseline", "moe-ts")):
+            if base_name in task:  # the change's speed-up, measured in the same run
+                row = next(r for r in rows if r["task"] == task["task"] and r["system"] == ours_name)
+                row["baseline_over_this"] = statistics.median(times[(task["task"], base_name)]) / row["seconds"]
     print(f"| task | system | seconds (median of {args.repeats}) | uni2ts s / this s | recompute s / this s "
           "| baseline s / this s |")
     print("|---|---|---|---|---|---|")
