@@ -7,6 +7,10 @@ Methods, all from the same pretrained model:
   plain model at the end (exact up to rounding).
 - `head`: only the mixture head trains; `full`: every weight trains. Both use the pretraining objective
   (`moe_ts.objectives.pretrain_loss`) on rows holding one window each.
+- `time-llm`: no pretrained moe-ts model; `moe_ts.timellm.model.TimeLLMModel` reprograms patches into a frozen
+  language model (`llm`), with Time-LLM's text prompt or a Time-DPD soft prompt of `soft_prompt` vectors; one
+  direct head per horizon, trained together on windows of context + longest horizon, loss
+  `moe_ts.timellm.forecasting.time_llm_loss` (MSE).
 
 The loop: AdamW on the trainable parameters, global-norm clipping, validation loss every `eval_every`
 steps (and before the first, the zero-shot value), early stopping after `patience` evaluations without
@@ -29,8 +33,12 @@ from moe_ts.msft.network import MSFTConfig, MSFTNetwork, merge_lora, msft_loss
 from moe_ts.msft.model import MSFTModel
 from moe_ts.io.kept_state import KeptState, ResumeError
 from moe_ts.objectives import pretrain_loss
+from moe_ts.timellm.config import TimeLLMConfig
+from moe_ts.timellm.forecasting import time_llm_loss
+from moe_ts.timellm.model import TimeLLMModel
+from moe_ts.timellm.prompt import dataset_description
 
-METHODS = ("msft", "full", "head", "lora")
+METHODS = ("msft", "full", "head", "lora", "time-llm")
 
 
 @dataclass
@@ -53,10 +61,21 @@ class FinetuneConfig:
     train_gates: bool = True
     train_experts: bool = False
     seed: int = 0
+    # time-llm only (the window is context_length + the longest horizon)
+    llm: str | None = None  # Hub id or local folder of the frozen LLM
+    llm_layers: int = 0  # keep the LLM's first k layers (0 = all)
+    soft_prompt: int = 0  # 0: Time-LLM's text prompt; N: Time-DPD's N trainable prompt vectors
+    context_length: int = 512
+    horizons: tuple[int, ...] = (96, 192, 336, 720)
+    d_model: int = 32
+    d_ff: int = 128
+    num_prototypes: int = 1000
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"--method {self.method!r}: unknown finetuning method (choose from {', '.join(METHODS)})")
+        if (self.method == "time-llm") != (self.llm is not None):
+            raise ValueError("--llm is required by --method time-llm and applies to it only")
         for name in ("steps", "batch_size", "window", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -96,8 +115,25 @@ def prepare_model(base: MoiraiMoEModel, cfg: FinetuneConfig, where: str) -> nn.M
     return model
 
 
+def prepare_time_llm(cfg: FinetuneConfig, dataset: str | None) -> TimeLLMModel:
+    """A fresh Time-LLM / Time-DPD model over the frozen `cfg.llm` (the prompt describes `dataset`)."""
+    return TimeLLMModel.build(TimeLLMConfig(
+        llm=str(cfg.llm), llm_layers=cfg.llm_layers, soft_prompt=cfg.soft_prompt, context_length=cfg.context_length,
+        horizons=tuple(cfg.horizons), d_model=cfg.d_model, d_ff=cfg.d_ff, num_prototypes=cfg.num_prototypes,
+        description=dataset_description(dataset)))
+
+
+def training_window(model: nn.Module, cfg: FinetuneConfig) -> int:
+    """Points per training window: `cfg.window`, or a Time-LLM model's context + longest horizon."""
+    if isinstance(model, TimeLLMModel):
+        return model.config.context_length + max(model.config.horizons)
+    return cfg.window
+
+
 def window_unit(model: nn.Module) -> int:
     """Training windows must be a multiple of this many points."""
+    if isinstance(model, TimeLLMModel):
+        return 1
     unit = model.config.patch_size
     return unit * model.msft.pool if isinstance(model, MSFTNetwork) else unit
 
@@ -105,6 +141,8 @@ def window_unit(model: nn.Module) -> int:
 def batch_loss(model: nn.Module, windows_bl: torch.Tensor) -> torch.Tensor:
     """The method's objective on rows holding one window each (moved to the model's device)."""
     windows_bl = windows_bl.to(next(model.parameters()).device, non_blocking=True)
+    if isinstance(model, TimeLLMModel):
+        return time_llm_loss(model, windows_bl)
     if isinstance(model, MSFTNetwork):
         return msft_loss(model, windows_bl).loss
     n = windows_bl.shape[1] // model.config.patch_size
@@ -152,15 +190,17 @@ def finetune(model: nn.Module, splits: Splits, cfg: FinetuneConfig,
              log: Callable[[str], None] = print, progress: KeptState | None = None) -> FinetuneResult:
     """Train `model` in place on `splits` (early stopping on validation); the best state is restored. With
     `progress`, continue from its kept state if any, and keep the state at every validation step."""
-    unit = window_unit(model)
-    if cfg.window % unit:
-        raise ValueError(f"--window {cfg.window} must be a multiple of {unit} (patch size × 2^num_scales)")
-    check_window(splits, cfg.window, f"--window; {cfg.method} needs multiples of {unit}")
+    unit, window = window_unit(model), training_window(model, cfg)
+    if window % unit:
+        raise ValueError(f"--window {window} must be a multiple of {unit} (patch size × 2^num_scales)")
+    what = ("--context-length + the longest of --horizons" if isinstance(model, TimeLLMModel)
+            else f"--window; {cfg.method} needs multiples of {unit}")
+    check_window(splits, window, what)
     torch.manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train = TrainWindows(splits.train, cfg.window, cfg.seed)
-    val = val_windows(splits.val, cfg.window, cfg.max_val_windows)
+    train = TrainWindows(splits.train, window, cfg.seed)
+    val = val_windows(splits.val, window, cfg.max_val_windows)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     kept = progress.state if progress is not None else None
@@ -172,8 +212,9 @@ def finetune(model: nn.Module, splits: Splits, cfg: FinetuneConfig,
         zero_shot, best, best_step, bad = kept["zero_shot"], kept["best_val"], kept["best_step"], kept["bad"]
         history, seconds, step = kept["history"], kept["seconds"], kept["step"]
         log(f"finetune {cfg.method}: resumed at step {step} from {progress.folder}")
-    log(f"finetune {cfg.method}: {sum(p.numel() for p in params):,} trainable parameters; zero-shot validation "
-        f"loss {zero_shot:.4f} on {len(val)} windows")
+    log(f"finetune {cfg.method}: {sum(p.numel() for p in params):,} trainable of "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters; zero-shot validation loss {zero_shot:.4f} on "
+        f"{len(val)} windows")
     model.train()
     stopped = False
     while step < cfg.steps:

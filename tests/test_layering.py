@@ -26,7 +26,7 @@ ALLOWED = {
 FORBIDDEN_IN_LIBRARY = ("deepspeed", "pretrain", "eval", "data_prep", "finetune", "distill", "cli")
 # Inside the model library: the flat core (moe_ts/*.py) and the uni2ts compatibility it decodes with never import
 # a model family built on top of it, nor the loader that dispatches between the families.
-FAMILIES = ("moe_ts.msft", "moe_ts.student", "moe_ts.io.loading", "moe_ts.loading")  # last: its old home
+FAMILIES = ("moe_ts.msft", "moe_ts.student", "moe_ts.timellm", "moe_ts.io.loading", "moe_ts.loading")  # last: its old home
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

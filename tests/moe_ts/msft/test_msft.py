@@ -210,7 +210,7 @@ def test_bad_input_is_rejected_in_one_line(tmp_path, capsys):
     dense = MoiraiMoEModel(ModelConfig(**{**CFG.__dict__, "moe": MoEConfig(num_experts=1, top_k=1)}))
     dense.save_pretrained(tmp_path / "dense")
     cases = [
-        (["--method", "prompt"], "--method 'prompt': unknown finetuning method (choose from msft, full, head, lora)"),
+        (["--method", "prompt"], "--method 'prompt': unknown finetuning method (choose from msft, full, head, lora, time-llm)"),
         (["--method", "msft"], "has no MoE layers (1 expert per layer), so there are no gates to finetune"),
         (["--method", "head", "--out", str(tmp_path / "dense")], "is the --checkpoint folder"),
     ]
