@@ -8,6 +8,7 @@
     moe-ts export   --checkpoint DIR --eval EVAL_DIR --out RELEASE                  (cli.export)
     moe-ts centroids --checkpoint DIR --data CORPUS --out DIR [--num-windows N]     (pretrain.centroids)
     moe-ts finetune --checkpoint DIR --method msft|full|head|lora --dataset NAME|--csv FILE --out DIR (finetune.run)
+    moe-ts finetune --method time-llm --llm NAME_OR_DIR [--soft-prompt N] --dataset NAME|--csv FILE --out DIR
     moe-ts distill  --teacher DIR --dataset NAME|--data CORPUS --context L --horizon H --out DIR (distill.train)
     moe-ts convert  --from uni2ts SRC --out DIR                                     (cli.convert)
 
