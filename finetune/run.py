@@ -37,6 +37,8 @@ from moe_ts.device import DEVICE_HELP, place_model, resolve_device
 from moe_ts.io.kept_state import KeptState
 from moe_ts.io.output_dir import check_output_dir
 from moe_ts.io.provenance import FINETUNE_FILE, card_fields, derived_records, record_files
+from moe_ts.timellm.llm import default_llm_dtype
+from moe_ts.timellm.model import TimeLLMModel
 
 REPORT_FILE = FINETUNE_FILE
 
@@ -119,7 +121,7 @@ def evaluate_csv(model: torch.nn.Module, splits: Splits, args: argparse.Namespac
     from moe_ts.io.output_dir import mark
 
     train_end, test_start, length = splits.borders
-    longest = max(getattr(model.config, "horizons", None) or LSF_HORIZONS)  # a Time-LLM model's trained heads
+    longest = max(model.config.horizons if isinstance(model, TimeLLMModel) else LSF_HORIZONS)  # its trained heads
     horizons = tuple(h for h in LSF_HORIZONS if h <= length - test_start and h <= longest)
     if not horizons:
         raise ValueError(f"{args.csv}: the test split has {length - test_start} points, shorter than the shortest "
@@ -150,12 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     if time_llm == (args.checkpoint is not None):
         raise ValueError("--checkpoint is required by every method but time-llm" if not time_llm
                          else "--checkpoint does not apply to --method time-llm (its model is --llm)")
-    if time_llm and args.dataset and not args.no_eval:
+    if time_llm and not args.no_eval:  # a direct forecaster's heads must reach the evaluation's horizons
         from data_prep.registry import LSF_HORIZONS
 
-        if max(cfg.horizons) < max(LSF_HORIZONS):
-            raise ValueError(f"--horizons {args.horizons}: the test-split evaluation of {args.dataset} forecasts "
-                             f"{', '.join(map(str, LSF_HORIZONS))} points; train a head that long or pass --no-eval")
+        needed = max(LSF_HORIZONS) if args.dataset else min(LSF_HORIZONS)
+        if max(cfg.horizons) < needed:
+            what = (f"{args.dataset} forecasts {', '.join(map(str, LSF_HORIZONS))} points" if args.dataset
+                    else f"{args.csv} forecasts at least {needed} points")
+            raise ValueError(f"--horizons {args.horizons}: the test-split evaluation of {what}; train a head that "
+                             "long or pass --no-eval")
     if args.checkpoint is not None and args.out.resolve() == Path(args.checkpoint).resolve():
         raise ValueError(f"--out {args.out}: is the --checkpoint folder; the pretrained model would be replaced")
     inputs = {"--checkpoint": args.checkpoint, "--csv": args.csv, "--llm": args.llm if time_llm else None}
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)  # a device this machine lacks: one line before anything loads
     if time_llm:  # the prompt describes the dataset: its splits first
         splits = lsf_splits(args.dataset, args.data_dir) if args.dataset else csv_splits(args.csv)
-        model = place_model(prepare_time_llm(cfg, splits.name), device)
+        model = place_model(prepare_time_llm(cfg, splits.name, default_llm_dtype(device)), device)  # bf16 on CUDA
     else:
         base = MoiraiMoEModel.from_pretrained(args.checkpoint)
         model = place_model(prepare_model(base, cfg, args.checkpoint), device)  # with the method's new modules

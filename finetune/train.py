@@ -39,6 +39,7 @@ from moe_ts.timellm.model import TimeLLMModel
 from moe_ts.timellm.prompt import dataset_description
 
 METHODS = ("msft", "full", "head", "lora", "time-llm")
+TIME_LLM_FIELDS = ("llm_layers", "soft_prompt", "context_length", "horizons", "d_model", "d_ff", "num_prototypes")
 
 
 @dataclass
@@ -76,6 +77,11 @@ class FinetuneConfig:
             raise ValueError(f"--method {self.method!r}: unknown finetuning method (choose from {', '.join(METHODS)})")
         if (self.method == "time-llm") != (self.llm is not None):
             raise ValueError("--llm is required by --method time-llm and applies to it only")
+        if self.method != "time-llm":  # its flags at other than their defaults would be silently ignored
+            for name in TIME_LLM_FIELDS:
+                if getattr(self, name) != getattr(FinetuneConfig, name):
+                    flag = "--prototypes" if name == "num_prototypes" else f"--{name.replace('_', '-')}"
+                    raise ValueError(f"{flag} applies to --method time-llm only, not {self.method}")
         for name in ("steps", "batch_size", "window", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -115,12 +121,13 @@ def prepare_model(base: MoiraiMoEModel, cfg: FinetuneConfig, where: str) -> nn.M
     return model
 
 
-def prepare_time_llm(cfg: FinetuneConfig, dataset: str | None) -> TimeLLMModel:
-    """A fresh Time-LLM / Time-DPD model over the frozen `cfg.llm` (the prompt describes `dataset`)."""
+def prepare_time_llm(cfg: FinetuneConfig, dataset: str | None, llm_dtype: torch.dtype | None = None) -> TimeLLMModel:
+    """A fresh Time-LLM / Time-DPD model over the frozen `cfg.llm` (in `llm_dtype`; the prompt describes
+    `dataset`)."""
     return TimeLLMModel.build(TimeLLMConfig(
         llm=str(cfg.llm), llm_layers=cfg.llm_layers, soft_prompt=cfg.soft_prompt, context_length=cfg.context_length,
         horizons=tuple(cfg.horizons), d_model=cfg.d_model, d_ff=cfg.d_ff, num_prototypes=cfg.num_prototypes,
-        description=dataset_description(dataset)))
+        description=dataset_description(dataset)), dtype=llm_dtype)
 
 
 def training_window(model: nn.Module, cfg: FinetuneConfig) -> int:

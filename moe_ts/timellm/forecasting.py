@@ -4,7 +4,7 @@ A model has one head per trained horizon; a request for H points uses the shorte
 its first H points. A horizon past the longest head is one line: a direct forecaster has no rollout of its own.
 Contexts: the last `context_length` points; a shorter one is an error unless `allow_short_context` (then left-padded
 with missing values), and one shorter than a patch is always an error (no patch of it is observed).
-The training objective is Time-LLM's: MSE on the data's scale, here the mean over the heads.
+The training objective is Time-LLM's: MSE on the data's scale, here the mean over the heads, missing targets left out.
 
 Shape legend: B series, L context length, H horizon.
 """
@@ -14,7 +14,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moe_ts.decode_options import accepted as accepted_decoding
@@ -71,10 +70,18 @@ def time_llm_forecast(model: nn.Module, contexts: object, prediction_length: int
                             batch_size=batch_size, progress=progress)
 
 
+def masked_mse(pred_bh: Tensor, target_bh: Tensor) -> Tensor:
+    """MSE over the observed (non-NaN) targets; 0 when none is observed (missing values score nothing, as the
+    other methods' objectives)."""
+    observed = ~torch.isnan(target_bh)
+    err = torch.where(observed, pred_bh - torch.nan_to_num(target_bh), torch.zeros_like(pred_bh))
+    return (err ** 2).sum() / observed.sum().clamp(min=1)
+
+
 def time_llm_loss(model: nn.Module, windows_bl: Tensor) -> Tensor:
-    """Mean over the heads of the MSE of each head's forecast of the points after the context."""
+    """Mean over the heads of the MSE of each head's forecast of the (observed) points after the context."""
     length = model.config.context_length
     windows_bl = windows_bl.to(next(model.parameters()).device)
     preds = model(windows_bl[:, :length])
-    losses = [F.mse_loss(pred_bh, windows_bl[:, length:length + h]) for h, pred_bh in preds.items()]
+    losses = [masked_mse(pred_bh, windows_bl[:, length:length + h]) for h, pred_bh in preds.items()]
     return torch.stack(losses).mean()

@@ -4,7 +4,8 @@
 that cannot be found (offline: not in the Hugging Face cache) and a layer count past the model's are each one line
 (`LLMError`) before any weight loads. The model is the architecture's base (`AutoModel`: hidden states, no LM head),
 optionally cut to its first k layers, every parameter frozen, in eval mode (no dropout), in bfloat16 where CUDA
-supports it and float32 elsewhere. A Hub model's revision is the commit of the snapshot its config.json came from
+supports it and float32 elsewhere; a tokenizer that does not fit the embeddings (e.g. none in the folder) is one
+line too. A Hub model's revision is the commit of the snapshot its config.json came from
 (recorded in the saved folder so a later load gets the same weights); a local folder has none.
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+
+
+PROBE_TEXT = "Dataset description: min value 0.5, the trend of input is upward"  # what a prompt holds
 
 
 class LLMError(ValueError):
@@ -63,9 +67,10 @@ def import_transformers():
     return transformers
 
 
-def default_llm_dtype() -> torch.dtype:
-    """bfloat16 where a CUDA device supports it, else float32."""
-    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+def default_llm_dtype(device: torch.device | None = None) -> torch.dtype:
+    """bfloat16 where the CUDA device (`device`, default any) supports it, else float32 (a CPU run: float32)."""
+    cuda = torch.cuda.is_available() if device is None else device.type == "cuda"
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
 
 
 @contextlib.contextmanager
@@ -119,6 +124,16 @@ def check_decoder(name: str, config: Any) -> None:
                        "(Time-LLM needs one, e.g. Qwen/Qwen2.5-0.5B, gpt2, deepseek-ai/DeepSeek-R1-Distill-Qwen-7B)")
 
 
+def check_tokenizer(name: str, tokenizer: Any, vocab_size: int) -> None:
+    """LLMError unless the tokenizer turns a prompt into tokens the embedding table has (transformers builds an
+    empty tokenizer, silently, for a folder without tokenizer files: every prompt would vanish)."""
+    ids = tokenizer(PROBE_TEXT, add_special_tokens=False).input_ids
+    if len(ids) < 2 or max(ids) >= vocab_size:
+        found = f"{len(ids)} tokens" if len(ids) < 2 else f"token id {max(ids)} past the {vocab_size} embeddings"
+        raise LLMError(f"--llm {name}: its tokenizer does not fit the model ({found} for {PROBE_TEXT!r}); the folder "
+                       "needs the model's own tokenizer files")
+
+
 def _hub_commit(name: str, revision: str | None) -> str | None:
     """The commit a Hub id's config.json was taken from (its snapshot folder in the cache), else `revision`."""
     from huggingface_hub import hf_hub_download
@@ -166,5 +181,6 @@ def load_llm(name: str, revision: str | None = None, layers: int = 0, dtype: tor
     model.requires_grad_(False)
     model.eval()
     embeddings = model.get_input_embeddings().weight
+    check_tokenizer(name, tokenizer, int(embeddings.shape[0]))
     return LoadedLLM(model=model, tokenizer=tokenizer, name=source, revision=revision, num_layers=kept,
                      hidden_size=int(embeddings.shape[1]), vocab_size=int(embeddings.shape[0]))

@@ -7,8 +7,10 @@ Four stages, the LLM frozen throughout:
    map of the LLM's vocabulary embeddings), projected to the LLM's width; the prompt goes in front
    (`prompt.py`: Time-LLM's per-series statistics text embedded with the frozen table, or Time-DPD's trainable
    soft prompt). Text prompts are left-padded and masked, with positions counted from their first real token.
-4. The frozen LLM's last hidden states at the patch positions, first d_ff features, flattened, one linear head per
-   trained horizon (direct multi-step), RevIN inverted.
+4. The frozen LLM's last hidden states at the patch positions, first d_ff features, flattened (patch-major; the
+   reference's FlattenHead is feature-major, a permutation of a fresh head's inputs), dropout (on these features:
+   the reference drops points of the forecast itself), one linear head per trained horizon (direct multi-step),
+   RevIN inverted.
 
 Trainable: RevIN's affine pair, the patch embedding, the prototype map, the reprogramming attention, the soft
 prompt (Time-DPD) and the heads. The LLM is a registered submodule (it moves with `.to()` and counts in the total)
@@ -113,9 +115,10 @@ class TimeLLMModel(
         self.heads = nn.ModuleDict({str(h): nn.Linear(self.num_patches * config.d_ff, h) for h in config.horizons})
 
     @classmethod
-    def build(cls, config: TimeLLMConfig) -> "TimeLLMModel":
-        """A freshly initialised model: the LLM loaded, and config completed with its path, revision and sizes."""
-        loaded = load_llm(config.llm, config.llm_revision, config.llm_layers)
+    def build(cls, config: TimeLLMConfig, dtype: torch.dtype | None = None) -> "TimeLLMModel":
+        """A freshly initialised model: the LLM loaded (in `dtype`, default `llm.default_llm_dtype`), and config
+        completed with its path, revision and sizes."""
+        loaded = load_llm(config.llm, config.llm_revision, config.llm_layers, dtype)
         config = replace(config, llm=loaded.name, llm_revision=loaded.revision, llm_layers=loaded.num_layers,
                          llm_hidden_size=loaded.hidden_size, llm_vocab_size=loaded.vocab_size)
         return cls(config, loaded_llm=loaded)
@@ -175,12 +178,12 @@ class TimeLLMModel(
         with torch.no_grad():
             return self.llm.get_input_embeddings()(ids).float().clone()
 
-    def _prompt(self, z_bl: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _prompt(self, z_bl: Tensor, observed_bl: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(prompt embeddings [B, T, E], its attention mask [B, T] or None when nothing is padded)."""
         b = z_bl.shape[0]
         if self.config.soft_prompt:
             return self.soft_prompt[None].expand(b, -1, -1), None
-        cfg, stats = self.config, input_statistics(z_bl.detach())
+        cfg, stats = self.config, input_statistics(z_bl.detach(), observed_bl)
         texts = [statistics_prompt(cfg.description, max(cfg.horizons), cfg.context_length, stats, i) for i in range(b)]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True)
         ids, mask = batch.input_ids.to(z_bl.device), batch.attention_mask.to(z_bl.device)
@@ -197,7 +200,7 @@ class TimeLLMModel(
         patches_bnd = self.patch_embedding(self.revin.affine(z_bl.to(dtype)))
         prototypes_se = self.prototypes(self.llm.get_input_embeddings().weight)
         series_bne = self.reprogramming(patches_bnd, prototypes_se.to(dtype))
-        prompt_bte, prompt_mask = self._prompt(z_bl)
+        prompt_bte, prompt_mask = self._prompt(z_bl, ~torch.isnan(x_bl))
         llm_dtype = self.llm.get_input_embeddings().weight.dtype
         inputs = torch.cat((prompt_bte.to(dtype), series_bne), dim=1).to(llm_dtype)
         kwargs: dict[str, Any] = {}

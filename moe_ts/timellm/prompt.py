@@ -1,9 +1,9 @@
 """The prompts placed before the reprogrammed patches (Time-LLM's "prompt-as-prefix"; Time-DPD's soft prompt).
 
 - Time-LLM (`soft_prompt = 0`): one text per series, embedded with the LLM's frozen token embeddings: the dataset
-  description, the task, and statistics of the series' standardised context: min, max, median (the lower median,
-  as torch.median), the trend direction (sign of the summed first differences) and the top-5 lags of the circular
-  autocorrelation (by FFT, lag 0 included, as the reference's `calcute_lags`).
+  description, the task, and statistics of the series' standardised context (its observed points): min, max,
+  median (the lower median, as torch.median), the trend direction (sign of the summed first differences) and the
+  top-5 lags of the circular autocorrelation (by FFT, lag 0 included, as the reference's `calcute_lags`).
 - Time-DPD (`soft_prompt = N`): N trainable vectors, the same for every series, initialised from the embeddings of
   the hand-written prompt `soft_prompt_text` (its first N tokens, repeated when it has fewer).
 
@@ -50,10 +50,26 @@ def top_lags(z_bl: Tensor, k: int = TOP_LAGS) -> Tensor:
     return torch.topk(corr_bl, min(k, z_bl.shape[-1]), dim=-1).indices
 
 
-def input_statistics(z_bl: Tensor) -> InputStatistics:
-    """Statistics of standardised contexts [B, L] (missing values already 0)."""
-    return InputStatistics(minimum=z_bl.min(dim=1).values, maximum=z_bl.max(dim=1).values,
-                           median=z_bl.median(dim=1).values, trend=z_bl.diff(dim=1).sum(dim=1), lags=top_lags(z_bl))
+def input_statistics(z_bl: Tensor, observed_bl: Tensor | None = None) -> InputStatistics:
+    """Statistics of standardised contexts [B, L] (missing values already 0) over their observed points (default
+    all): a left-padded short context states its own min / max / median / trend, not the padding's zeros. The lags
+    are those of the zero-filled context (0 is the series' mean: missing points add nothing to a product)."""
+    if observed_bl is None:
+        observed_bl = torch.ones_like(z_bl, dtype=torch.bool)
+    length, seen_b = z_bl.shape[1], observed_bl.any(dim=1)
+    inf, pos_bl = torch.full_like(z_bl, float("inf")), torch.arange(length, device=z_bl.device).expand_as(z_bl)
+    first_b1 = torch.where(observed_bl, pos_bl, length).min(dim=1, keepdim=True).values.clamp(max=length - 1)
+    last_b1 = torch.where(observed_bl, pos_bl, -1).max(dim=1, keepdim=True).values.clamp(min=0)
+
+    def known(v_b: Tensor) -> Tensor:  # a row with no observed point states zeros
+        return torch.where(seen_b, v_b, torch.zeros_like(v_b))
+
+    return InputStatistics(
+        minimum=known(torch.where(observed_bl, z_bl, inf).min(dim=1).values),
+        maximum=known(torch.where(observed_bl, z_bl, -inf).max(dim=1).values),
+        median=known(torch.where(observed_bl, z_bl, torch.full_like(z_bl, float("nan"))).nanmedian(dim=1).values),
+        trend=known((z_bl.gather(1, last_b1) - z_bl.gather(1, first_b1))[:, 0]),  # the summed first differences
+        lags=top_lags(z_bl))
 
 
 def statistics_prompt(description: str, horizon: int, context_length: int, stats: InputStatistics, row: int) -> str:

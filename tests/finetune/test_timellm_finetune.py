@@ -89,6 +89,12 @@ def test_cli_writes_a_folder_that_eval_and_load_model_read(llm_dir, csv_file, tm
     (["--method", "msft", "--llm", "X", "--checkpoint", "ckpt"], "--llm is required by --method time-llm and applies "
                                                                  "to it only"),
     (["--method", "time-llm", "--llm", "X", "--horizons", "96,x"], "--horizons '96,x': expected comma-separated"),
+    (["--method", "msft", "--checkpoint", "ckpt", "--soft-prompt", "8"],
+     "--soft-prompt applies to --method time-llm only, not msft"),
+    (["--method", "lora", "--checkpoint", "ckpt", "--prototypes", "50"],
+     "--prototypes applies to --method time-llm only, not lora"),
+    (["--method", "time-llm", "--llm", "no/such-llm", "--horizons", "48"],
+     "--horizons 48: the test-split evaluation of "),  # a CSV's evaluation starts at 96: before any training
 ])
 def test_misused_flags_are_one_line(tmp_path, csv_file, argv, message):
     from finetune.run import main
@@ -148,3 +154,39 @@ def test_an_interrupted_time_llm_run_resumes_to_the_same_weights(llm_dir, tmp_pa
     assert not any(k.startswith("llm.") for k in kept.state["model"])
     resumed = run(kept)
     assert set(resumed) == set(reference) and all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_the_loop_trains_through_missing_values(llm_dir):
+    """A CSV's gaps stay NaN in the splits (finetune/data.py): missing targets score nothing, so the loss stays
+    finite and the validation loss falls as it does without gaps."""
+    rng = np.random.default_rng(3)
+    series = [np.sin(np.arange(300) / 4 + p).astype(np.float32) + 0.05 * rng.normal(size=300).astype(np.float32)
+              for p in (0.0, 1.0)]
+    for s in series:
+        s[rng.choice(300, 30, replace=False)] = np.nan
+    splits = Splits("toy", [s[:200] for s in series], [s[200:] for s in series], (200, 300, 300))
+    cfg = _cfg(llm_dir, steps=6)
+    torch.manual_seed(0)
+    result = finetune(prepare_time_llm(cfg, "toy"), splits, cfg, log=lambda _: None)
+    assert all(np.isfinite(h["val"]) for h in result.history) and result.best_val < result.zero_shot_val
+
+
+def test_a_bfloat16_llm_trains_float32_parts_and_stays_frozen(llm_dir):
+    """The CUDA path's mixed precision, run on the CPU: the LLM in bfloat16 (`finetune` picks it for a CUDA
+    device), the trainable parts float32, the LLM's weights unchanged by the loop, the validation loss falling."""
+    from moe_ts.timellm.llm import default_llm_dtype
+
+    assert default_llm_dtype(torch.device("cpu")) == torch.float32
+    rng = np.random.default_rng(4)
+    series = [np.sin(np.arange(300) / 4 + p).astype(np.float32) + 0.05 * rng.normal(size=300).astype(np.float32)
+              for p in (0.0, 1.0)]
+    splits = Splits("toy", [s[:200] for s in series], [s[200:] for s in series], (200, 300, 300))
+    cfg = _cfg(llm_dir, soft_prompt=2, steps=4)
+    torch.manual_seed(0)
+    model = prepare_time_llm(cfg, "toy", torch.bfloat16)
+    llm_before = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    assert all(v.dtype == torch.bfloat16 for v in llm_before.values() if v.is_floating_point())
+    result = finetune(model, splits, cfg, log=lambda _: None)
+    assert all(torch.equal(llm_before[k], v) for k, v in model.llm.state_dict().items())
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert np.isfinite(result.best_val) and result.best_val < result.zero_shot_val

@@ -31,6 +31,20 @@ def test_folder_that_is_not_a_decoder_lm_is_one_line(tmp_path, config, words):
     assert "\n" not in str(err.value)
 
 
+def test_folder_without_its_tokenizer_is_one_line(tiny_llm_dir, tmp_path):
+    """transformers quietly builds an empty tokenizer for such a folder; every text prompt would vanish."""
+    import shutil
+
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_llm_dir, folder)
+    for path in folder.glob("*token*"):
+        path.unlink()
+    with pytest.raises(LLMError) as err:
+        load_llm(str(folder))
+    assert str(err.value).startswith(f"--llm {folder}: its tokenizer does not fit the model (0 tokens for ")
+    assert "\n" not in str(err.value)
+
+
 def test_local_folder_loads_frozen_with_no_revision(tiny_llm_dir):
     loaded = load_llm(str(tiny_llm_dir), layers=1)
     assert loaded.revision is None and loaded.name == str(tiny_llm_dir.resolve()) and loaded.num_layers == 1

@@ -149,3 +149,100 @@ def test_sizes_that_do_not_fit_the_llm_are_one_line(small_config, tmp_path):
     with pytest.raises(ModelFolderError, match=r"^--llm .*: its width is 32, but these weights were trained on an "
                                                r"LLM with 64; load the LLM they were trained on$"):
         load_model(tmp_path / "m")
+
+
+def _reference_forecast(model: TimeLLMModel, x_bl: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Time-LLM's forward written out from the paper's reference code (KimMeen/Time-LLM models/TimeLLM.py,
+    layers/Embed.py, layers/StandardNorm.py) with this model's weights: RevIN, replication padding, patches,
+    circular kernel-3 token convolution, prototypes = mapping_layer(vocabᵀ)ᵀ, per-head cross-attention, prompt
+    before patches, last N hidden states cut to d_ff, head, RevIN inverse. The flattening is patch-major (this
+    model's order; the reference's is feature-major, a permutation of a freshly initialised head's inputs)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from moe_ts.timellm.prompt import input_statistics, statistics_prompt
+
+    cfg, b = model.config, x_bl.shape[0]
+    mean = x_bl.mean(1, keepdim=True)
+    std = torch.sqrt(x_bl.var(1, unbiased=False, keepdim=True) + cfg.eps)
+    z = (x_bl - mean) / std
+    zn = z * model.revin.weight + model.revin.bias
+    padded = F.pad(zn[:, None], (0, cfg.stride), mode="replicate")[:, 0]
+    n = (cfg.context_length - cfg.patch_len) // cfg.stride + 2
+    patches = torch.stack([padded[:, i * cfg.stride:i * cfg.stride + cfg.patch_len] for i in range(n)], 1)
+    w = model.patch_embedding.conv.weight  # [D, P, 3]: taps on the previous, same and next patch (circular)
+    emb = (torch.roll(patches, 1, 1) @ w[:, :, 0].T + patches @ w[:, :, 1].T
+           + torch.roll(patches, -1, 1) @ w[:, :, 2].T)
+    vocab = model.llm.get_input_embeddings().weight
+    protos = model.prototypes.map(vocab.T).T  # [S, E]
+    r, heads, k = model.reprogramming, cfg.num_heads, cfg.d_ff
+    q_ = r.query(emb).view(b, n, heads, k)
+    k_, v_ = r.key(protos).view(-1, heads, k), r.value(protos).view(-1, heads, k)
+    per_head = [torch.softmax(q_[:, :, h] @ k_[:, h].T / math.sqrt(k), dim=-1) @ v_[:, h] for h in range(heads)]
+    series = r.out(torch.cat(per_head, -1))
+    if cfg.soft_prompt:
+        prompt = model.soft_prompt[None].expand(b, -1, -1)
+    else:
+        assert b == 1  # one series: its prompt needs no padding
+        text = statistics_prompt(cfg.description, max(cfg.horizons), cfg.context_length, input_statistics(z), 0)
+        prompt = model.llm.get_input_embeddings()(model.tokenizer(text, return_tensors="pt").input_ids)
+    hidden = model.llm(inputs_embeds=torch.cat([prompt, series], 1)).last_hidden_state
+    y = model.heads[str(horizon)](hidden[:, -n:, :cfg.d_ff].reshape(b, -1))
+    return (y - model.revin.bias) / model.revin.weight * std + mean
+
+
+@pytest.mark.parametrize("soft_prompt", [0, 3])
+def test_forward_matches_the_reference_time_llm_computation(small_config, soft_prompt):
+    torch.manual_seed(0)
+    model = TimeLLMModel.build(small_config(soft_prompt=soft_prompt)).eval()
+    with torch.no_grad():
+        model.revin.weight.fill_(1.3)
+        model.revin.bias.fill_(0.2)
+    rows = 3 if soft_prompt else 1  # a text prompt: one series (no padding; tested above)
+    x = _windows(rows, 48) * torch.tensor([1.0, 4.0, 0.5])[:rows, None]
+    x[:, -5:] += torch.linspace(0, 2, 5)  # distinct last values: replication padding differs from zeros
+    with torch.no_grad():
+        got = model(x)
+        for h in (8, 16):
+            torch.testing.assert_close(got[h], _reference_forecast(model, x, h), rtol=1e-4, atol=1e-4)
+
+
+def test_missing_targets_are_left_out_of_the_loss(small_config):
+    """A window with gaps (a CSV's missing values) trains: NaN targets score nothing, NaN contexts are RevIN's."""
+    torch.manual_seed(0)
+    model = TimeLLMModel.build(small_config()).eval()
+    windows = _windows(3, 64)
+    windows[0, 50:53] = float("nan")  # targets
+    windows[1, 10] = float("nan")  # context
+    windows[2, 48:] = float("nan")  # no observed target at all
+    loss = time_llm_loss(model, windows)
+    with torch.no_grad():
+        preds = model(windows[:, :48])
+    ref = []
+    for h in (8, 16):
+        err = (preds[h] - windows[:, 48:48 + h]).numpy() ** 2
+        ref.append(np.nanmean(err))
+    assert torch.isfinite(loss) and float(loss.detach()) == pytest.approx(np.mean(ref), rel=1e-5)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_a_short_series_prompt_states_its_own_statistics(small_config):
+    """forecast left-pads a 30-point series to the 48-point context: the text prompt's median is the observed
+    points' (standardised), not the padding's 0."""
+    torch.manual_seed(0)
+    model = TimeLLMModel.build(small_config())
+    texts = []
+    tokenizer = model.tokenizer
+
+    def recording(batch, **kw):
+        texts.extend(batch)
+        return tokenizer(batch, **kw)
+
+    model.tokenizer = recording
+    x = 5.0 + np.sin(np.arange(30) / 2.0) + 0.1 * np.arange(30)
+    model.forecast([x], 8, allow_short_context=True)
+    z = (x - x.mean()) / np.sqrt(x.var() + 1e-5)
+    assert len(texts) == 1 and f"median value {np.sort(z)[14]:.4f}," in texts[0], texts
+    assert f"min value {z.min():.4f}," in texts[0] and f"max value {z.max():.4f}," in texts[0]

@@ -57,3 +57,25 @@ def test_statistics_prompt_matches_hand_computed_values_on_a_sine(slope):
     lags = [int(v) for v in re.search(r"top 5 lags are : \[([^\]]*)\]", text).group(1).split(",")]
     assert lags[0] == 0 and set(lags) == ref["lags"]  # a circular ACF is symmetric: k and n−k tie, so compare sets
     assert len(ref["lags"] - {0}) == 4 and ref["lags"] != {0, 1, 2, 3, 4}  # the sine's period, not just small lags
+
+
+def test_statistics_of_a_left_padded_context_are_those_of_its_observed_points():
+    """eval and forecast left-pad short series with missing values: the prompt states the series' own min, max,
+    median and trend (not the padding's zeros); the lags are the zero-filled context's."""
+    t = np.arange(30)
+    x = 2.0 + np.sin(2 * np.pi * t / 7.0) + 0.05 * t  # standardised: its median is far from 0
+    padded = np.concatenate([np.full(18, np.nan), x])
+    revin = RevIN().double()
+    xt = torch.from_numpy(padded)[None]
+    z = revin.standardise(xt, *revin.statistics(xt))
+    stats = input_statistics(z, ~torch.isnan(xt))
+    z_obs = (x - x.mean()) / np.sqrt(x.var() + 1e-5)
+    assert float(stats.minimum[0]) == pytest.approx(z_obs.min())
+    assert float(stats.maximum[0]) == pytest.approx(z_obs.max())
+    assert float(stats.median[0]) == pytest.approx(np.sort(z_obs)[(len(z_obs) - 1) // 2])
+    assert float(stats.trend[0]) == pytest.approx(z_obs[-1] - z_obs[0])
+    filled = np.concatenate([np.zeros(18), z_obs])
+    acf = np.array([np.sum(filled * np.roll(filled, -k)) for k in range(len(filled))])
+    assert set(stats.lags[0].tolist()) == set(np.argsort(-acf)[:5].tolist())
+    nothing = input_statistics(torch.zeros(1, 8, dtype=torch.float64), torch.zeros(1, 8, dtype=torch.bool))
+    assert all(float(v[0]) == 0.0 for v in (nothing.minimum, nothing.maximum, nothing.median, nothing.trend))
