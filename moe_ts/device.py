@@ -70,8 +70,12 @@ def resolve_dtype(spec: "str | torch.dtype | None", device: "torch.device") -> "
 
 
 def place_model(model: M, device: "str | torch.device | None" = "auto", dtype: "str | torch.dtype | None" = None) -> M:
-    """`model` moved to `device` (resolved) and, when `dtype` is given, cast to it; returns the model."""
+    """`model` moved to `device` (resolved) and, when `dtype` is given, cast to it; returns the model. A model
+    with its own `place(device, dtype)` (one holding frozen weights of another precision, e.g. Time-LLM's
+    LLM) is placed by it."""
     target = resolve_device(device)
+    if hasattr(model, "place"):
+        return model.place(target, None if dtype is None else resolve_dtype(dtype, target))  # type: ignore[attr-defined]
     model.to(device=target)  # type: ignore[attr-defined]
     if dtype is not None:
         model.to(dtype=resolve_dtype(dtype, target))  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.io.hub import HubIOMixin, ModelFolderError, released_class_keywords
 from moe_ts.timellm.config import TIME_LLM_MODEL_TYPE, TimeLLMConfig
 from moe_ts.timellm.forecasting import time_llm_forecast
-from moe_ts.timellm.llm import LoadedLLM, load_llm
+from moe_ts.timellm.llm import LoadedLLM, default_llm_dtype, load_llm
 from moe_ts.timellm.prompt import input_statistics, soft_prompt_text, statistics_prompt
 from moe_ts.timellm.reprogramming import PatchEmbedding, Reprogramming, TextPrototypes, num_patches
 from moe_ts.timellm.revin import RevIN
@@ -122,6 +122,21 @@ class TimeLLMModel(
         config = replace(config, llm=loaded.name, llm_revision=loaded.revision, llm_layers=loaded.num_layers,
                          llm_hidden_size=loaded.hidden_size, llm_vocab_size=loaded.vocab_size)
         return cls(config, loaded_llm=loaded)
+
+    def place(self, device: torch.device, dtype: torch.dtype | None = None) -> "TimeLLMModel":
+        """Moved to `device`; the trainable parts cast to `dtype` (when given), the frozen LLM kept at the device's
+        LLM precision (`llm.default_llm_dtype`: bfloat16 on a CUDA device that has it) unless bfloat16 is asked
+        for: a float32 evaluation must not double a 7B LLM's memory (`moe_ts.device.place_model` calls this)."""
+        llm_dtype = torch.bfloat16 if dtype == torch.bfloat16 else default_llm_dtype(device)
+        self.to(device=device)
+        if dtype is not None:
+            for name, child in self.named_children():
+                if name != "llm":
+                    child.to(dtype=dtype)
+            if hasattr(self, "soft_prompt"):
+                self.soft_prompt.data = self.soft_prompt.data.to(dtype)
+        self.llm.to(dtype=llm_dtype)
+        return self
 
     # --- the frozen LLM never in the state, never trained ---
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:  # type: ignore[override]

@@ -246,3 +246,23 @@ def test_a_short_series_prompt_states_its_own_statistics(small_config):
     z = (x - x.mean()) / np.sqrt(x.var() + 1e-5)
     assert len(texts) == 1 and f"median value {np.sort(z)[14]:.4f}," in texts[0], texts
     assert f"min value {z.min():.4f}," in texts[0] and f"max value {z.max():.4f}," in texts[0]
+
+
+def test_placing_for_a_float32_evaluation_keeps_the_llm_at_its_device_precision(small_config, monkeypatch):
+    """`moe-ts eval` / `forecast` place the model with `--dtype float32` by default: the trainable parts go to
+    float32 but the frozen LLM stays at the device's LLM precision (bfloat16 on a CUDA card, simulated here),
+    not doubled; asking for bfloat16 casts everything."""
+    import moe_ts.timellm.model as timellm_model
+    from moe_ts.device import place_model
+
+    torch.manual_seed(0)
+    model = TimeLLMModel.build(small_config(soft_prompt=2))
+    monkeypatch.setattr(timellm_model, "default_llm_dtype", lambda device=None: torch.bfloat16)
+    placed = place_model(model, "cpu", "float32")
+    assert placed is model
+    assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}
+    trained = {n: p.dtype for n, p in model.named_parameters() if not n.startswith("llm.")}
+    assert trained and set(trained.values()) == {torch.float32}, trained
+    assert np.isfinite(model.forecast([_windows(1, 48)[0].numpy()], 8).mean).all()
+    place_model(model, "cpu", "bfloat16")
+    assert {p.dtype for n, p in model.named_parameters()} == {torch.bfloat16}
