@@ -4,6 +4,8 @@
     moe-ts forecast --checkpoint RUN/final --input long.parquet --horizon 48 --out forecasts.csv [--freq h]
     moe-ts forecast --checkpoint RUN/final --input file.tsf --out forecasts.csv      # the file's @horizon
     moe-ts forecast --checkpoint CONVERTED --input wide.csv --horizon 48 --group --out forecasts.csv  # jointly
+    moe-ts forecast --checkpoint RUN/final --input load.csv --horizon 24 --past-covariates price \
+        --known-covariates temp_forecast,holiday --future-input future.csv --out forecasts.csv  # covariates
 
 Input (.csv, .csv.gz or .parquet), in either layout (see moe_ts/io/dataframe.py):
   long  one row per item and timestamp: --id-column (default item_id), --timestamp-column (default timestamp)
@@ -14,6 +16,10 @@ frequency is inferred, or given with --freq); absent steps count as missing valu
 is named. Series shorter than one patch are left-padded with missing values (as `moe-ts eval` does), with a note.
 Dates: ISO, or d/m/y vs m/d/y as the data show (--dayfirst / --no-dayfirst / --date-format when every date
 reads both ways: refused, never guessed), UTC offsets that change at a DST switch, or an integer time index.
+Covariates (columns by name): --past-covariates are observed in the context only; --known-covariates are known
+for the horizon too, their next --horizon values read from --future-input (the same layout: ids and timestamps of
+the future steps). In the long layout each item has its own; in the wide layout they are shared by every other
+(target) column. Each series is decoded with its covariates as one any-variate group (moe_ts/group_decoding.py).
 Output (.csv, .csv.gz or .parquet, as --out ends): one row per series x step with item_id, step, timestamp
 (continuing the series' own calendar; empty for a .tsf without start dates), mean and the quantiles q0.1 .. q0.9
 (--quantiles).
@@ -26,9 +32,11 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from moe_ts.io.dataframe import TimedSeries, TimeSeriesFrameError, forecast_frame, series_from_long, series_from_wide
+from moe_ts.io.dataframe import (TimedSeries, TimeSeriesFrameError, covariate_values, forecast_frame, series_from_long,
+                                 series_from_wide)
 from moe_ts.decode_options import DECODE_MODES
 from moe_ts.device import add_device_arguments
 from moe_ts.forecast_output import DEFAULT_QUANTILES
@@ -69,9 +77,15 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     os.replace(partial, path)
 
 
+def covariate_names(args: argparse.Namespace) -> list[str]:
+    return [*args.past_covariates, *args.known_covariates]
+
+
 def read_input(path: Path, args: argparse.Namespace) -> tuple[list[TimedSeries], int | None]:
     """Series of the input file, and the horizon the file names (.tsf @horizon) if any."""
     if path.suffix == ".tsf":
+        if covariate_names(args):
+            raise TimeSeriesFrameError(f"{path}: a .tsf file holds no covariate columns (use a table)")
         from data_prep.readers.tsf import read_tsf
 
         tsf = read_tsf(path)
@@ -91,7 +105,27 @@ def read_input(path: Path, args: argparse.Namespace) -> tuple[list[TimedSeries],
     if args.id_column != "item_id":  # asked for by name
         raise TimeSeriesFrameError(f"{path}: no column {args.id_column!r} (columns: {', '.join(map(str, frame.columns[:10]))})")
     timestamp = args.timestamp_column or args.date_column or "date"
-    return series_from_wide(frame, timestamp, args.freq, str(path), line, **dates), None
+    targets = [c for c in frame.columns if c != timestamp and c not in covariate_names(args)] if covariate_names(
+        args) else None
+    return series_from_wide(frame, timestamp, args.freq, str(path), line, columns=targets, **dates), None
+
+
+def read_covariates(args: argparse.Namespace, series: list[TimedSeries], horizon: int) -> dict[str, dict]:
+    """The covariates' values per series for `forecast` (`moe_ts.io.dataframe.covariate_values`); {} without."""
+    if not covariate_names(args):
+        if args.future_input is not None:
+            raise ValueError("--future-input holds known covariates' future values: name them with "
+                             "--known-covariates")
+        return {}
+    frame = read_table(args.input)
+    long = args.id_column in frame.columns
+    timestamp = args.timestamp_column or ("timestamp" if long else args.date_column or "date")
+    future = read_table(args.future_input) if args.future_input is not None else None
+    common = dict(long=long, horizon=horizon, future_df=future, id_column=args.id_column,
+                  timestamp_column=timestamp, freq=args.freq, where=str(args.input), date_format=args.date_format,
+                  dayfirst=args.dayfirst)
+    return {"past_covariates": covariate_values(frame, series, args.past_covariates, False, **common),
+            "known_covariates": covariate_values(frame, series, args.known_covariates, True, **common)}
 
 
 def quantile_levels(text: str) -> tuple[float, ...]:
@@ -103,6 +137,14 @@ def quantile_levels(text: str) -> tuple[float, ...]:
     if not levels or not all(0.0 < q < 1.0 for q in levels):
         raise argparse.ArgumentTypeError(f"levels must be in (0, 1), got {text!r}")
     return tuple(levels)
+
+
+def column_names(text: str) -> list[str]:
+    """--past-covariates "a,b": distinct column names."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"need distinct comma-separated column names, got {text!r}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "shares one stream across the batch")
     parser.add_argument("--group", action="store_true",
                         help="forecast all series of the file jointly as one multivariate group (any-variate, as "
-                             "uni2ts; a converted uni2ts model); the series must have equal lengths")
+                             "uni2ts; a model with the variate bias, e.g. a converted uni2ts model); the series must "
+                             "have equal lengths")
+    parser.add_argument("--past-covariates", type=column_names, default=[], metavar="A,B",
+                        help="covariate columns observed in the context only (never forecast)")
+    parser.add_argument("--known-covariates", type=column_names, default=[], metavar="C,D",
+                        help="covariate columns known for the horizon too; their future values come from "
+                             "--future-input")
+    parser.add_argument("--future-input", type=Path,
+                        help="the known covariates' values for the next --horizon steps (.csv, .csv.gz or .parquet, "
+                             "the input's layout)")
     add_device_arguments(parser)
     return parser
 
@@ -157,8 +208,6 @@ def main(argv: list[str] | None = None) -> int:
         raise IsADirectoryError(f"{args.out}: is a folder; --out names the file to write")
     if table_suffix(args.out) is None:
         raise ValueError(f"{args.out}: --out must end in .csv, .csv.gz or .parquet (the suffix picks the format)")
-    if args.group and args.decode is not None:
-        raise ValueError("--group decodes as uni2ts does (jointly); --decode does not apply")
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out}: exists already; pass --overwrite to replace it")
     from moe_ts.device import place_model, resolve_device, resolve_dtype
@@ -173,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--horizon must be > 0, got {horizon}")
     if not series:
         parser.error(f"{args.input}: no series")
+    covariates = read_covariates(args, series, horizon)
+    if covariates and args.group and not all(np.array_equal(per[0], one, equal_nan=True) for v in covariates.values()
+                                             for per in v.values() for one in per):
+        raise ValueError(f"{args.input}: --group with covariates needs the wide layout (covariate columns shared by "
+                         f"the group's target columns)")
 
     from moe_ts.forecast_harness import independent_series
     from moe_ts.io.loading import load_model
@@ -186,15 +240,20 @@ def main(argv: list[str] | None = None) -> int:
         shown = ", ".join(repr(i) for i in short[:5]) + (", ..." if len(short) > 5 else "")
         print(f"note: {len(short)} series shorter than {what} ({patch} points) are left-padded with missing "
               f"values: {shown}", file=sys.stderr)
+    if covariates and not hasattr(model, "forecast_group"):
+        raise SystemExit(f"{args.checkpoint}: covariates need a Moirai-MoE model folder")
     try:
         if args.group:
             if not hasattr(model, "forecast_group"):
                 raise SystemExit(f"{args.checkpoint}: --group needs a Moirai-MoE model folder")
+            decoding = {} if args.decode is None else {"decode": args.decode}
+            shared = {k: {name: per[0] for name, per in v.items()} for k, v in covariates.items()}  # wide: shared
             out = model.forecast_group([s.values for s in series], horizon, num_samples=args.num_samples,
                                        seed=args.seed, context_length=args.context_length,
-                                       quantile_levels=args.quantiles)
+                                       quantile_levels=args.quantiles, **shared, **decoding)
         else:
             decoding = {} if args.decode is None else {"decode": args.decode}
+            decoding.update(covariates)
             with independent_series(args.independent_series):
                 out = model.forecast([s.values for s in series], horizon, num_samples=args.num_samples, seed=args.seed,
                                      context_length=args.context_length, quantile_levels=args.quantiles,

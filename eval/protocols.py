@@ -79,6 +79,7 @@ class Task:
     starts: np.ndarray  # [N] int: first forecast step of each instance
     sampling: Sampling
     with_scaled: bool = True  # MASE / MSIS defined (not for LSF, which reports MSE / MAE)
+    group_size: int = 1  # > 1: instances come in consecutive groups (one start, every channel) forecast jointly
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -209,9 +210,14 @@ def lsf_tasks(
     stride: int = 1,
     max_series: int | None = None,
     max_windows: int | None = None,
+    multivariate: bool = False,
 ) -> list[Task]:
     """LSF protocol, one task per horizon: channels normalised with training-split statistics, stride-`stride`
-    windows over the test split (`max_windows` thins them evenly), every channel scored on its own."""
+    windows over the test split (`max_windows` thins them evenly), every channel scored on its own.
+
+    `multivariate`: the model forecasts all channels of a window as one group (any-variate, `forecast_group`);
+    instances are ordered window by window (`Task.group_size` = channels) and a window is dropped for every
+    channel when one channel's instance is undefined. The scores are the same per-channel metrics."""
     if stride < 1:
         raise ValueError(f"{name}: LSF stride must be >= 1, got {stride}")
     if not series:
@@ -228,10 +234,13 @@ def lsf_tasks(
         starts, total = lsf_starts(test_start, test_end, h, stride, max_windows)
         if len(starts) == 0:
             raise ValueError(f"{name}: test split [{test_start}, {test_end}) is shorter than horizon {h}")
-        si = np.repeat(np.arange(len(used), dtype=np.int64), len(starts))
-        st = np.tile(starts, len(used))
         dropped: list[str] = []
-        si, st = _drop_undefined(values, si, st, h, context_length, dropped)
+        if multivariate:
+            si, st = _whole_windows(values, starts, h, context_length, dropped)
+        else:
+            si = np.repeat(np.arange(len(used), dtype=np.int64), len(starts))
+            st = np.tile(starts, len(used))
+            si, st = _drop_undefined(values, si, st, h, context_length, dropped)
         sampling = Sampling(
             series_total=len(series), series_used=len(used), windows_total=len(used) * total,
             windows_used=len(used) * len(starts), stride=stride, protocol_stride=1, dropped=dropped,
@@ -240,11 +249,28 @@ def lsf_tasks(
             dataset=name, display_name=display_name, suite="lsf", freq=used[0].freq, horizon=h,
             seasonality=seasonality, context_length=context_length, values=values,
             item_ids=[s.item_id for s in used], series_index=si, starts=st, sampling=sampling, with_scaled=False,
+            group_size=len(used) if multivariate else 1,
         ))
     return tasks
 
 
+def _whole_windows(values: list[np.ndarray], starts: np.ndarray, horizon: int, context_length: int,
+                   dropped: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(series index, start) of every channel at each start, window by window; a start where any channel's
+    instance is undefined is dropped for all (the group is forecast as one)."""
+    channels = len(values)
+    si = np.tile(np.arange(channels, dtype=np.int64), len(starts))
+    st = np.repeat(starts, channels)
+    kept_si, kept_st = _drop_undefined(values, si, st, horizon, context_length, [])
+    counts = np.bincount(np.searchsorted(starts, kept_st), minlength=len(starts))
+    whole = starts[counts == channels]
+    if len(whole) < len(starts):
+        dropped.append(f"{len(starts) - len(whole)} windows with an undefined channel (multivariate mode)")
+    return np.tile(np.arange(channels, dtype=np.int64), len(whole)), np.repeat(whole, channels)
+
+
 LSF_SPLITS = ("test", "val")
+LSF_MODES = ("per-channel", "multivariate")  # multivariate: all channels of a window as one group
 
 
 @dataclass
@@ -254,6 +280,7 @@ class TaskOptions:
     context_length: int | None = None  # None: the dataset's registered context length
     lsf_stride: int = 1
     lsf_split: str = "test"  # "val": targets in the validation split (data_prep.registry.lsf_val_span)
+    lsf_mode: str = "per-channel"  # LSF_MODES
     max_series: int | None = None
     max_windows: int | None = None
 
@@ -269,12 +296,15 @@ def build_tasks(name: str, suite: str, data_dir: str | os.PathLike[str] | None, 
         length = len(series[0])
         if options.lsf_split not in LSF_SPLITS:
             raise ValueError(f"{spec.name}: LSF split must be one of {LSF_SPLITS}, got {options.lsf_split!r}")
+        if options.lsf_mode not in LSF_MODES:
+            raise ValueError(f"{spec.name}: LSF mode must be one of {LSF_MODES}, got {options.lsf_mode!r}")
         val = options.lsf_split == "val"
+        multivariate = options.lsf_mode == "multivariate"
         span = registry.lsf_val_span(spec, length) if val else registry.test_span(spec, length)
         return lsf_tasks(
-            spec.name, spec.display_name + (" [val]" if val else ""), series, spec.prediction_lengths,
-            registry.lsf_train_end(spec, length), span, spec.seasonality, ctx, options.lsf_stride, options.max_series,
-            options.max_windows,
+            spec.name, spec.display_name + (" [val]" if val else "") + (" [multivariate]" if multivariate else ""),
+            series, spec.prediction_lengths, registry.lsf_train_end(spec, length), span, spec.seasonality, ctx,
+            options.lsf_stride, options.max_series, options.max_windows, multivariate,
         )
     for s in series[: options.max_series or None]:
         start, end = registry.test_span(spec, len(s))

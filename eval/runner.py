@@ -152,17 +152,22 @@ def evaluate_task(task: Task, forecasters: dict[str, Forecaster], cfg: EvalConfi
     n = len(task)
     if n == 0:
         raise ValueError(f"{task.dataset} (h={task.horizon}): no test instance left ({task.sampling.describe()})")
+    chunk_size = cfg.chunk_size if task.group_size == 1 else max(cfg.chunk_size // task.group_size, 1) * task.group_size
     for role, forecaster in forecasters.items():
         bound = _bind(forecaster, task.seasonality)
+        if role == MODEL and task.group_size > 1:  # the LSF multivariate mode: a window's channels as one group
+            from eval.multivariate import GroupForecaster
+
+            bound = GroupForecaster(bound, task.group_size)
         extra = cfg.model_kwargs if role == MODEL else {}
         acc = MetricAccumulator(EVAL_QUANTILES, with_scaled=task.with_scaled)
         t0 = time.perf_counter()
         from tqdm import tqdm
 
-        chunks = range(0, n, cfg.chunk_size)
+        chunks = range(0, n, chunk_size)
         for c, lo in enumerate(tqdm(chunks, desc=f"  {task.dataset} h={task.horizon} {role}", unit="batch",
                                     leave=False, disable=None if len(chunks) > 1 else True)):
-            idx = np.arange(lo, min(n, lo + cfg.chunk_size))
+            idx = np.arange(lo, min(n, lo + chunk_size))
             contexts = task.contexts(idx)
             truth = task.truth(idx)
             out = bound.forecast(

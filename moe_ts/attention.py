@@ -60,11 +60,13 @@ class RopeTable:
 class LayerCache:
     """Keys and values of the tokens seen so far by one attention layer: the first `length` positions of
     buffers preallocated for the whole forecast and written in place (`append`), so a step copies only its
-    own tokens."""
+    own tokens. With the variate bias (any-variate groups) it also holds each token's variate id, so a new
+    query is biased against every cached key by same / other variate (docs/ARCHITECTURE.md §2, "Groups")."""
 
     keys: Tensor  # [B, H, C, Dh]: C >= length, the capacity
     values: Tensor  # [B, H, C, Dh]
     length: int = -1  # tokens held; -1: all C
+    variates: Tensor | None = None  # [B, C] long: the variate id of each held token (None: no variate ids given)
 
     def __post_init__(self) -> None:
         if self.length < 0:
@@ -77,23 +79,41 @@ class LayerCache:
         keys = torch.empty(batch, heads, capacity, head_dim, dtype=dtype, device=device)
         return cls(keys, torch.empty_like(keys), 0)
 
-    def append(self, k_bhnd: Tensor, v_bhnd: Tensor) -> tuple[Tensor, Tensor]:
-        """Write N new keys and values after the held ones (growing the buffers only if they are full);
-        returns the keys and values of all held tokens [B, H, L, Dh] (views of the buffers)."""
+    def append(self, k_bhnd: Tensor, v_bhnd: Tensor, variate_bn: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Write N new keys and values (and their variate ids, if given) after the held ones, growing the
+        buffers only if they are full; returns the keys and values of all held tokens [B, H, L, Dh] (views of
+        the buffers)."""
         end = self.length + k_bhnd.shape[2]
+        if variate_bn is not None and self.variates is None:
+            if self.length > 0:
+                raise ValueError("this KV cache holds tokens without variate ids: pass variate ids from the first "
+                                 "token on (the variate attention bias needs them for every key)")
+            self.variates = torch.empty(self.keys.shape[0], self.keys.shape[2], dtype=torch.long,
+                                        device=self.keys.device)
         if end > self.keys.shape[2]:  # past the reserved capacity: double it (amortised, rare)
             grow = max(end, 2 * self.keys.shape[2]) - self.keys.shape[2]
             pad = self.keys.new_empty(*self.keys.shape[:2], grow, self.keys.shape[3])
             self.keys, self.values = torch.cat((self.keys, pad), dim=2), torch.cat((self.values, pad), dim=2)
+            if self.variates is not None:
+                self.variates = torch.cat((self.variates, self.variates.new_empty(self.variates.shape[0], grow)), 1)
         self.keys[:, :, self.length:end] = k_bhnd
         self.values[:, :, self.length:end] = v_bhnd
+        if self.variates is not None:
+            if variate_bn is None:
+                raise ValueError("this KV cache holds variate ids: pass the new tokens' variate ids too")
+            self.variates[:, self.length:end] = variate_bn
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def key_variates(self) -> Tensor | None:
+        """[B, L] the variate ids of all held tokens, or None when the cache holds none."""
+        return None if self.variates is None else self.variates[:, :self.length]
 
     def expand(self, repeats: int) -> "LayerCache":
         """Repeat every batch row `repeats` times (one copy per sample path)."""
         rows = repeated_rows(self.keys.shape[0], repeats, self.keys.device)
-        return LayerCache(self.keys.index_select(0, rows), self.values.index_select(0, rows), self.length)
+        variates = None if self.variates is None else self.variates.index_select(0, rows)
+        return LayerCache(self.keys.index_select(0, rows), self.values.index_select(0, rows), self.length, variates)
 
 
 def repeated_rows(batch: int, repeats: int, device: torch.device) -> Tensor:
@@ -124,16 +144,15 @@ class Attention(nn.Module):
         b, n, _ = x_bnd.shape
         return x_bnd.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _mask(self, mask_bnl: Tensor, variate_bn: Tensor | None, cache: LayerCache | None,
+    def _mask(self, mask_bnl: Tensor, variate_bn: Tensor | None, key_variate_bl: Tensor | None,
               dtype: torch.dtype) -> Tensor:
-        """SDPA's mask [B, 1|H, N, L]: boolean, or additive with the variate bias when there is one."""
+        """SDPA's mask [B, 1|H, N, L]: boolean, or additive with the variate bias when there is one (the
+        queries' variate ids `variate_bn` against the keys' `key_variate_bl`)."""
         if self.var_bias is None or variate_bn is None:
             return mask_bnl[:, None]
-        if cache is not None:
-            raise ValueError("the variate attention bias is not supported with a KV cache (decode without one)")
-        same_bnn = variate_bn[:, :, None] == variate_bn[:, None, :]
+        same_bnl = variate_bn[:, :, None] == key_variate_bl[:, None, :]
         w_2h = self.var_bias.weight.to(dtype)
-        bias = torch.where(same_bnn[:, None], w_2h[1][None, :, None, None], w_2h[0][None, :, None, None])
+        bias = torch.where(same_bnl[:, None], w_2h[1][None, :, None, None], w_2h[0][None, :, None, None])
         return bias.masked_fill(~mask_bnl[:, None], float("-inf"))
 
     def forward(
@@ -142,15 +161,19 @@ class Attention(nn.Module):
     ) -> tuple[Tensor, LayerCache]:
         """Attend the N new tokens to the cached ones and to themselves; mask_bnl is True where allowed.
 
-        A given `cache` is written in place and returned. `variate_bn` (variate ids) adds the variate bias
-        when the layer has one; `rope` is `rope_angles` at `positions_bn` when the caller computed them."""
+        A given `cache` is written in place and returned. `variate_bn` (the new tokens' variate ids) adds the
+        variate bias when the layer has one, against the cached keys' ids (the cache keeps them); `rope` is `rope_angles` at `positions_bn` when the caller computed them."""
         rope = rope_angles(positions_bn, self.head_dim, self.rope_base) if rope is None else rope
         q = apply_rope(self.q_norm(self._heads(self.q_proj(x_bnd))), rope)
         k = apply_rope(self.k_norm(self._heads(self.k_proj(x_bnd))), rope)
         v = self._heads(self.v_proj(x_bnd))
-        mask = self._mask(mask_bnl, variate_bn, cache, q.dtype)  # before the cache is written: it may refuse
+        biased = self.var_bias is not None and variate_bn is not None
+        key_variate_bl = variate_bn
         if cache is not None:
-            k, v = cache.append(k, v)
+            k, v = cache.append(k, v, variate_bn if biased else None)
+            key_variate_bl = cache.key_variates() if biased else None
+        mask = self._mask(mask_bnl, variate_bn, key_variate_bl, q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1)), cache if cache is not None else LayerCache(k, v)
+        new_cache = cache if cache is not None else LayerCache(k, v, variates=variate_bn if biased else None)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1)), new_cache

@@ -25,7 +25,8 @@ from moe_ts.io.calendar import (MAX_MISSING_FACTOR, TimeSeriesFrameError, check_
                                 infer_frequency, parse_timestamps, regular_positions)
 from moe_ts.io.calendar import row_label as _row_label
 
-__all__ = ["MAX_MISSING_FACTOR", "TimeSeriesFrameError", "TimedSeries", "check_increasing", "forecast_frame",
+__all__ = ["MAX_MISSING_FACTOR", "TimeSeriesFrameError", "TimedSeries", "check_increasing", "covariate_values",
+           "forecast_frame",
            "infer_frequency", "numeric_values", "parse_timestamps", "predict_df", "regular_positions",
            "series_from_frame", "series_from_long", "series_from_wide"]
 
@@ -157,6 +158,54 @@ def _require_columns(df: pd.DataFrame, names: Sequence[str], where: str) -> None
         raise TimeSeriesFrameError(f"{where}: no column {absent[0]!r} (columns: {shown})")
 
 
+def covariate_values(df: pd.DataFrame, series: Sequence[TimedSeries], names: Sequence[str], known: bool,
+                     long: bool, horizon: int, future_df: pd.DataFrame | None = None, id_column: str = "item_id",
+                     timestamp_column: str = "timestamp", freq: str | None = None, where: str = "DataFrame",
+                     date_format: str | None = None, dayfirst: bool | None = None) -> dict[str, list[np.ndarray]]:
+    """Each covariate column's values for each target series, on the series' calendar: over its context for a
+    past-only covariate, over its context and the next `horizon` steps for a known one (`known`), whose future
+    values come from `future_df` (the same layout: ids and timestamps of the future steps, and the column).
+
+    Long layout: each item's own covariates. Wide layout: the covariate columns are shared by every target column.
+    A column that is absent, or a known covariate without its horizon values, is a one-line error naming it."""
+    kind = "known" if known else "past"
+    out: dict[str, list[np.ndarray]] = {}
+    for name in names:
+        _require_columns(df, (name,), where)
+        keys = [id_column, timestamp_column] if long else [timestamp_column]
+        frame = df[keys + [name]]
+        if known:
+            if future_df is None:
+                raise TimeSeriesFrameError(f"known covariate {name!r}: no values for the horizon (give its next "
+                                           f"{horizon} values in a future frame: --future-input / future_df)")
+            if name not in future_df.columns:
+                raise TimeSeriesFrameError(f"known covariate {name!r}: no column {name!r} in the future frame, so no "
+                                           f"values for the horizon")
+            _require_columns(future_df, keys, f"{where} (future frame)")
+            frame = pd.concat([frame, future_df[keys + [name]]], ignore_index=True)
+        if long:
+            found = {c.item_id: c for c in series_from_long(frame, id_column, timestamp_column, name, freq, where,
+                                                            date_format=date_format, dayfirst=dayfirst)}
+        else:
+            shared = series_from_wide(frame, timestamp_column, freq, where, columns=[name], date_format=date_format,
+                                      dayfirst=dayfirst)[0]
+            found = {s.item_id: shared for s in series}
+        values = []
+        for s in series:
+            c = found.get(s.item_id)
+            if c is None or c.start != s.start:
+                raise TimeSeriesFrameError(f"{kind} covariate {name!r}: series {s.item_id!r} has no values on its "
+                                           f"calendar")
+            need = len(s.values) + (horizon if known else 0)
+            if known and len(c.values) < need:
+                raise TimeSeriesFrameError(f"known covariate {name!r}: series {s.item_id!r} has "
+                                           f"{max(len(c.values) - len(s.values), 0)} future values, needs {horizon} "
+                                           f"(no values for the horizon)")
+            values.append(c.values[:need])
+        out[name] = values
+    return out
+
+
 def quantile_column(level: float) -> str:
     """The name of a quantile level's column, as the CLI writes it: "q0.1"."""
     return f"q{level:g}"
@@ -179,7 +228,8 @@ def predict_df(model: Any, df: pd.DataFrame, prediction_length: int, *, id_colum
                date_format: str | None = None, dayfirst: bool | None = None,
                quantile_levels: Sequence[float] = DEFAULT_QUANTILES, num_samples: int = 100, seed: int | None = None,
                batch_size: int = 64, context_length: int | None = None, decode: str = "sample",
-               progress: bool = False, independent_series: bool = True) -> pd.DataFrame:
+               progress: bool = False, independent_series: bool = True, past_covariates: Sequence[str] = (),
+               known_covariates: Sequence[str] = (), future_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Forecast every series of a long or wide DataFrame (see the module docstring and `series_from_frame`).
 
     freq, date_format, dayfirst: the calendar and how date strings are read (inferred / refused when ambiguous).
@@ -187,14 +237,36 @@ def predict_df(model: Any, df: pd.DataFrame, prediction_length: int, *, id_colum
     a seed, each series its own random stream (`moe_ts.forecast_harness.independent_series`). Series shorter than
     one patch are left-padded with missing values (as `moe-ts eval` does). Returns item_id (`id_column`),
     timestamp (`timestamp_column`), mean and the quantile columns "q0.1" .. "q0.9", as `moe-ts forecast` writes.
+    past_covariates / known_covariates: covariate columns by name (`covariate_values`; in the wide layout they are
+    not targets, and every target gets them); a known covariate's horizon values come from `future_df` (the same
+    layout, rows for the next `prediction_length` steps). With covariates each series is decoded with them as
+    one any-variate group (`moe_ts.group_decoding.forecast_with_covariates`).
     """
     from moe_ts.forecast_harness import independent_series as streams  # torch: only when forecasting
 
-    series, _ = series_from_frame(df, id_column, timestamp_column, target, freq, date_format, dayfirst)
+    covariate_columns = list(past_covariates) + list(known_covariates)
+    long = id_column in df.columns
+    if covariate_columns and not long:
+        if timestamp_column not in df.columns and "date" in df.columns:
+            timestamp_column = "date"
+        elif timestamp_column not in df.columns and isinstance(df.index, pd.DatetimeIndex):
+            df = df.reset_index(names=timestamp_column)
+        _require_columns(df, [timestamp_column] + covariate_columns, "DataFrame")
+        targets = [c for c in df.columns if c != timestamp_column and c not in covariate_columns]
+        series = series_from_wide(df, timestamp_column, freq, columns=targets, date_format=date_format,
+                                  dayfirst=dayfirst)
+    else:
+        series, _ = series_from_frame(df, id_column, timestamp_column, target, freq, date_format, dayfirst)
+    covariates = {}
+    if covariate_columns:
+        common = dict(long=long, horizon=prediction_length, future_df=future_df, id_column=id_column,
+                      timestamp_column=timestamp_column, freq=freq, date_format=date_format, dayfirst=dayfirst)
+        covariates = {"past_covariates": covariate_values(df, series, list(past_covariates), False, **common),
+                      "known_covariates": covariate_values(df, series, list(known_covariates), True, **common)}
     with streams(independent_series):
         out = model.forecast([s.values for s in series], prediction_length, num_samples=num_samples, seed=seed,
                              quantile_levels=tuple(quantile_levels), batch_size=batch_size,
                              context_length=context_length, decode=decode, allow_short_context=True,
-                             progress=progress)
+                             progress=progress, **covariates)
     frame = forecast_frame(series, out, prediction_length)
     return frame.rename(columns={"item_id": id_column, "timestamp": timestamp_column})

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from moe_ts.attention import RopeTable
+from moe_ts.covariates import GroupCovariates, pack_group_row
 from moe_ts.device import to_device
 from moe_ts.distributions import ScaledMixture
 from moe_ts.forecast_harness import check_request, context_arrays, seeded_eval
@@ -103,30 +104,23 @@ def pack_group(group_vt: np.ndarray, patch_size: int, device: torch.device | str
 
     Returns values / observed [1, V·N, P] (left-padded with missing values to whole patches), sample_id,
     variate (0..V-1), time (uni2ts' time ids, shared by the variates: a patch counts from the first one in
-    which any variate is observed) and stat_id (variate + 1: each variate gets its own statistics), all [1, V·N],
-    on `device`.
+    which any variate is observed), stat_id (variate + 1: each variate gets its own statistics) and stats_use
+    (all True), all [1, V·N], on `device` (`moe_ts.covariates.pack_group_row` without covariates).
     """
-    v, t = group_vt.shape
-    n = math.ceil(t / patch_size)
-    padded = np.full((v, n * patch_size), np.nan, dtype=np.float32)
-    padded[:, n * patch_size - t:] = group_vt
-    values, observed = patchify(torch.from_numpy(padded).to(device), patch_size)  # [V, N, P]
-    any_obs = observed.any(-1).any(0, keepdim=True)  # [1, N]
-    time_n = observed_time_ids(any_obs[..., None], torch.ones(1, n, dtype=torch.long, device=device))[0]
-    variate = torch.arange(v, device=device).repeat_interleave(n)
-    return {"values": values.reshape(1, v * n, patch_size), "observed": observed.reshape(1, v * n, patch_size),
-            "sample_id": torch.ones(1, v * n, dtype=torch.long, device=device), "variate": variate[None],
-            "time": time_n.repeat(v)[None], "stat_id": (variate + 1)[None]}
+    return pack_group_row(group_vt, None, patch_size, 0, "observed", device).as_dict()
 
 
 def _group_step(model: "MoiraiMoEModel", row: dict[str, Tensor], last_bv: Tensor,
                 rope_table: RopeTable | None = None) -> ScaledMixture:
-    """Per-variate statistics over every observed value, standardise, encode with the variate bias: the
-    next-patch distributions [B, V, K·P] at the tokens `last_bv` (original scale)."""
+    """Per-variate statistics over every observed value (of the tokens `stats_use` marks, if given),
+    standardise, encode with the variate bias: the next-patch distributions [B, V, K·P] at the tokens
+    `last_bv` (original scale)."""
     cfg = model.config
     param = next(model.parameters())
-    loc, scale, _ = masked_stats(row["values"], row["observed"], row["sample_id"] > 0, row["stat_id"], cfg.min_scale)
-    normed = standardise(row["values"], row["observed"], loc, scale, cfg.missing_values).to(param.dtype)
+    use_bn = row["stats_use"] if "stats_use" in row else row["sample_id"] > 0
+    loc, scale, _ = masked_stats(row["values"], row["observed"], use_bn, row["stat_id"], cfg.min_scale)
+    normed = standardise(row["values"], row["observed"], loc, scale, cfg.missing_values,
+                         row["stat_id"]).to(param.dtype)
     mask = time_causal_mask(row["sample_id"], row["time"])
     hidden, _, _ = model(normed, row["time"], mask, variate_bn=row["variate"], rope_table=rope_table)
     take = last_bv[..., None]
@@ -136,13 +130,14 @@ def _group_step(model: "MoiraiMoEModel", row: dict[str, Tensor], last_bv: Tensor
 
 def group_paths(
     model: "MoiraiMoEModel", group_vt: np.ndarray, horizon_patches: int, num_samples: int,
-    draw: Callable[[ScaledMixture, int], Tensor] | None = None,
+    draw: Callable[[ScaledMixture, int], Tensor] | None = None, covariates: GroupCovariates | None = None,
 ) -> Tensor:
-    """[V, S, horizon_patches·P] joint sample paths of a group of V series (any-variate, uni2ts' decoding).
+    """[Vt, S, horizon_patches·P] joint sample paths of a group of Vt target series (any-variate, uni2ts'
+    decoding), with its covariates (`moe_ts.covariates`: extra variates, never predicted).
 
-    Each step appends one patch per variate at the next time id (the variates of a time step see each
+    Each step appends one patch per target variate at the next time id (the variates of a time step see each
     other) and re-standardises every variate with its sampled patches, as uni2ts' forecaster does. `draw`
-    as in `uni2ts_paths` (draws [n, rows, V, K·P]).
+    as in `uni2ts_paths` (draws [n, rows, Vt, K·P]).
     """
     cfg = model.config
     if not cfg.variate_bias:
@@ -152,17 +147,19 @@ def group_paths(
         raise ValueError("group forecasting needs predict_patches: 1")
     device = next(model.parameters()).device
     draw = draw or (lambda distr, n: distr.sample((n,)))
-    row = pack_group(group_vt, cfg.patch_size, device)
-    v = group_vt.shape[0]
-    n = row["values"].shape[1] // v
-    capacity = v * (n + horizon_patches - 1)  # every patch the forecast feeds back, written in place
+    packed = pack_group_row(group_vt, covariates, cfg.patch_size, horizon_patches, "observed", device)
+    row = packed.as_dict()
+    v = packed.num_targets
+    start = row["values"].shape[1]
+    capacity = start + v * (horizon_patches - 1)  # every patch the forecast feeds back, written in place
     row = {k: _with_room(t, capacity) for k, t in row.items()}
-    rope_table = model.rope_table(capacity)  # once: time ids never exceed a patch's index
+    rope_table = model.rope_table(int(packed.time.max()) + horizon_patches + 1)  # once, for every time id
     variates_v = torch.arange(v, device=device)
-    last_bv = (variates_v * n + n - 1)[None]
+    last_bv = packed.target_last_tokens()
+    t0 = packed.last_context_time
     steps = []
     for step in range(horizon_patches):
-        length = v * (n + step)
+        length = start + v * step
         distr = _group_step(model, {k: t[:, :length] for k, t in row.items()}, last_bv, rope_table)
         if step == 0:
             fed = draw(distr, num_samples).float()[:, 0]  # [S, V, P]: one row per path from here on
@@ -176,10 +173,11 @@ def group_paths(
         new = slice(length, length + v)
         row["values"][:, new] = fed.to(row["values"].dtype)
         row["observed"][:, new] = True
-        row["sample_id"][:, new] = row["sample_id"][:, length - v:length]
+        row["sample_id"][:, new] = 1
         row["variate"][:, new] = variates_v
         row["stat_id"][:, new] = variates_v + 1
-        row["time"][:, new] = row["time"][:, :length].max(dim=1, keepdim=True).values + 1
+        row["stats_use"][:, new] = True  # uni2ts: a sampled patch leaves the prediction mask and joins the stats
+        row["time"][:, new] = t0 + step + 1
         last_bv = (length + variates_v)[None].expand(num_samples, v)
     paths = torch.stack(steps, dim=2)  # [S, V, H', P]
     return paths.flatten(2).transpose(0, 1).cpu()  # [V, S, H'·P]
