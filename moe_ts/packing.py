@@ -226,3 +226,20 @@ def time_causal_mask(sample_id_bn: Tensor, time_bn: Tensor) -> Tensor:
     earlier = time_bn[:, None, :] <= time_bn[:, :, None]
     real = (sample_id_bn > 0)[:, None, :]
     return (same & earlier & real) | torch.eye(n, dtype=torch.bool, device=sample_id_bn.device)
+
+
+# Any-variate rows (docs/ARCHITECTURE.md §2, "Objective"): a sample of V variates is packed variate-major, each
+# variate a contiguous run of the same number of patches (the same time window).
+
+def variate_series_ids(sample_id_bn: Tensor, variate_bn: Tensor) -> Tensor:
+    """[B, N] one id 1, 2, ... per (sample, variate) run of a variate-major packed row, 0 for padding.
+
+    Each variate of a multivariate sample is then a series of its own for `PackedLayout` (its own statistics,
+    positions that are its time ids, next-patch pairs that stay inside it); with every variate id 0 the ids are the
+    sample ids renumbered in order of appearance."""
+    sid = sample_id_bn.long()
+    var = variate_bn.long()
+    real = sid > 0
+    starts = real.clone()
+    starts[:, 1:] &= (sid[:, 1:] != sid[:, :-1]) | (var[:, 1:] != var[:, :-1])
+    return torch.where(real, starts.long().cumsum(dim=1), torch.zeros_like(sid))

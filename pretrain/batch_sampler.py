@@ -106,16 +106,9 @@ class VectorisedSampler(PackedSampler):
         start = (u_start[:used] * (self._length[rows_j] - length + 1)).astype(np.int64)
         return rows_j, length, start, row_of, first_patch
 
-    def make_batch(self, k: int, batch_size: int) -> dict[str, Any]:
-        """Micro-batch number `k` (a pure function of seed, rank and k): target [B, N·P] float32 (NaN where nothing
-        or a missing value lies), sample_id [B, N] int64 (windows 1..m per row, 0 = padding), and `counts`
-        (windows kept, entirely missing windows turned into padding, padding patches, and the runs of missing
-        windows at the start, the longest and at the end, and the windows drawn)."""
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank, k)))
-        rows_j, length, start, row_of, first_patch = self._plan(rng, batch_size)
-        n_cap, p = self.seq_patches, self.patch_size
-        target = np.full(batch_size * n_cap * p, np.nan, dtype=np.float32)  # [B·N·P]
-        dst = row_of * (n_cap * p) + first_patch * p  # [W]
+    def _copy_values(self, target: np.ndarray, rows_j: np.ndarray, start: np.ndarray, length: np.ndarray,
+                     dst: np.ndarray) -> None:
+        """Copy `length` values of usable rows `rows_j` from `start` into the flat `target` at `dst`, each [W]."""
         src = self._offset[rows_j] + start  # [W] first value of each window in its home
         home = self._home[rows_j]
         # Long windows: one slice copy each (a memcpy); short ones, where the per-window Python call would cost
@@ -129,6 +122,18 @@ class VectorisedSampler(PackedSampler):
             lens = length[mine]
             step = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)  # 0..len-1 per window
             target[np.repeat(dst[mine], lens) + step] = homes[h][np.repeat(src[mine], lens) + step]
+
+    def make_batch(self, k: int, batch_size: int) -> dict[str, Any]:
+        """Micro-batch number `k` (a pure function of seed, rank and k): target [B, N·P] float32 (NaN where nothing
+        or a missing value lies), sample_id [B, N] int64 (windows 1..m per row, 0 = padding), and `counts`
+        (windows kept, entirely missing windows turned into padding, padding patches, and the runs of missing
+        windows at the start, the longest and at the end, and the windows drawn)."""
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank, k)))
+        rows_j, length, start, row_of, first_patch = self._plan(rng, batch_size)
+        n_cap, p = self.seq_patches, self.patch_size
+        target = np.full(batch_size * n_cap * p, np.nan, dtype=np.float32)  # [B·N·P]
+        dst = row_of * (n_cap * p) + first_patch * p  # [W]
+        self._copy_values(target, rows_j, start, length, dst)
         # [W] observed values per window: summed from each window's start to the next one's, since everything
         # between a window's end and the next window is NaN (patch tails, padding)
         observed = np.add.reduceat((~np.isnan(target)).view(np.uint8), dst, dtype=np.int64)

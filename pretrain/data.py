@@ -5,7 +5,8 @@ are cropped from series drawn by dataset mixture weights and laid one after anot
 a patch boundary; `sample_id` numbers them 1..m per patch (0 = padding) and the unused tail of a
 window's last patch is NaN. The sampler draws from one numpy Generator; its state and counters form
 `state_dict()`, so a run resumed from a checkpoint sees exactly the batches of an uninterrupted one.
-The corpus itself (folder, schema, manifest, the memory-mapped `Corpus`) is data_prep/corpus.py.
+The corpus itself (folder, schema, manifest, the memory-mapped `Corpus`) is data_prep/corpus.py; multivariate
+groups (`train.multivariate_share`) are drawn by pretrain/variate_groups.py through `WindowSampler.draw_window`.
 
 Shape legend: B rows per batch, N patches per row, P patch size, R corpus rows (series).
 """
@@ -119,6 +120,12 @@ def pack_windows(windows: list[np.ndarray], seq_patches: int, patch_size: int) -
         sample_id[cursor:cursor + n] = i + 1
         cursor += n
     return target, sample_id
+
+
+def window_patches(window: np.ndarray, patch_size: int) -> int:
+    """Patches a window takes in a packed row: ceil(T / P) for a series [T], V·ceil(T / P) for a group [V, T]."""
+    variates = 1 if window.ndim == 1 else window.shape[0]
+    return variates * math.ceil(window.shape[-1] / patch_size)
 
 
 def _draw(rng: np.random.Generator, cumulative: np.ndarray) -> int:
@@ -243,6 +250,15 @@ class WindowSampler(PackedSampler):
         d = _draw(self.rng, self._dataset_cum)
         return int(self.dataset_rows[d][_draw(self.rng, self.series_cumweights[d])])
 
+    def draw_window(self, remaining: int) -> tuple[np.ndarray, int]:
+        """(window, corpus row) of at most `remaining` patches: a series' values [T], NaN = missing. Subclasses
+        (`pretrain.variate_groups.AnyVariateSampler`) may return a group's window [V, T] instead."""
+        row = self.draw_series()
+        values = self.corpus.values(row)
+        start, wlen = sample_window(self.rng, len(values), self.min_window_patches * self.patch_size,
+                                    remaining * self.patch_size)
+        return values[start:start + wlen], row
+
     def next_windows(self) -> list[np.ndarray]:
         """Windows for one packed row: drawn until fewer than min_window_patches patches remain free."""
         p = self.patch_size
@@ -250,10 +266,7 @@ class WindowSampler(PackedSampler):
         windows: list[np.ndarray] = []
         consecutive_skips = 0
         while remaining >= self.min_window_patches:
-            row = self.draw_series()
-            values = self.corpus.values(row)
-            start, wlen = sample_window(self.rng, len(values), self.min_window_patches * p, remaining * p)
-            window = values[start:start + wlen]
+            window, row = self.draw_window(remaining)
             if np.isnan(window).all():
                 self.skipped += 1
                 consecutive_skips += 1
@@ -263,7 +276,7 @@ class WindowSampler(PackedSampler):
                 continue
             consecutive_skips = 0
             windows.append(window)
-            remaining -= math.ceil(wlen / p)
+            remaining -= window_patches(window, p)
         self.windows += len(windows)
         self.padding += remaining
         return windows
