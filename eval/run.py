@@ -3,8 +3,9 @@
     moe-ts eval --checkpoint DIR --suite monash|lsf|zeroshot|all --out DIR
         [--datasets a,b] [--data-dir DIR] [--num-samples 100] [--batch-size 64] [--seed 0]
         [--max-series N] [--max-windows N] [--lsf-stride N] [--lsf-split test|val] [--context-length N]
+        [--lsf-mode per-channel|multivariate]
         [--baselines snaive,naive,autoets,autotheta,autoarima] [--n-jobs N] [--decode median|mean|sample|uni2ts]
-        [--patches-per-step K] [--feedback-noise 0..1]
+        [--patches-per-step K] [--feedback-noise 0..1] [--head next|horizon]
     moe-ts eval --checkpoint DIR --suite probes --out DIR [--probe-series 8] [--periodic-series N]
     moe-ts eval --checkpoint DIR --suite periodic --out DIR [--periodic-series 8] [--datasets etth1,...]
     moe-ts eval --checkpoint DIR --tsf FILE.tsf --out DIR [--horizon N]
@@ -34,11 +35,11 @@ from typing import Any, NoReturn
 
 from eval.baselines import Naive, SeasonalNaive
 from eval.plots import plot_suite
-from eval.protocols import LSF_SPLITS, TaskOptions, tsf_task
+from eval.protocols import LSF_MODES, LSF_SPLITS, TaskOptions, tsf_task
 from eval.report import write_reports
 from eval.resume import EvalProgress, eval_settings
 from eval.runner import Forecaster, EvalConfig, SuiteResult, parse_baselines, run_suite, run_task_suite
-from moe_ts.decode_options import DECODE_MODES, DecodeOptions, DecodeOptionsError
+from moe_ts.decode_options import DECODE_MODES, HEADS, DecodeOptions, DecodeOptionsError
 from moe_ts.device import add_device_arguments
 from moe_ts.io.output_dir import check_output_dir, make_staging_dir, swap_in
 
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lsf-split", choices=LSF_SPLITS, default="test",
                    help="LSF windows from the test split (the published protocol) or the validation split, to choose "
                         "a decoding or checkpoint without looking at the test split")
+    p.add_argument("--lsf-mode", choices=LSF_MODES, default="per-channel",
+                   help="LSF: each channel forecast on its own (per-channel, the published protocol) or all channels "
+                        "of a window as one any-variate group (multivariate; the model's forecast_group, its default "
+                        "context fitting every channel into max_seq_len); scored per channel either way")
     p.add_argument("--chunk-size", type=_positive, default=1024, help="instances per forecast() call")
     p.add_argument("--plot-series", type=int, default=3, help="series plotted per dataset (0: no plots)")
     p.add_argument("--decode", choices=DECODE_MODES,
@@ -107,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback-noise", type=float,
                    help="--decode sample: share of each draw's deviation from its component's center that a sample "
                         "path feeds back, 0..1 (1 = plain ancestral sampling; default: forecast()'s)")
+    p.add_argument("--head", choices=HEADS,
+                   help="which head decodes: next (the next-patch head, default) or horizon (the long-horizon head of "
+                        "a model with model.horizon_patches > 0: that many patches per step)")
     p.add_argument("--baselines", default="snaive,naive",
                    help="comma-separated baselines run beside the model: snaive, naive, autoets, autotheta, autoarima "
                         "(statsforecast; minutes on big sets). Seasonal Naive always runs: every ratio is relative to it")
@@ -158,7 +166,8 @@ def _predicted_patches(model: object) -> int | None:
 def _decode_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding flags given, as `forecast()` keywords, checked by `DecodeOptions` before anything loads."""
     given = {key: value for key, value in (("decode", args.decode), ("patches_per_step", args.patches_per_step),
-                                           ("feedback_noise", args.feedback_noise)) if value is not None}
+                                           ("feedback_noise", args.feedback_noise), ("head", args.head))
+             if value is not None}
     if "decode" in given and args.checkpoint in BASELINE_NAMES:
         raise ValueError("--decode applies to a model checkpoint, not a baseline")
     try:
@@ -175,9 +184,11 @@ def _check_decoding_fits(given: dict[str, Any], model: object) -> None:
         raise ValueError("--patches-per-step applies to a MoE model checkpoint (it decodes patch by patch)")
     if predicted is None and "feedback_noise" in given:
         raise ValueError("--feedback-noise applies to a MoE model checkpoint (it samples autoregressively)")
+    if predicted is None and "head" in given:
+        raise ValueError("--head applies to a MoE model checkpoint (it decodes with one of its heads)")
     if predicted is not None:
         try:
-            DecodeOptions(**given).patches_for(predicted)
+            DecodeOptions(**given).patches_for(predicted, getattr(model.config, "horizon_patches", 0))
         except DecodeOptionsError as err:
             raise ValueError(err.flag_message) from None
 
@@ -207,6 +218,8 @@ def _set_up(args: argparse.Namespace) -> _Setup:
     check_output_dir(args.out, args.overwrite, kind="eval", inputs={"--checkpoint": args.checkpoint, "--tsf": args.tsf})
     if args.lsf_split != "test" and args.suite not in ("lsf", "all"):
         raise ValueError(f"--lsf-split applies to --suite lsf or all, not {args.suite or '--tsf'}")
+    if args.lsf_mode != "per-channel" and args.suite != "lsf":
+        raise ValueError(f"--lsf-mode {args.lsf_mode} applies to --suite lsf, not {args.suite or '--tsf'}")
     decoding = _decode_kwargs(args)
     from moe_ts.device import place_model, resolve_device, resolve_dtype
 
@@ -249,7 +262,8 @@ def _run_suites(args: argparse.Namespace, setup: _Setup, progress: EvalProgress 
     cfg = EvalConfig(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
                      chunk_size=args.chunk_size, plot_series=args.plot_series, model_kwargs=setup.model_kwargs)
     options = TaskOptions(context_length=args.context_length, lsf_stride=args.lsf_stride,
-                          lsf_split=args.lsf_split, max_series=args.max_series, max_windows=args.max_windows)
+                          lsf_split=args.lsf_split, max_series=args.max_series, max_windows=args.max_windows,
+                          lsf_mode=args.lsf_mode)
     results: list[SuiteResult] = []
     if setup.task is not None:
         results.append(run_task_suite("tsf", [setup.task], setup.model, cfg, baselines=setup.baselines,
@@ -297,6 +311,8 @@ def _decoding_text(args: argparse.Namespace, model: object) -> str:
         parts.append(f"patches per step {args.patches_per_step}")
     if args.feedback_noise is not None:
         parts.append(f"feedback noise {args.feedback_noise}")
+    if args.head:
+        parts.append(f"head {args.head}")
     return ", ".join(parts)
 
 
@@ -315,7 +331,7 @@ def _write_into(out: Path, args: argparse.Namespace, argv: list[str] | None, set
         f"- checkpoint: `{args.checkpoint}`; samples {args.num_samples}, seed {args.seed}, batch {args.batch_size}",
         f"- decoding: {_decoding_text(args, setup.model)}",
         f"- protocol options: context length {args.context_length or ('1000' if args.tsf else 'per dataset')}, "
-        f"LSF stride {args.lsf_stride}, LSF split {args.lsf_split}, "
+        f"LSF stride {args.lsf_stride}, LSF split {args.lsf_split}, LSF mode {args.lsf_mode}, "
         f"max series {args.max_series or 'all'}, max windows {args.max_windows or 'all'}",
         f"- written {datetime.datetime.now().isoformat(timespec='seconds')}, {time.perf_counter() - t0:.1f} s",
         "- point metrics use the median (MSE the mean); CRPS = mean weighted quantile loss over 0.1..0.9; "

@@ -69,11 +69,19 @@ class ModelConfig:
     # heads): 1 is Moirai-MoE's next-patch head; K > 1 trains position j on patches j+1..j+K and lets
     # forecasting emit K patches per decoding step.
     predict_patches: int = 1
+    # A second, long-horizon mixture head beside `head` over the same hidden states (0 = none, the default:
+    # Moirai-MoE's layout): position j also predicts patches j+1..j+K (K = horizon_patches), trained with the
+    # run's `train.horizon_loss_weight`; forecast(..., head="horizon") decodes with it, K patches per step,
+    # so patches 2..K are placed without feeding back patch 1 (EXPERIMENTS.md, 2026-12-07 session 2).
+    horizon_patches: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.predict_patches < self.max_seq_len:
             raise ConfigError(f"predict_patches must be in 1..max_seq_len-1={self.max_seq_len - 1}, "
                               f"got {self.predict_patches}")
+        if not 0 <= self.horizon_patches < self.max_seq_len:
+            raise ConfigError(f"horizon_patches must be in 0..max_seq_len-1={self.max_seq_len - 1} (0 = no "
+                              f"long-horizon head), got {self.horizon_patches}")
         if self.d_model % self.num_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if (self.d_model // self.num_heads) % 4:

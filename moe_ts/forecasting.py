@@ -24,8 +24,12 @@ What is fed back is the `decode` mode:
   (no KV cache: every token's normalisation changes). For converted uni2ts checkpoints; it costs the
   prefix at each step (docs/ARCHITECTURE.md §2, "Forecasting").
 
+`head="horizon"` decodes with the long-horizon head of a model that has one (`horizon_patches` > 0) instead of
+the next-patch head: each step emits and feeds back up to horizon_patches patches, all placed from one hidden state.
+
 Shape legend: B series, S sample paths, H horizon, N patches, P patch size, D model width, K patches predicted
-per position (`predict_patches`), Q values a decoding step emits (patches_per_step·P).
+per position by the decoding head (`predict_patches`, or `horizon_patches` with head="horizon"), Q values a
+decoding step emits (patches_per_step·P).
 """
 from __future__ import annotations
 
@@ -146,6 +150,7 @@ def forecast(
     patches_per_step: int | None = None,
     feedback_noise: float | None = None,
     progress: bool = False,
+    head: str = "next",
 ) -> ForecastOutput:
     """Sample `num_samples` paths of `prediction_length` steps for each context series.
 
@@ -158,12 +163,15 @@ def forecast(
     feedback_noise: decode="sample" only, in [0, 1]: each path feeds back its draw's component center plus
     this share of the draw's deviation from it (default DEFAULT_FEEDBACK_NOISE; 1 = plain ancestral sampling).
     progress: show a progress bar over the batches (on a terminal).
+    head: "next" (default) decodes with the next-patch head; "horizon" with the long-horizon head of a model with
+    `horizon_patches` = K > 0: each step emits and feeds back K patches (or `patches_per_step` of them), so the
+    patches after the first come from one hidden state instead of from fed-back forecasts.
     Returns samples [B, S, H], quantiles [B, Q, H] and mean [B, H] (`moe_ts.forecast_harness`).
     """
     cfg = model.config
-    options = DecodeOptions(decode, patches_per_step, feedback_noise, use_kv_cache)
+    options = DecodeOptions(decode, patches_per_step, feedback_noise, use_kv_cache, head)
     check_request(prediction_length, num_samples, batch_size)
-    per_step = options.patches_for(cfg.predict_patches)
+    per_step = options.patches_for(cfg.predict_patches, cfg.horizon_patches)
     horizon_patches = math.ceil(prediction_length / cfg.patch_size)
     context_length = _checked_context_length(cfg, context_length, horizon_patches)
     arrays = prepare_contexts(context_arrays(contexts), context_length, cfg.patch_size, allow_short_context)
@@ -209,7 +217,7 @@ def _sample_paths(
     options: DecodeOptions, per_step: int,
 ) -> Tensor:
     """[B, S, horizon_patches·P] sample paths on the original scale, on the model's device; each step emits
-    `per_step` patches."""
+    `per_step` patches of the head `options.head` names."""
     decode = options.decode
     if decode == "uni2ts":
         return uni2ts_paths(model, arrays, horizon_patches, num_samples)
@@ -245,8 +253,9 @@ def _decode_steps(model: "MoiraiMoEModel", decoder: "_Decoder", hidden: Tensor, 
                   num_samples: int, emitted: int, per_step: int, options: DecodeOptions) -> None:
     """The step loop of `_sample_paths`: draws written into `paths` [B·S, steps·Q] in place."""
     decode, feedback_noise, dtype = options.decode, options.noise, paths.dtype
+    head, _ = model.decoding_head(options.head)
     for step in range(num_steps):
-        distr = model.head.distribution(hidden)  # batch shape [B(·S), K·P]
+        distr = head.distribution(hidden)  # batch shape [B(·S), K·P]
         emitted_bq = paths[:, step * emitted:(step + 1) * emitted]  # [B·S, Q], written in place
         if decode == "sample":
             draws_bq, centers_bq = (t[..., :emitted].to(dtype) for t in distr.sample_with_centers())

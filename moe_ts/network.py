@@ -2,13 +2,15 @@
 
 Patch tokens → residual-MLP input projection → pre-norm decoder layers (causal attention with RoPE
 and QK-norm, sparse MoE FFN) → final RMSNorm; the mixture-distribution head (`head`) turns a hidden
-state into the distribution of the next patch. Losses live in `moe_ts.objectives`, sampling in
-`moe_ts.forecasting`, the released class with Hugging Face I/O in `moe_ts.model`.
+state into the distribution of the next patch (or the next `predict_patches`), the optional long-horizon
+head (`horizon_head`, when `horizon_patches` > 0) into that of the next `horizon_patches`. Losses live in
+`moe_ts.objectives`, sampling in `moe_ts.forecasting`, the released class with Hugging Face I/O in `moe_ts.model`.
 
 Shape legend: B batch, N patches, P patch size, D model width, L layers, E experts.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from moe_ts.attention import Attention, LayerCache, RopeAngles, RopeTable, rope_angles
@@ -63,6 +65,13 @@ class MoiraiMoENetwork(nn.Module):
         self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.head = MixtureHead(config.d_model, config.patch_size * config.predict_patches)
         self.apply(self._init_weights)
+        self.horizon_head: MixtureHead | None = None
+        if config.horizon_patches:
+            # Built after the rest is initialised and on a forked RNG, so the trunk and `head` of a seeded model
+            # are the same with or without it, and so is the global RNG stream that follows.
+            with torch.random.fork_rng(devices=[]):
+                self.horizon_head = MixtureHead(config.d_model, config.patch_size * config.horizon_patches)
+                self.horizon_head.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -90,6 +99,18 @@ class MoiraiMoENetwork(nn.Module):
             new_caches.append(cache)
             all_stats.append(stats)
         return self.final_norm(x), new_caches, all_stats
+
+    def decoding_head(self, name: str) -> tuple[MixtureHead, int]:
+        """The head `forecast(..., head=name)` decodes with and the patches it predicts per position:
+        "next" (`head`, predict_patches) or "horizon" (`horizon_head`, horizon_patches)."""
+        if name == "next":
+            return self.head, self.config.predict_patches
+        if name == "horizon":
+            if self.horizon_head is None:
+                raise ValueError("head='horizon' needs a model with a long-horizon head (model.horizon_patches > 0); "
+                                 "this one has none")
+            return self.horizon_head, self.config.horizon_patches
+        raise ValueError(f"head must be 'next' or 'horizon', got {name!r}")
 
     def rope_table(self, size: int) -> RopeTable:
         """RoPE's angles for positions 0..size-1 on this network's device (`forward`'s `rope_table`)."""

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from moe_ts.network import MoiraiMoENetwork
-from moe_ts.packing import PackedLayout, masked_stats, patchify, standardise
+from moe_ts.packing import PackedLayout, masked_stats, patchify, standardise, time_causal_mask, variate_series_ids
+from moe_ts.patch_targets import masked_nll, shifted_targets
 
 
 @dataclass
@@ -28,14 +29,20 @@ class PretrainOutput:
     aux_loss: Tensor  # mean over layers of the load-balancing loss
     z_loss: Tensor  # mean over layers of the router z-loss
     expert_counts: Tensor  # [L, E] tokens·k routed per expert
+    horizon_nll: Tensor | None = None  # the long-horizon head's mean NLL (None without one); in loss × horizon_weight
 
 
 def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
                   forward: Callable | None = None, input_noise: float = 0.0,
-                  self_feed: float = 0.0) -> PretrainOutput:
+                  self_feed: float = 0.0, horizon_weight: float = 1.0,
+                  variate_id: Tensor | None = None) -> PretrainOutput:
     """Training loss of packed rows.
 
     target [B, N·P] raw values (NaN = missing); sample_id [B, N] (0 = padding, 1.. = packed series, at most N).
+    variate_id [B, N] (None: every sample is univariate) marks any-variate samples packed variate-major, each
+    variate a run of the same patches' time window: every variate is standardised and scored on its own, patches
+    are numbered by time id, a token sees every variate of its sample up to its own time id
+    (`packing.time_causal_mask`, uni2ts' causality) and the variate ids feed the variate bias when the model has it.
     Each sample is standardised with statistics of its leading ⌈stats_ratio·n⌉ patches, which get no
     loss; every other observed value is scored by the NLL of the predictions made at the K previous patches,
     except in samples whose statistics are degenerate (see `masked_stats`). `forward` runs the network
@@ -46,59 +53,63 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
     patch is, with that probability, replaced by one draw from the model's own prediction of it (from a
     first, gradient-free pass over the true inputs), the input that sample-path decoding feeds back; the
     targets stay the true values, so the model learns to forecast from its own imperfect patches.
+    A model with a long-horizon head (`horizon_patches` > 0) adds `horizon_weight` × that head's NLL to the loss.
     """
     cfg = model.config
     forward = model if forward is None else forward
     values, observed = patchify(target, cfg.patch_size)
     if sample_id.shape != values.shape[:2]:
         raise ValueError(f"sample_id shape {tuple(sample_id.shape)} must be [B, N] = {tuple(values.shape[:2])}")
-    layout = PackedLayout.from_sample_id(sample_id)
+    if variate_id is not None and variate_id.shape != sample_id.shape:
+        raise ValueError(f"variate_id shape {tuple(variate_id.shape)} must be sample_id's {tuple(sample_id.shape)}")
+    # Any-variate rows: each variate of a sample is a series for the layout (statistics, positions = time ids,
+    # next-patch pairs), and the mask lets a token see every variate of its sample up to its own time id.
+    layout = PackedLayout.from_sample_id(sample_id if variate_id is None else variate_series_ids(sample_id, variate_id))
     stats_bn = layout.stats_patches(cfg.stats_ratio)
     loc, scale, informative = masked_stats(values, observed, stats_bn, layout.sample_id, cfg.min_scale)
     normed = standardise(values, observed, loc, scale, cfg.missing_values, layout.sample_id)
 
     inputs = normed
-    mask = layout.attention_mask()
+    mask = layout.attention_mask() if variate_id is None else time_causal_mask(sample_id, layout.position)
     if self_feed > 0:
-        inputs = _feed_own_predictions(model, inputs, observed, layout, mask, stats_bn, self_feed)
+        inputs = _feed_own_predictions(model, inputs, observed, layout, mask, stats_bn, self_feed, variate_id)
     if input_noise > 0:
         inputs = normed + input_noise * torch.randn_like(normed) * observed
-    hidden, _, moe_stats = forward(inputs, layout.position, mask,
-                                   token_mask_bn=layout.sample_id > 0)
+    variates = {} if variate_id is None else {"variate_bn": variate_id}  # a univariate `forward` needs no such argument
+    hidden, _, moe_stats = forward(inputs, layout.position, mask, token_mask_bn=layout.sample_id > 0, **variates)
     # Position j predicts patches j+1..j+K (K = predict_patches) of the same sample, except those that
     # gave the statistics. Samples whose statistics are degenerate (constant or < 2 values) would score
     # targets normalised by the scale floor (|z| in the thousands) and swamp the loss: they get none.
-    targets, weights = [], []
-    n = values.shape[1]
-    for k in range(1, cfg.predict_patches + 1):
-        same = (layout.sample_id[:, k:] == layout.sample_id[:, :-k]) & (layout.sample_id[:, k:] > 0)
-        scored_bn = same & ~stats_bn[:, k:] & informative[:, k:]
-        weight_bnp = (observed[:, k:] & scored_bn[..., None]).to(hidden.dtype)
-        pad = n - 1 - weight_bnp.shape[1]  # positions whose patch j+k lies past the row
-        targets.append(torch.nn.functional.pad(normed[:, k:], (0, 0, 0, pad)))
-        weights.append(torch.nn.functional.pad(weight_bnp, (0, 0, 0, pad)))
-    target_bnq = torch.cat(targets, dim=-1)  # [B, N-1, K·P]: patch j+1, ..., patch j+K
-    weight_bnq = torch.cat(weights, dim=-1)
+    target_bnq, weight_bnq = shifted_targets(normed, observed, layout.sample_id, stats_bn, informative,
+                                             cfg.predict_patches, hidden.dtype)  # [B, N-1, K·P]
     distr = model.head.distribution(hidden[:, :-1])
     log_prob = distr.log_prob(target_bnq)
-    nll = -(log_prob * weight_bnq).sum() / weight_bnq.sum().clamp(min=1.0)
+    nll = masked_nll(log_prob, weight_bnq)
+    horizon_nll = None  # the long-horizon head's (horizon_patches > 0): the same rules over patches j+1..j+K
+    if getattr(model, "horizon_head", None) is not None:
+        h_target_bnq, h_weight_bnq = shifted_targets(normed, observed, layout.sample_id, stats_bn, informative,
+                                                     cfg.horizon_patches, hidden.dtype)
+        h_log_prob = model.horizon_head.distribution(hidden[:, :-1]).log_prob(h_target_bnq)
+        horizon_nll = masked_nll(h_log_prob, h_weight_bnq)
 
     aux = torch.stack([s.aux_loss for s in moe_stats]).mean()
     z = torch.stack([s.z_loss for s in moe_stats]).mean()
     loss = nll + cfg.moe.aux_loss_coef * aux + cfg.moe.z_loss_coef * z
+    if horizon_nll is not None:
+        loss = loss + horizon_weight * horizon_nll
     counts = torch.stack([s.counts for s in moe_stats])
-    return PretrainOutput(loss=loss, nll=nll, aux_loss=aux, z_loss=z, expert_counts=counts)
+    return PretrainOutput(loss=loss, nll=nll, aux_loss=aux, z_loss=z, expert_counts=counts, horizon_nll=horizon_nll)
 
 
 def _feed_own_predictions(model: MoiraiMoENetwork, normed: Tensor, observed: Tensor, layout: PackedLayout,
-                          mask: Tensor, stats_bn: Tensor, rate: float) -> Tensor:
+                          mask: Tensor, stats_bn: Tensor, rate: float, variate_bn: Tensor | None = None) -> Tensor:
     """normed [B, N, P] with each non-statistics patch j+1 of a sample replaced, with probability `rate`,
     by a draw from the prediction made at patch j over the true inputs (observed values only; missing
     values keep their fill). The pass runs the network module directly, without gradients, so it needs
     every parameter present on this rank (ZeRO stage 0-2, not 3). Uses torch's global RNG."""
     P = normed.shape[-1]
     with torch.no_grad():
-        hidden, _, _ = model(normed, layout.position, mask, token_mask_bn=layout.sample_id > 0)
+        hidden, _, _ = model(normed, layout.position, mask, token_mask_bn=layout.sample_id > 0, variate_bn=variate_bn)
         draw_bnp = model.head.distribution(hidden[:, :-1]).sample()[..., :P]  # patch j+1 as predicted at j
     sid = layout.sample_id
     replaceable_bn = (sid[:, 1:] == sid[:, :-1]) & (sid[:, 1:] > 0) & ~stats_bn[:, 1:]

@@ -64,6 +64,11 @@ class TrainConfig:
     loader_workers: int = 0  # processes making vectorised batches ahead of the trainer (0: in the trainer)
     input_noise: float = 0.0  # std of Gaussian noise on the normalised inputs (not the targets); see objectives
     self_feed: float = 0.0  # scheduled sampling: share of input patches replaced by the model's own draws
+    # Any-variate pretraining (pretrain/variate_groups.py): the share of a row's window draws that take a multivariate
+    # group (corpus rows sharing a group_id) instead of one series, packed variate-major; 0 = univariate only.
+    multivariate_share: float = 0.0
+    max_variates: int = 128  # variates kept of a drawn group at most (a random subset; uni2ts' max_dim)
+    horizon_loss_weight: float = 1.0  # weight of the long-horizon head's NLL (models with model.horizon_patches > 0)
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
@@ -87,6 +92,13 @@ class TrainConfig:
             raise ConfigError(f"train.input_noise must be >= 0, got {self.input_noise}")
         if not 0.0 <= self.self_feed <= 1.0:
             raise ConfigError(f"train.self_feed must be in [0, 1], got {self.self_feed}")
+        if self.horizon_loss_weight < 0:
+            raise ConfigError(f"train.horizon_loss_weight must be >= 0, got {self.horizon_loss_weight}")
+        if isinstance(self.multivariate_share, bool) or not 0.0 <= self.multivariate_share <= 1.0:
+            raise ConfigError(f"train.multivariate_share must be in [0, 1], got {self.multivariate_share!r}")
+        if self.max_variates < 2:
+            raise ConfigError(f"train.max_variates must be >= 2 (a group keeps 2..max_variates variates), "
+                              f"got {self.max_variates}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -161,6 +173,10 @@ class PretrainConfig:
         if self.train.min_window_patches > self.model.max_seq_len:
             raise ConfigError(f"train.min_window_patches={self.train.min_window_patches} exceeds "
                               f"model.max_seq_len={self.model.max_seq_len}")
+        if self.train.multivariate_share > 0 and self.model.max_seq_len < 2 * self.train.min_window_patches:
+            raise ConfigError(f"train.multivariate_share > 0 needs model.max_seq_len >= 2 x train.min_window_patches "
+                              f"= {2 * self.train.min_window_patches} (two variates of the shortest window), got "
+                              f"{self.model.max_seq_len}")
         if self.model.moe.num_experts % self.parallel.ep_size:
             raise ConfigError(f"parallel.ep_size={self.parallel.ep_size} must divide "
                               f"model.moe.num_experts={self.model.moe.num_experts}")

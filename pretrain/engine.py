@@ -167,7 +167,7 @@ class StepStats:
 
 
 def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]], device: torch.device,
-               input_noise: float = 0.0, self_feed: float = 0.0) -> StepStats:
+               input_noise: float = 0.0, self_feed: float = 0.0, horizon_weight: float = 1.0) -> StepStats:
     """Forward/backward each micro-batch, then one optimizer step (DeepSpeed scales by grad_accum).
 
     The loss is `moe_ts.objectives.pretrain_loss` with the engine as the network call (its hooks run).
@@ -182,8 +182,10 @@ def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]], device
     for batch in micro_batches:
         target = batch["target"].to(device, non_blocking=True)
         sample_id = batch["sample_id"].to(device, non_blocking=True)
+        variate_id = batch.get("variate_id")  # any-variate batches only (train.multivariate_share > 0)
+        variate_id = None if variate_id is None else variate_id.to(device, non_blocking=True)
         out = pretrain_loss(model, target, sample_id, forward=engine, input_noise=input_noise,
-                             self_feed=self_feed)
+                             self_feed=self_feed, variate_id=variate_id, horizon_weight=horizon_weight)
         engine.backward(out.loss)
         engine.step()
         sums += torch.stack([out.loss.detach(), out.nll.detach(), out.aux_loss.detach(), out.z_loss.detach(),

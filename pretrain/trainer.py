@@ -27,6 +27,8 @@ from pretrain.checkpoint import (check_checkpoint_layout, latest_checkpoint, lis
 from pretrain.config import PretrainConfig, train_flops_per_token
 from pretrain.batch_sampler import VectorisedSampler
 from pretrain.data import WindowSampler
+from pretrain.variate_batch_sampler import AnyVariateVectorisedSampler
+from pretrain.variate_groups import AnyVariateSampler
 from pretrain.loader import BatchLoader
 from pretrain.engine import DistInfo, StepStats, any_rank, build_engine, setup_distributed, train_step, unwrap
 from pretrain.errors import CheckpointError
@@ -125,8 +127,12 @@ def _sampler(run: PretrainConfig, corpus: Corpus, dist: DistInfo) -> WindowSampl
     weights (`moe-ts prepare --weights`) scale the draw weights unless the run config names `train.mixture`."""
     tc = run.train
     weights = None if tc.mixture else manifest_weights(corpus.path)
-    kind = VectorisedSampler if tc.sampler == "vectorised" else WindowSampler
-    sampler = kind(corpus, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
+    kind: type = VectorisedSampler if tc.sampler == "vectorised" else WindowSampler
+    extra: dict[str, Any] = {}
+    if tc.multivariate_share > 0:  # any-variate: the same samplers with multivariate groups
+        kind = AnyVariateVectorisedSampler if tc.sampler == "vectorised" else AnyVariateSampler
+        extra = {"multivariate_share": tc.multivariate_share, "max_variates": tc.max_variates}
+    sampler = kind(corpus, **extra, patch_size=run.model.patch_size, seq_patches=run.model.max_seq_len,
                    min_window_patches=tc.min_window_patches, max_windows_per_series=tc.max_windows_per_series,
                    mixture=tc.mixture, mixture_default=tc.mixture_default, mixture_share=tc.mixture_share,
                    dataset_weights=weights, seed=tc.seed, rank=dist.rank)
@@ -141,6 +147,11 @@ def _sampler(run: PretrainConfig, corpus: Corpus, dist: DistInfo) -> WindowSampl
             print(f"corpus: {sampler.num_unusable} series are empty or all-missing and are never sampled")
         if sampler.num_covariates:
             print(f"corpus: {sampler.num_covariates} covariate series are kept but never sampled as targets")
+        if tc.multivariate_share > 0:
+            print(f"corpus: {len(sampler.groups)} multivariate groups, drawn for {tc.multivariate_share:.0%} of the "
+                  f"windows (at most {tc.max_variates} variates each)"
+                  + (f"; {sampler.groups.num_unaligned} groups with variates of unequal length are left out"
+                     if sampler.groups.num_unaligned else ""))
     return sampler
 
 
@@ -236,7 +247,7 @@ def run_steps(session: Session, stop_at: int | None = None) -> LoopResult:
         while step < tc.steps:
             t0 = time.perf_counter()
             batches = [sampler.next_batch(micro) for _ in range(tc.grad_accum)]
-            last = train_step(engine, batches, dist.device, tc.input_noise, tc.self_feed)
+            last = train_step(engine, batches, dist.device, tc.input_noise, tc.self_feed, tc.horizon_loss_weight)
             dt = time.perf_counter() - t0
             step += 1
             if not np.isfinite(last.loss):
