@@ -131,7 +131,8 @@ def test_trainer_uses_manifest_weights_unless_the_config_names_a_mixture(ingeste
     def run(**train):
         tc = SimpleNamespace(**{"min_window_patches": 2, "max_windows_per_series": 16, "mixture": {},
                                 "mixture_default": "series", "mixture_share": {}, "seed": 0,
-                                "sampler": "sequential", "loader_workers": 0, **train})
+                                "sampler": "sequential", "loader_workers": 0, "multivariate_share": 0.0,
+                                "max_variates": 128, **train})
         return SimpleNamespace(train=tc, model=SimpleNamespace(patch_size=4, max_seq_len=8))
 
     dist = SimpleNamespace(rank=0, is_main=False)
