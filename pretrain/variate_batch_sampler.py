@@ -28,7 +28,7 @@ import torch
 from data_prep.corpus import Corpus
 from pretrain.batch_sampler import VectorisedSampler, _leading_run, _longest_run
 from pretrain.data import series_weights
-from pretrain.variate_groups import VariateGroups
+from pretrain.variate_groups import VariateGroups, check_variate_draws
 
 SUBSET_BY_KEYS = 256  # groups of up to this many members draw their subsets by one key per member, vectorised
 
@@ -39,10 +39,7 @@ class AnyVariateVectorisedSampler(VectorisedSampler):
 
     def __init__(self, corpus: Corpus, *, multivariate_share: float, max_variates: int = 128,
                  **kwargs: Any) -> None:
-        if not 0.0 < multivariate_share <= 1.0:
-            raise ValueError(f"multivariate_share must be in (0, 1], got {multivariate_share}")
-        if max_variates < 2:
-            raise ValueError(f"max_variates must be >= 2, got {max_variates}")
+        check_variate_draws(multivariate_share, max_variates)
         super().__init__(corpus, **kwargs)
         self.multivariate_share, self.max_variates = float(multivariate_share), int(max_variates)
         window_len = self.seq_patches * self.patch_size

@@ -107,6 +107,14 @@ class VariateGroups:
         return self.members[self.bounds[group]:self.bounds[group + 1]]
 
 
+def check_variate_draws(multivariate_share: float, max_variates: int) -> None:
+    """ValueError unless 0 < share <= 1 and max_variates >= 2 (an any-variate sampler's own arguments)."""
+    if not 0.0 < multivariate_share <= 1.0:
+        raise ValueError(f"multivariate_share must be in (0, 1], got {multivariate_share}")
+    if max_variates < 2:
+        raise ValueError(f"max_variates must be >= 2, got {max_variates}")
+
+
 def _draw(rng: np.random.Generator, cumulative: np.ndarray) -> int:
     """Index drawn with probabilities proportional to the increments of `cumulative` (as pretrain.data draws)."""
     return min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(cumulative) - 1)
@@ -167,10 +175,7 @@ class AnyVariateSampler(WindowSampler):
 
     def __init__(self, corpus: Corpus, *, multivariate_share: float, max_variates: int = 128,
                  **kwargs: Any) -> None:
-        if not 0.0 < multivariate_share <= 1.0:
-            raise ValueError(f"multivariate_share must be in (0, 1], got {multivariate_share}")
-        if max_variates < 2:
-            raise ValueError(f"max_variates must be >= 2, got {max_variates}")
+        check_variate_draws(multivariate_share, max_variates)
         super().__init__(corpus, **kwargs)
         self.multivariate_share, self.max_variates = float(multivariate_share), int(max_variates)
         self.groups = VariateGroups.from_corpus(corpus, self.index, self.seq_patches * self.patch_size,

@@ -16,6 +16,26 @@ from typing import Any
 from huggingface_hub import ModelCard
 from huggingface_hub.hub_mixin import DEFAULT_MODEL_CARD
 
+# The sections a point forecaster's card shares (distilled student, Time-LLM): training record, use, evaluation.
+POINT_FORECASTER_CARD_TAIL = """## Training
+
+{{ training | default("No training record was found beside these weights.", true) }}
+
+## Use
+
+```python
+from moe_ts.io.loading import load_model
+
+model = load_model("{{ repo_id | default("THIS_FOLDER", true) }}")
+out = model.forecast([context_array], prediction_length=96)
+out.mean  # [B, H] point forecasts
+```
+
+## Evaluation
+
+{{ eval_table | default("Not evaluated yet: run `moe-ts eval --checkpoint THIS_FOLDER`.", true) }}
+"""
+
 MODEL_CARD_TEMPLATE = """---
 {{ card_data }}
 ---

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from moe_ts.forecast_harness import check_request, context_arrays, forecast_batches
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
 from moe_ts.decode_options import accepted as accepted_decoding
+from moe_ts.io.model_card import POINT_FORECASTER_CARD_TAIL
 from moe_ts.io.hub import HubIOMixin, released_class_keywords
 from moe_ts.packing import prepare_contexts
 from moe_ts.typed_config import ConfigError
@@ -81,24 +82,7 @@ An MLP point forecaster distilled from a moe-ts sparse mixture-of-experts model 
 Cheap point forecasts of univariate series at the trained horizon (longer horizons are rolled out by
 feeding forecasts back). It produces no samples: its quantiles all equal the point forecast.
 
-## Training
-
-{{ training | default("No training record was found beside these weights.", true) }}
-
-## Use
-
-```python
-from moe_ts.io.loading import load_model
-
-model = load_model("{{ repo_id | default("THIS_FOLDER", true) }}")
-out = model.forecast([context_array], prediction_length=96)
-out.mean  # [B, H] point forecasts
-```
-
-## Evaluation
-
-{{ eval_table | default("Not evaluated yet: run `moe-ts eval --checkpoint THIS_FOLDER`.", true) }}
-
+""" + POINT_FORECASTER_CARD_TAIL + """
 ## Limitations
 
 - Point forecasts only; intervals (CRPS, MSIS) are those of a point forecast.

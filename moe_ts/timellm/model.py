@@ -31,6 +31,7 @@ from huggingface_hub import ModelCard, ModelHubMixin
 from torch import Tensor, nn
 
 from moe_ts.forecast_output import DEFAULT_QUANTILES, ForecastOutput
+from moe_ts.io.model_card import POINT_FORECASTER_CARD_TAIL
 from moe_ts.io.hub import HubIOMixin, ModelFolderError, released_class_keywords
 from moe_ts.timellm.config import TIME_LLM_MODEL_TYPE, TimeLLMConfig
 from moe_ts.timellm.forecasting import time_llm_forecast
@@ -55,24 +56,7 @@ TIME_LLM_CARD_TEMPLATE = """---
 This folder holds only the trainable weights; the frozen language model named above is loaded with `transformers`
 (from the Hub or its local cache) when the folder loads.
 
-## Training
-
-{{ training | default("No training record was found beside these weights.", true) }}
-
-## Use
-
-```python
-from moe_ts.io.loading import load_model
-
-model = load_model("{{ repo_id | default("THIS_FOLDER", true) }}")
-out = model.forecast([context_array], prediction_length=96)
-out.mean  # [B, H] point forecasts
-```
-
-## Evaluation
-
-{{ eval_table | default("Not evaluated yet: run `moe-ts eval --checkpoint THIS_FOLDER`.", true) }}
-
+""" + POINT_FORECASTER_CARD_TAIL + """
 ## Limitations
 
 - Point forecasts at the trained horizons (or shorter) only; its quantiles all equal the point forecast.
