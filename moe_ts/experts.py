@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kernels.grouped import GROUPED_MM, expert_gemm_path, expert_loop_mm, grouped_mm, swiglu
+from kernels.grouped import GROUPED_MM, grouped_mm, grouped_mm_path, swiglu
 
 
 class GroupedExperts(nn.Module):
@@ -30,12 +30,14 @@ class GroupedExperts(nn.Module):
         return self.w_up.shape[0]
 
     def gmm(self, x_pi: Tensor, w_eio: Tensor, offsets_e1: Tensor) -> Tensor:
-        """Rows offsets[e]:offsets[e+1] times w[e] → [P, O], by `kernels.grouped.expert_gemm_path`:
-        `torch._grouped_mm` on CUDA (no host sync), one `torch.mm` per expert on the CPU (a host read of the
-        counts costs nothing there, and it is ~2x faster forward+backward than torch's CPU fallback)."""
-        if expert_gemm_path(x_pi, w_eio) == GROUPED_MM:
+        """Rows offsets[e]:offsets[e+1] times w[e] → [P, O]: `torch._grouped_mm` (no host sync) where it
+        runs, else a per-expert loop over the weights unbound once (see `kernels.grouped.swiglu_loop`)."""
+        if grouped_mm_path(x_pi, w_eio) == GROUPED_MM:
             return grouped_mm(x_pi, w_eio, offsets_e1[1:].to(torch.int32).contiguous())
-        return expert_loop_mm(x_pi, w_eio, (offsets_e1[1:] - offsets_e1[:-1]).tolist())
+        w_e = w_eio.unbind(0)  # one view per expert: indexing w[e] in the loop zero-fills [E, I, O] per expert
+        counts = (offsets_e1[1:] - offsets_e1[:-1]).tolist()
+        out = [chunk @ w_e[e] for e, chunk in enumerate(torch.split(x_pi, counts)) if chunk.shape[0] > 0]
+        return torch.cat(out, dim=0) if out else x_pi.new_zeros(0, w_eio.shape[-1])
 
     def forward(self, x_pd: Tensor, offsets_e1: Tensor) -> Tensor:
         """Expert e on its contiguous block of rows offsets[e]:offsets[e+1] → [P, D]."""
