@@ -18,9 +18,10 @@ from data_prep.corpus import (SHARD_SIZE, Corpus, CorpusEntry, cut_series, load_
                               write_corpus)
 from data_prep.series import Series
 from data_prep.synthetic import generate_kernelsynth, generate_periodic, generate_random_walks, generate_synthetic
+from data_prep.synthetic_multivariate import generate_multivariate_groups
 
 MIN_LENGTH = 2  # a cut series shorter than this carries nothing to learn from and is dropped
-SYNTHETIC_SOURCES = ("synthetic", "kernelsynth", "periodic", "random_walk", "tsmixup")  # corpus datasets that are not real data
+SYNTHETIC_SOURCES = ("synthetic", "kernelsynth", "periodic", "random_walk", "tsmixup", "multivariate")  # corpus datasets that are not real data
 
 
 @dataclass
@@ -119,7 +120,8 @@ def write_in_parts(staging: Path, names: list[str], data_dir: Path, args: argpar
             done = [_read_unit(task) for task in tasks]
         _merge_stats(stats, [st for _, _, part_stats in done for st in part_stats])
         tail = write_corpus(synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length,
-                                               args.periodic_count, args.random_walk_count, args.seed, stats),
+                                               args.periodic_count, args.random_walk_count, args.seed, stats,
+                                               getattr(args, "multivariate_count", 0)),
                             parts_dir / "synthetic", row_stats=False)
         parts = ([parts_dir / "registered"] if head else []) + [part for part, rows, _ in done if rows] \
             + ([parts_dir / "synthetic"] if tail else [])
@@ -147,7 +149,9 @@ def _merge_stats(stats: list[SourceStats], parts: list[SourceStats]) -> None:
 
 
 def synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, periodic: int, random_walk: int, seed: int,
-                       stats: list[SourceStats]) -> Iterator[CorpusEntry]:
+                       stats: list[SourceStats], multivariate: int = 0) -> Iterator[CorpusEntry]:
+    """Entries of the synthetic generators, then `multivariate` synthetic groups (data_prep.synthetic_multivariate),
+    each variate a row with its `variate` index and the group's group_id."""
     for name, count, series in (("synthetic", synthetic, lambda: generate_synthetic(synthetic, seed=seed)),
                                 ("kernelsynth", kernelsynth, lambda: generate_kernelsynth(kernelsynth, seed=seed, length=ks_length)),
                                 ("periodic", periodic, lambda: generate_periodic(periodic, seed=seed)),
@@ -160,6 +164,14 @@ def synthetic_entries(synthetic: int, kernelsynth: int, ks_length: int, periodic
             st.series += 1
             st.points += len(s)
             yield CorpusEntry(s, s.item_id, 0, len(s))
+    if multivariate:  # none by default: keeps corpora built before this generator unchanged
+        st = SourceStats("multivariate", note=f"seed {seed}, {multivariate} groups of 2-8 related variates")
+        stats.append(st)
+        for group in generate_multivariate_groups(multivariate, seed=seed):
+            for v, s in enumerate(group):
+                st.series += 1
+                st.points += len(s)
+                yield CorpusEntry(s, s.item_id, 0, len(s), variate=v)
 
 
 def decontaminate(out: Path, data_dir: Path, stats: list[SourceStats], max_shard_size: str | int = SHARD_SIZE) -> list[dict]:

@@ -3,7 +3,7 @@ seeded synthetic series, written as one Arrow dataset with a manifest.
 
 moe-ts prepare --out CORPUS_DIR [--data-dir DIR] [--datasets a,b,... | --no-registered] [--synthetic-count N]
     [--kernelsynth-count N] [--kernelsynth-length L] [--periodic-count N] [--random-walk-count N]
-    [--tsmixup-count N] [--seed S] [--exclude-eval | --include-eval] [--max-series-per-dataset N] [--overwrite]
+    [--tsmixup-count N] [--multivariate-count N] [--seed S] [--exclude-eval | --include-eval] [--max-series-per-dataset N] [--overwrite]
     [--source lotsa:DIR --source chronos:PATH --source parquet:GLOB --source csv:GLOB ...] [--weights FILE]
 
 --source adds the datasets of an upstream corpus (data_prep/readers/ingest.py: LOTSA / GIFT-Eval save_to_disk
@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tsmixup-count", type=int, default=1000,
                         help="TSMixup series: mixes of 1-3 mean-scaled windows of the corpus' real series of 128+ "
                              "points (data_prep.tsmixup; default 1000; 0 when no real series is that long)")
+    parser.add_argument("--multivariate-count", type=int, default=0,
+                        help="synthetic multivariate groups of 2-8 related variates (shared factors, lagged copies, "
+                             "a driven target, sums; data_prep.synthetic_multivariate), one row per variate with a "
+                             "shared group_id, for train.multivariate_share (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--exclude-eval", dest="exclude_eval", action="store_true", default=True,
@@ -146,7 +150,8 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
     def entries() -> Iterator[CorpusEntry]:
         yield from real_entries(names, data_dir, args.exclude_eval, args.max_series_per_dataset, stats)
         yield from synthetic_entries(args.synthetic_count, args.kernelsynth_count, args.kernelsynth_length,
-                                      args.periodic_count, args.random_walk_count, args.seed, stats)
+                                      args.periodic_count, args.random_walk_count, args.seed, stats,
+                                      args.multivariate_count)
 
     shard = args.max_shard_size
     phases: dict[str, float] = {}  # phase -> seconds, printed with the summary (where a big build spends its time)
@@ -195,6 +200,8 @@ def _build(args: argparse.Namespace, names: list[str], data_dir: Path, staging: 
         "tsmixup_count": args.tsmixup_count,
         "max_series_per_dataset": args.max_series_per_dataset,
     }
+    if args.multivariate_count:  # only when used: a default corpus' manifest stays as before
+        settings["multivariate_count"] = args.multivariate_count
     sources = [
         {"name": st.name, "series": st.series, "points": st.points, "dropped_short": st.dropped_short, "note": st.note,
          "spans": [{"item_id": i, "span_start": a, "span_end": b, "source_length": n} for i, a, b, n in st.spans]}
@@ -230,7 +237,8 @@ def _ingested_records(found: list, stats: list[SourceStats]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus, print a summary table, write CORPUS_DIR/manifest.json. Returns 0."""
     args = build_parser().parse_args(argv)
-    for flag in ("synthetic_count", "kernelsynth_count", "periodic_count", "random_walk_count", "tsmixup_count"):
+    for flag in ("synthetic_count", "kernelsynth_count", "periodic_count", "random_walk_count", "tsmixup_count",
+                 "multivariate_count"):
         if getattr(args, flag) < 0:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 0")
     data_dir = resolve_data_dir(args.data_dir)
