@@ -7,8 +7,12 @@ exactly the tokens a training window lets a prediction at t−1 depend on (the a
 `moe_ts.msft.network`). Scale 0 predicts patch t; a scale i with t divisible by 2^i predicts its next patch
 t/2^i (spanning fine patches t..t+2^i−1). What a scale feeds back is the per-point median of the
 step's draws (the "median" mode of `moe_ts.forecasting`), so each scale follows its own forecast.
-Each step re-encodes the whole multi-scale sequence (no KV cache: the aggregator mixes scales after
-every layer, so a new coarse token changes earlier fine states' neighbours).
+With the KV cache (`use_kv_cache=True`, the default) the context is encoded once and step t appends only its
+new tokens, one per scale i with 2^i | t (the patch that scale fed back at step t − 2^i), through
+`MSFTNetwork.extend`: no held token's state changes when later tokens arrive (the aggregator reads only
+neighbours whose span has ended, see `moe_ts.msft.network`). `use_kv_cache=False` re-encodes the whole
+multi-scale sequence at every step with the same draws: the reference the cache is tested against
+(`benchmarks/msft_decoding.py` measures the gain).
 
 Output samples: draw s of every scale, upsampled by repetition, combined with the weights (the scales'
 draws are paired by index); quantiles and mean come from these combined samples.
@@ -56,8 +60,46 @@ def _scale_tensors(net: "MSFTNetwork", target_bl: Tensor, pad_b: Tensor, scale: 
     return normed, real, loc[:, -1, 0], sc[:, -1, 0]
 
 
+def _decode(net: "MSFTNetwork", streams: list[Tensor], reals: list[Tensor], horizon_patches: int, num_samples: int,
+            use_kv_cache: bool) -> list[list[Tensor]]:
+    """Per scale, its draws [B, S, P] for each patch it predicts (the module docstring), from the contexts'
+    normalised patches `streams` [B, n_i, P] and real masks `reals` [B, n_i]."""
+    num_scales, n0 = net.num_scales, streams[0].shape[1]
+    dtype = streams[0].dtype
+    heads = net.heads()
+    draws_per_scale: list[list[Tensor]] = [[] for _ in range(num_scales)]
+    last: list[Tensor | None] = [None] * num_scales  # [B, D] the hidden state each scale predicts from
+    fed: list[Tensor | None] = [None] * num_scales  # [B, P] the patch a scale fed back, not yet in the sequence
+    cache = None
+    if use_kv_cache:
+        last_step = n0 + horizon_patches - 1  # the tokens held at the last step bound the buffers
+        cache = net.empty_cache(streams[0].shape[0], [last_step // 2 ** i for i in range(num_scales)])
+        rope_table = net.base.rope_table(last_step + 1)
+        last = [h[:, -1] for h in net.extend(streams, reals, cache, rope_table)]
+    for t in range(n0, n0 + horizon_patches):
+        if cache is not None and t > n0:  # one new token per scale whose patch ended at t: its fed-back patch
+            new = [fed[i][:, None] if t % 2 ** i == 0 else streams[i][:, :0] for i in range(num_scales)]
+            hidden = net.extend(new, [torch.ones_like(p[..., 0], dtype=torch.bool) for p in new], cache, rope_table)
+            last = [h[:, -1] if h.shape[1] else None for h in hidden]
+        elif cache is None:
+            counts = [t // 2 ** i for i in range(num_scales)]
+            hidden, _ = net([s[:, :c] for s, c in zip(streams, counts)], [r[:, :c] for r, c in zip(reals, counts)])
+            last = [h[:, -1] for h in hidden]
+        for i in range(num_scales):
+            if t % 2 ** i:
+                continue
+            distr = heads[i].distribution(last[i])
+            draws_sbp = distr.sample((max(num_samples, MEDIAN_DRAWS),)).to(dtype)
+            draws_per_scale[i].append(draws_sbp[:num_samples].transpose(0, 1))  # [B, S, P]
+            fed[i] = draws_sbp.median(dim=0).values
+            if cache is None:
+                streams[i] = torch.cat((streams[i], fed[i][:, None]), dim=1)
+                reals[i] = torch.cat((reals[i], torch.ones_like(reals[i][:, :1])), dim=1)
+    return draws_per_scale
+
+
 def _forecast_batch(net: "MSFTNetwork", arrays: list[np.ndarray], context_length: int, horizon: int,
-                    num_samples: int) -> Tensor:
+                    num_samples: int, use_kv_cache: bool = True) -> Tensor:
     """[B, S, H] combined sample paths on the original scale."""
     cfg = net.config
     param = next(net.parameters())
@@ -77,22 +119,8 @@ def _forecast_batch(net: "MSFTNetwork", arrays: list[np.ndarray], context_length
         reals.append(real)
         locs.append(loc)
         scales.append(sc)
-    n0 = streams[0].shape[1]
     horizon_patches = math.ceil(horizon / cfg.patch_size)
-    draws_per_scale: list[list[Tensor]] = [[] for _ in range(num_scales)]
-    heads = net.heads()
-    for t in range(n0, n0 + horizon_patches):
-        counts = [t // 2 ** i for i in range(num_scales)]
-        hidden, _ = net([s[:, :c] for s, c in zip(streams, counts)], [r[:, :c] for r, c in zip(reals, counts)])
-        for i in range(num_scales):
-            if t % 2 ** i:
-                continue
-            distr = heads[i].distribution(hidden[i][:, -1])
-            draws_sbp = distr.sample((max(num_samples, MEDIAN_DRAWS),)).to(param.dtype)
-            draws_per_scale[i].append(draws_sbp[:num_samples].transpose(0, 1))  # [B, S, P]
-            fed_bp = draws_sbp.median(dim=0).values
-            streams[i] = torch.cat((streams[i], fed_bp[:, None]), dim=1)
-            reals[i] = torch.cat((reals[i], torch.ones_like(reals[i][:, :1])), dim=1)
+    draws_per_scale = _decode(net, streams, reals, horizon_patches, num_samples, use_kv_cache)
     weights = net.scale_weights().detach().float()
     combined = 0.0
     for i in range(num_scales):
@@ -112,10 +140,11 @@ def msft_forecast(net: "MSFTNetwork", contexts: object, prediction_length: int, 
     context_length: the most recent points used, a multiple of patch_size·2^K (default
     `default_context_length`); a shorter series is always left-padded with missing values (whatever
     `allow_short_context` says), but it must hold at least one patch of the coarsest scale (patch_size·2^K
-    points). decoding: the MoE model's `DecodeOptions` keywords (decode, patches_per_step, ...), checked as there
-    and not used: every scale decodes by feeding back its median, re-encoding the sequence at each step.
+    points). decoding: the MoE model's `DecodeOptions` keywords, checked as there; only `use_kv_cache` applies
+    (False: re-encode the sequence at each step, the cache's reference): every scale decodes by feeding back its
+    median, whatever `decode` says.
     """
-    accepted_decoding("MSFTModel.forecast", decoding)  # a caller written for the MoE model passes them
+    options = accepted_decoding("MSFTModel.forecast", decoding)  # a caller written for the MoE model passes them
     check_request(prediction_length, num_samples, batch_size)
     unit = net.config.patch_size * net.msft.pool
     context_length = default_context_length(net) if context_length is None else context_length
@@ -123,7 +152,8 @@ def msft_forecast(net: "MSFTNetwork", contexts: object, prediction_length: int, 
         raise ValueError(f"context_length {context_length} must be a positive multiple of patch_size·2^K = {unit}")
     arrays = _checked_contexts(net, context_arrays(contexts))
     return forecast_batches(
-        net, arrays, lambda chunk: _forecast_batch(net, chunk, context_length, prediction_length, num_samples),
+        net, arrays, lambda chunk: _forecast_batch(net, chunk, context_length, prediction_length, num_samples,
+                                      options.use_kv_cache),
         prediction_length, quantile_levels, seed, batch_size, progress)
 
 

@@ -20,9 +20,14 @@ on our causal decoder:
   Σ softmax(w)ᵢ·Lᵢ with learnable w (`msft_loss`), and a forecast combines the scales' forecasts,
   upsampled by repetition, with the same weights (`moe_ts.msft.forecasting`).
 - MoE: gates trainable (a centroid gate's centroids become a parameter), experts frozen by default.
+- KV cache (`MSFTCache`, `MSFTNetwork.extend`): because every token's state depends only on tokens whose span
+  ended no later than its own, appending the tokens of a new time step changes no held token's state. So a
+  decoder encodes only its new tokens (at most one per scale per fine step): their queries against the held
+  keys / values of their scale, and the aggregator reading the held pre-aggregation states of the adjacent
+  scales' aligned tokens. `forward` (the whole sequence) stays the reference `extend` is tested against.
 
 Shape legend: B batch, T tokens of all scales, n_i tokens of scale i, D model width, P patch size,
-S scales (K + 1), r LoRA rank, L time steps.
+S scales (K + 1), r LoRA rank, L time steps; N new tokens, C held tokens (all scales, in the order they came).
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moe_ts.attention import Attention, rope_rotate
+from moe_ts.attention import Attention, LayerCache, RopeTable, apply_rope, rope_angles, rope_rotate
 from moe_ts.moe import MoEStats
 from moe_ts.network import MoiraiMoENetwork
 from moe_ts.router import CentroidGate
@@ -141,6 +146,19 @@ def scale_attention(attn: Attention, lora: ScaleLoRAAttention, x_btd: Tensor, sc
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_btt[:, None])
     b, _, t, _ = out.shape
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def cached_scale_attention(attn: Attention, lora: ScaleLoRAAttention, x_bnd: Tensor, scale_n: Tensor,
+                           rope: tuple[Tensor, Tensor], mask_bnc: Tensor, cache: LayerCache) -> Tensor:
+    """`scale_attention` of N new tokens against the held ones: their keys / values are written into `cache`
+    (in place) and the queries attend under `mask_bnc` [B, N, C] (C: held tokens, these included)."""
+    q = apply_rope(attn.q_norm(attn._heads(lora.q(attn.q_proj, x_bnd, scale_n))), rope)
+    k = apply_rope(attn.k_norm(attn._heads(lora.k(attn.k_proj, x_bnd, scale_n))), rope)
+    v = attn._heads(lora.v(attn.v_proj, x_bnd, scale_n))
+    k, v = cache.append(k, v)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bnc[:, None])
+    b, _, n, _ = out.shape
+    return attn.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 def coarse_to_fine(coarse_bmd: Tensor, n_fine: int) -> Tensor:
@@ -274,6 +292,96 @@ class MSFTNetwork(nn.Module):
             if self.aggregators is not None:  # padding states stay out of the other scales
                 x = torch.cat(self.aggregators[i](list((x * keep).split(sizes, dim=1))), dim=1)
         return list(self.base.final_norm(x).split(sizes, dim=1)), stats
+
+    def empty_cache(self, batch: int, capacity: list[int]) -> "MSFTCache":
+        """An empty `MSFTCache` with room for `capacity[i]` tokens of scale i."""
+        param = next(self.parameters())
+        cfg, total = self.config, sum(capacity)
+        d = cfg.d_model
+        return MSFTCache(
+            attn=[LayerCache.empty(batch, cfg.num_heads, total, cfg.head_dim, param.dtype, param.device)
+                  for _ in self.base.layers],
+            states=[[param.new_zeros(batch, c, d) for c in capacity] for _ in self.base.layers]
+            if self.aggregators is not None else [],
+            scale_c=torch.empty(total, dtype=torch.long, device=param.device),
+            pos_c=torch.empty(total, dtype=torch.long, device=param.device),
+            real_bc=torch.empty(batch, total, dtype=torch.bool, device=param.device),
+            counts=[0] * len(capacity), capacity=list(capacity))
+
+    def extend(self, patches: list[Tensor], real: list[Tensor], cache: "MSFTCache",
+               rope_table: RopeTable | None = None) -> list[Tensor]:
+        """Hidden states [B, m_i, D] of m_i new tokens per scale (normalised patches [B, m_i, P], real [B, m_i])
+        appended after the tokens held in `cache` (written in place): what `forward` gives these tokens on the
+        whole sequence, provided the held tokens of every scale stay a prefix the decoder builds (each fine token's
+        aligned coarse token and each coarse token's two fine tokens held once the step is in)."""
+        if len(patches) != self.num_scales or len(real) != self.num_scales:
+            raise ValueError(f"expected {self.num_scales} scales, got {len(patches)}")
+        sizes = [p.shape[1] for p in patches]
+        before, after = list(cache.counts), [c + m for c, m in zip(cache.counts, sizes)]
+        for i in range(self.num_scales - 1):  # what the aggregator reads of the neighbours must be held
+            if not 2 * after[i + 1] <= after[i] <= 2 * after[i + 1] + 1:
+                raise ValueError(f"scales {i} and {i + 1} would hold {after[i]} and {after[i + 1]} tokens: a prefix "
+                                 f"of the multi-scale sequence holds 2m or 2m+1 fine tokens for m coarse ones")
+        if any(a > c for a, c in zip(after, cache.capacity)):
+            raise ValueError(f"the MSFT cache holds at most {cache.capacity} tokens per scale, {after} asked")
+        dev = cache.scale_c.device
+        x = torch.cat([self.adapters[i](self.base.patch_proj(p)) for i, p in enumerate(patches)], dim=1)
+        b, n, d = x.shape
+        real_bn = torch.cat(real, dim=1).bool()
+        scale_n = torch.cat([torch.full((m,), i, dtype=torch.long, device=dev) for i, m in enumerate(sizes)])
+        pos_n = torch.cat([torch.arange(c, c + m, device=dev) for c, m in zip(before, sizes)])
+        start, end = cache.length, cache.length + n
+        cache.scale_c[start:end], cache.pos_c[start:end], cache.real_bc[:, start:end] = scale_n, pos_n, real_bn
+        # same scale, causal, key real; a token always sees itself (as `scale_attention_mask`)
+        allowed_nc = (cache.scale_c[None, :end] == scale_n[:, None]) & (cache.pos_c[None, :end] <= pos_n[:, None])
+        itself_nc = torch.arange(end, device=dev)[None, :] == torch.arange(start, end, device=dev)[:, None]
+        mask_bnc = (allowed_nc[None] & cache.real_bc[:, None, :end]) | itself_nc[None]
+        pos_bn = pos_n.expand(b, n)
+        rope = (rope_angles(pos_bn, self.config.head_dim, self.config.rope_base) if rope_table is None
+                else rope_table.lookup(pos_bn))
+        keep = real_bn.to(x.dtype)[..., None]
+        for li, layer in enumerate(self.base.layers):
+            x = x + cached_scale_attention(layer.attn, self.lora[li], layer.attn_norm(x), scale_n, rope, mask_bnc,
+                                           cache.attn[li])
+            ffn_out, _ = layer.moe(layer.ffn_norm(x).reshape(b * n, d), real_bn.reshape(-1))
+            x = x + ffn_out.reshape(b, n, d)
+            if self.aggregators is not None:
+                x = torch.cat(self._aggregate_new(li, list((x * keep).split(sizes, dim=1)), before, cache), dim=1)
+        cache.length, cache.counts = end, after
+        return list(self.base.final_norm(x).split(sizes, dim=1))
+
+    def _aggregate_new(self, layer: int, new: list[Tensor], before: list[int], cache: "MSFTCache") -> list[Tensor]:
+        """`CrossScaleAggregator` for the new tokens of each scale [B, m_i, D], reading the aligned tokens'
+        pre-aggregation states of this layer (held ones from the cache, which the new ones are written into)."""
+        agg, states = self.aggregators[layer], cache.states[layer]
+        for i, y in enumerate(new):
+            states[i][:, before[i]:before[i] + y.shape[1]] = y
+        out = []
+        for i, y in enumerate(new):
+            u = torch.arange(before[i], before[i] + y.shape[1], device=y.device)
+            if i > 0:  # coarse token u gets the mean of fine tokens 2u, 2u+1 (`fine_to_coarse`)
+                pair = torch.stack((states[i - 1][:, 2 * u], states[i - 1][:, 2 * u + 1]), dim=2)
+                y = y + agg.down[i - 1](pair.mean(dim=2))
+            if i + 1 < len(new):  # fine token u gets coarse token ⌊(u+1)/2⌋ − 1, nothing for u = 0 (`coarse_to_fine`)
+                j = (u + 1) // 2 - 1
+                coarse = states[i + 1][:, j.clamp(min=0)] * (j >= 0).to(y.dtype)[None, :, None]
+                y = y + agg.up[i](coarse)
+            out.append(y)
+        return out
+
+
+@dataclass
+class MSFTCache:
+    """What `MSFTNetwork.extend` keeps of the tokens encoded so far (its buffers preallocated, written in place)."""
+
+    attn: list[LayerCache]  # per layer: keys / values of every held token, all scales in the order they came
+    states: list[list[Tensor]]  # [layer][scale] [B, capacity_i, D]: the layer's output before aggregation (padding 0)
+    scale_c: Tensor  # [C] scale of each held token
+    pos_c: Tensor  # [C] its position within its scale (RoPE's and the causal mask's)
+    real_bc: Tensor  # [B, C] not padding
+    counts: list[int]  # tokens held per scale
+    capacity: list[int]  # room per scale (the buffers are sized once)
+    length: int = 0  # tokens held in all
 
 
 @dataclass
