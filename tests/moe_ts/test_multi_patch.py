@@ -6,8 +6,6 @@ K-token steps against the recompute path, and the decode modes against their def
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -15,8 +13,8 @@ import torch
 from moe_ts.config import ModelConfig, MoEConfig
 from moe_ts.distributions import Mixture
 from moe_ts.model import MoiraiMoEModel
+from tests.moe_ts.nll_reference import loop_nll as head_loop_nll
 from moe_ts.objectives import pretrain_loss
-from moe_ts.packing import masked_stats, patchify, PackedLayout
 
 P = 8
 
@@ -29,35 +27,8 @@ def make_model(k: int) -> MoiraiMoEModel:
 
 
 def loop_nll(model: MoiraiMoEModel, target: torch.Tensor, sample_id: torch.Tensor) -> float:
-    """NLL by explicit loops over rows, samples, positions and offsets (one sample at a time)."""
-    cfg = model.config
-    total, count = 0.0, 0
-    for b in range(target.shape[0]):
-        for sid in sorted(set(sample_id[b].tolist()) - {0}):
-            patches = (sample_id[b] == sid).nonzero().flatten()
-            n = len(patches)
-            window = target[b, patches[0] * P:(patches[-1] + 1) * P]
-            values, observed = patchify(window[None], P)
-            layout = PackedLayout.from_sample_id(torch.ones(1, n, dtype=torch.long))
-            c = math.ceil(cfg.stats_ratio * n)
-            loc, scale, informative = masked_stats(values, observed, layout.position < c, layout.sample_id,
-                                                   cfg.min_scale)
-            if not bool(informative.all()):
-                continue
-            normed = torch.where(observed, (values - loc) / scale, torch.zeros_like(values))
-            hidden, _, _ = model(normed, layout.position, layout.attention_mask())
-            params = model.head.distribution(hidden[0])  # [n, K·P]
-            for j in range(n):
-                for k in range(1, cfg.predict_patches + 1):
-                    if j + k >= n or j + k < c:
-                        continue
-                    y = torch.zeros(n, cfg.predict_patches * P, dtype=values.dtype)
-                    y[j, (k - 1) * P:k * P] = normed[0, j + k]
-                    lp = params.log_prob(y)[j, (k - 1) * P:k * P]
-                    obs = observed[0, j + k]
-                    total -= float(lp[obs].sum().detach())
-                    count += int(obs.sum())
-    return total / max(count, 1)
+    """The next-patch head's NLL by explicit loops (tests/moe_ts/nll_reference.py)."""
+    return head_loop_nll(model, model.head, model.config.predict_patches, target, sample_id)
 
 
 @pytest.mark.parametrize("k", [1, 3])
