@@ -37,7 +37,7 @@ import pandas as pd
 
 from moe_ts.io.dataframe import (TimedSeries, TimeSeriesFrameError, covariate_values, forecast_frame, series_from_long,
                                  series_from_wide)
-from moe_ts.decode_options import DECODE_MODES
+from moe_ts.decode_options import DECODE_MODES, HEADS
 from moe_ts.device import add_device_arguments
 from moe_ts.forecast_output import DEFAULT_QUANTILES
 
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode", choices=DECODE_MODES,
                         help="what decoding feeds back (MoE models; default sample; see moe_ts/forecasting.py): "
                              "median, mean, sample or uni2ts")
+    parser.add_argument("--head", choices=HEADS,
+                        help="which head decodes (MoE models with a long-horizon head, model.horizon_patches > 0): "
+                             "next (the next-patch head, default) or horizon")
     parser.add_argument("--context-length", type=int, help="most recent points used (default: what the model fits)")
     parser.add_argument("--batch-size", type=int, default=64, help="series per forward pass (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -234,12 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     model = place_model(load_model(args.checkpoint), device, dtype)  # a MoE model or a distilled MLP student
     # The MoE model needs one patch; the student reads a fixed window. Shorter series are left-padded.
     patch = getattr(model.config, "patch_size", None) or model.config.context_length
-    what = "one patch" if hasattr(model.config, "patch_size") else "the student's context"
+    what = "one patch" if hasattr(model.config, "patch_size") else "the model's context window"
     short = [s.item_id for s in series if len(s.values) < patch]
     if short:
         shown = ", ".join(repr(i) for i in short[:5]) + (", ..." if len(short) > 5 else "")
         print(f"note: {len(short)} series shorter than {what} ({patch} points) are left-padded with missing "
               f"values: {shown}", file=sys.stderr)
+    if args.head and (args.group or covariates or not hasattr(model, "decoding_head")):
+        raise SystemExit(f"{args.checkpoint}: --head applies to a MoE model's plain forecasts (not --group, not "
+                         f"covariates, not a student, MSFT or Time-LLM folder)")
     if covariates and not hasattr(model, "forecast_group"):
         raise SystemExit(f"{args.checkpoint}: covariates need a Moirai-MoE model folder")
     try:
@@ -253,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                                        quantile_levels=args.quantiles, **shared, **decoding)
         else:
             decoding = {} if args.decode is None else {"decode": args.decode}
+            decoding.update({"head": args.head} if args.head else {})
             decoding.update(covariates)
             with independent_series(args.independent_series):
                 out = model.forecast([s.values for s in series], horizon, num_samples=args.num_samples, seed=args.seed,

@@ -156,3 +156,21 @@ def test_the_model_method_takes_the_same_explicit_keywords_as_predict_df():
     assert not any(p.kind is p.VAR_KEYWORD for p in method.values())
     assert {k: v.default for k, v in method.items() if v.kind is v.KEYWORD_ONLY} == \
         {k: v.default for k, v in function.items() if v.kind is v.KEYWORD_ONLY}
+
+
+def test_head_decodes_with_the_long_horizon_head_or_is_one_line(make_checkpoint, tiny_checkpoint, tmp_path, capsys):
+    """`--head horizon` forecasts with a model's long-horizon head (the same as `forecast(..., head="horizon")`);
+    a model without one, or `--head` with `--group`, is one line."""
+    long = make_checkpoint(tmp_path / "long", seed=0, horizon_patches=2)
+    assert run(long, tmp_path, "--head", "horizon", "--no-independent-series", out="h.csv") == 0
+    assert run(long, tmp_path, "--head", "next", "--no-independent-series", out="n.csv") == 0
+    by_head, by_next = pd.read_csv(tmp_path / "h.csv"), pd.read_csv(tmp_path / "n.csv")
+    model = MoiraiMoEModel.from_pretrained(long)
+    series = [FRAME["target"].to_numpy()[:30], FRAME["target"].to_numpy()[30:]]
+    expected = model.forecast(series, 4, num_samples=8, seed=1, head="horizon", allow_short_context=True)
+    np.testing.assert_allclose(by_head["mean"].to_numpy(), expected.mean.reshape(-1), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(by_head["mean"].to_numpy(), by_next["mean"].to_numpy())
+    assert run(tiny_checkpoint, tmp_path, "--head", "horizon") != 0
+    assert "long-horizon head" in one_line_error(capsys)
+    assert run(long, tmp_path, "--head", "horizon", "--group") != 0
+    assert "--head applies to a MoE model's plain forecasts" in one_line_error(capsys)
