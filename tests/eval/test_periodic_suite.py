@@ -48,6 +48,17 @@ def test_before_test_windows_are_the_last_ones_before_the_test_window():
     np.testing.assert_array_equal(window_starts(pset, 1008, 3), [816, 864, 912])
 
 
+
+def test_windows_keep_two_cycles_of_context_or_none_fit():
+    """A window starting inside the first two cycles (no seasonal context for MASE's scale) is dropped; a series
+    with no window left is one error naming the set."""
+    pset = next(s for s in PERIODIC_SETS if s.name == "m4_hourly")  # period 24, horizon 48, test = last 48
+    # 288 points: the test span starts at 240; windows of 48 before it start at 192, 144, 96, 48 and 0: the one at 0
+    # has no context, 48 has exactly two cycles
+    np.testing.assert_array_equal(window_starts(pset, 288, 5), [48, 96, 144, 192])
+    with pytest.raises(ValueError, match="m4_hourly: a series of 120 points has no room"):
+        window_starts(pset, 120, 2)
+
 def test_seasonal_naive_mase_matches_a_hand_computation():
     """ETTh1's first channel: Seasonal Naive repeats the last 24 context points; MASE scale = mean |z[t] - z[t-24]|
     over everything before the window (no reuse of the suite's helpers)."""
