@@ -2,7 +2,6 @@
 only the Time-LLM parts, the folder it writes loads and evaluates, and its flags fail in one line when misused."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,11 +12,8 @@ import torch
 
 from finetune.data import Splits
 from finetune.train import FinetuneConfig, finetune, prepare_time_llm
+from tests.moe_ts.timellm import tiny_llm
 
-_spec = importlib.util.spec_from_file_location(
-    "timellm_tiny_llm", Path(__file__).resolve().parents[1] / "moe_ts" / "timellm" / "tiny_llm.py")
-tiny_llm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny_llm)
 
 
 @pytest.fixture(scope="module")

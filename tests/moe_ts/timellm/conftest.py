@@ -1,12 +1,9 @@
 """Fixtures of the Time-LLM tests: a tiny random Qwen2 folder (built once per session) and small model configs."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("timellm_tiny_llm", Path(__file__).with_name("tiny_llm.py"))
-tiny_llm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny_llm)
+from tests.moe_ts.timellm import tiny_llm
 
 
 @pytest.fixture(scope="session")
