@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/vs_uni2ts.json")
     parser.add_argument("--baseline-tree", help="a checkout of the baseline commit (e.g. `git archive HEAD | tar -x "
                         "-C DIR`): its moe-ts runs the KV-cache forecasts too, in its own process, for before / after")
+    parser.add_argument("--cpu-allocator", choices=("tuned", "default"), default="tuned",
+                        help="our side's glibc malloc as the `moe-ts` command sets it (moe_ts/cpu_allocator.py), or "
+                        "left as is; the uni2ts worker always runs with the default")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-moe-ts", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
@@ -203,9 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from moe_ts.cpu_allocator import tune_cpu_allocator
     from moe_ts.uni2ts.convert import convert_uni2ts_folder
     from moe_ts.model import MoiraiMoEModel
 
+    allocator = tune_cpu_allocator() if args.cpu_allocator == "tuned" else "left as is (--cpu-allocator default)"
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="vs-uni2ts-"))
     worker = Uni2tsWorker(args.uni2ts_python, args.size, tmp, args.threads)
@@ -290,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
         cache, base = (f"{r[k]:.2f}" if k in r else "" for k in ("recompute_over_this", "baseline_over_this"))
         print(f"| {r['task']} | {r['system']} | {r['seconds']:.2f} | {r['uni2ts_over_this']:.2f} | {cache} | {base} |")
     result = {"config": vars(args) | {"worker": None}, "rows": rows, "machine": platform.platform(),
+              "moe_ts_cpu_allocator": allocator,
               "baseline_moe_ts": None if baseline is None else baseline.ready.get("moe_ts"),
               "command": "python benchmarks/vs_uni2ts.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = Path(args.out)

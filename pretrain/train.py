@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from data_prep.corpus import Corpus, CorpusError, check_manifest, open_corpus
+from moe_ts.cpu_allocator import tune_cpu_allocator
 from moe_ts.io.hub import ModelFolderError
 from moe_ts.io.output_dir import OutputDirError
 from moe_ts.typed_config import ConfigError
@@ -97,6 +98,7 @@ def train(run: PretrainConfig, corpus: Corpus, out: Path, *, resume: bool = Fals
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; configuration and corpus problems exit with a one-line error."""
     t_start = time.time()
+    tune_cpu_allocator()  # also when launched by torchrun / deepspeed without the `moe-ts` command
     args = parse_args(argv)
     try:
         run = apply_overrides(load_pretrain_config(args.config), args)

@@ -1,0 +1,55 @@
+"""Keep freed CPU memory in the process instead of handing it back to the kernel (glibc malloc).
+
+A training step of the small config allocates and frees tensors of 1-32 MB many times (the experts' stacked
+weight gradients are 32 x 384 x 512 floats = 25 MB per projection and layer). glibc serves such sizes with
+`mmap` or trims them off the heap top once freed, so every step touches fresh pages: a page fault per 4 kB, about
+14% of a forward + backward on the 2-core CPU (BENCHMARKS.md, "The CPU allocator"). Raising the two thresholds
+keeps those blocks in the heap for reuse: the same effect as the jemalloc / tcmalloc that PyTorch's CPU
+performance guide preloads, without a preload. The price: the process does not give back up to
+`TRIM_THRESHOLD_BYTES` of freed memory until it exits.
+
+`moe-ts` calls `tune_cpu_allocator()` once at start (every command); Python API users may call it themselves.
+`MOE_TS_CPU_ALLOCATOR=default` leaves malloc untouched, as do the user's own `MALLOC_*` settings or a preloaded
+allocator.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# glibc refuses an mmap threshold above HEAP_MAX_SIZE / 2 = 32 MiB on 64-bit systems: blocks up to that size come
+# from the heap. 16 MiB left the small config's 25 MB gradients on mmap (no gain: EXPERIMENTS-style A/B in
+# BENCHMARKS.md).
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+# Freed memory at the heap top is kept up to this size; 64 MiB still trimmed between steps (no gain).
+TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+OPT_OUT = "MOE_TS_CPU_ALLOCATOR"
+
+
+def tune_cpu_allocator() -> str:
+    """Raise glibc's mmap and trim thresholds once for this process; returns what was done, in a few words
+    ("tuned", or why not: opted out, the user's own settings, a preloaded allocator, not glibc)."""
+    if os.environ.get(OPT_OUT, "").lower() == "default":
+        return f"left as is ({OPT_OUT}=default)"
+    own = [name for name in USER_SETTINGS if name in os.environ]
+    if own:
+        return f"left as is (the user's {', '.join(own)})"
+    if any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")):
+        return "left as is (an allocator is preloaded)"
+    libc_path = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(libc_path) if libc_path else None
+        mallopt = getattr(libc, "mallopt", None)
+        gnu_get_libc_version = getattr(libc, "gnu_get_libc_version", None)
+    except OSError:
+        mallopt = gnu_get_libc_version = None
+    if mallopt is None or gnu_get_libc_version is None:  # musl, macOS, Windows: nothing to tune this way
+        return "left as is (not glibc)"
+    if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)):
+        return "left as is (mallopt refused the thresholds)"
+    return "tuned"
