@@ -21,7 +21,11 @@ seconds / ours (> 1: moe-ts faster).
   in the same run.
 - train step: forward + NLL of the next patch + backward on B rows of N patches (one series per row).
   uni2ts: `MoiraiMoEModule` forward, the mean NLL of patch j+1 under the distribution at patch j, backward.
-  moe-ts: `pretrain_loss` (its scaler uses the leading 30% of each row; the network work is the same).
+  moe-ts: `pretrain_loss` (its scaler uses the leading 30% of each row; the network work is the same), in
+  float32 as uni2ts, and under bf16 autocast (`train.dtype: bf16`: GEMMs in bf16, weights and NLL in float32;
+  a different precision from uni2ts' row, reported beside it).
+- Our side's glibc malloc is tuned as the `moe-ts` command tunes it (moe_ts/cpu_allocator.py; `--cpu-allocator
+  default` leaves it as is); the uni2ts worker runs with the default, as a uni2ts user's process does.
 """
 from __future__ import annotations
 
@@ -127,15 +131,18 @@ def _moe_worker(folder: Path, threads: int) -> None:
         print(json.dumps({"seconds": seconds}), flush=True)
 
 
-def _moe_train_step(model: Any, train_bl: Any) -> float:
-    """Seconds of one forward + backward of moe-ts' `pretrain_loss` on rows of one series each."""
+def _moe_train_step(model: Any, train_bl: Any, bf16: bool = False) -> float:
+    """Seconds of one forward + backward of moe-ts' `pretrain_loss` on rows of one series each; `bf16`: the loss
+    under bf16 autocast, as `train.dtype: bf16` runs it (pretrain/engine.py)."""
     import torch
     from moe_ts.objectives import pretrain_loss
 
     ids_bn = torch.ones(train_bl.shape[0], train_bl.shape[1] // PATCH, dtype=torch.long)
     model.train()
     start = time.perf_counter()
-    pretrain_loss(model, train_bl, ids_bn).loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = pretrain_loss(model, train_bl, ids_bn).loss
+    loss.backward()
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -253,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
         tasks.append(task)
     train_task = {"task": f"train step {args.series}x{args.train_patches} patches",
                   "uni2ts": lambda: worker.ask(op="train", data=str(tmp / "train.npy"))["seconds"],
-                  "moe-ts": lambda: _moe_train_step(model, train_t)}
+                  "moe-ts": lambda: _moe_train_step(model, train_t),
+                  "moe-ts bf16 autocast": lambda: _moe_train_step(model, train_t, bf16=True)}
     if baseline is not None:
         train_task["baseline"] = lambda: baseline.ask(op="train", data=str(tmp / "train.npy"))["seconds"]
     tasks.append(train_task)

@@ -47,7 +47,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest step-N directories kept
     time_budget_s: float | None = None  # wall-clock cap: stop at the next step boundary and save
     zero_stage: Literal[0, 1, 2] = 1
-    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of Linear layers (GPU); master weights fp32
+    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: torch.autocast around the loss (GEMMs in bf16); weights fp32
     num_threads: int | None = None  # torch CPU threads per process (None: torch's default)
     peak_tflops: float | None = None  # per-device peak (e.g. ~800 for H100 bf16): logs MFU when given
     wandb_project: str = "moe-ts"
@@ -264,6 +264,7 @@ def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,  # progress is ours (tqdm + metrics.jsonl)
         "wall_clock_breakdown": False,
     }
-    if train.dtype == "bf16":
-        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    # train.dtype bf16 is torch.autocast around the whole loss (pretrain/engine.py train_step), not DeepSpeed's
+    # `torch_autocast`: that one wraps only engine.forward and casts only nn.Linear, so the mixture head (called
+    # by the loss outside the engine) met bf16 hidden states with fp32 weights and every bf16 run failed.
     return cfg

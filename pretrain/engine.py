@@ -167,10 +167,14 @@ class StepStats:
 
 
 def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]], device: torch.device,
-               input_noise: float = 0.0, self_feed: float = 0.0, horizon_weight: float = 1.0) -> StepStats:
+               input_noise: float = 0.0, self_feed: float = 0.0, horizon_weight: float = 1.0,
+               autocast_dtype: torch.dtype | None = None) -> StepStats:
     """Forward/backward each micro-batch, then one optimizer step (DeepSpeed scales by grad_accum).
 
     The loss is `moe_ts.objectives.pretrain_loss` with the engine as the network call (its hooks run).
+    `autocast_dtype` (train.dtype bf16): the whole loss, the mixture head and the experts' grouped GEMMs
+    included, runs under `torch.autocast` on the device (GEMMs in bf16, weights, statistics and the NLL in
+    float32); the backward runs outside it, as torch's AMP recipe says.
     Losses, counts and tokens are summed on the device and read back once per step, not per micro-batch.
     """
     from moe_ts.objectives import pretrain_loss
@@ -184,8 +188,9 @@ def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]], device
         sample_id = batch["sample_id"].to(device, non_blocking=True)
         variate_id = batch.get("variate_id")  # any-variate batches only (train.multivariate_share > 0)
         variate_id = None if variate_id is None else variate_id.to(device, non_blocking=True)
-        out = pretrain_loss(model, target, sample_id, forward=engine, input_noise=input_noise,
-                             self_feed=self_feed, variate_id=variate_id, horizon_weight=horizon_weight)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = pretrain_loss(model, target, sample_id, forward=engine, input_noise=input_noise,
+                                self_feed=self_feed, variate_id=variate_id, horizon_weight=horizon_weight)
         engine.backward(out.loss)
         engine.step()
         sums += torch.stack([out.loss.detach(), out.nll.detach(), out.aux_loss.detach(), out.z_loss.detach(),

@@ -242,12 +242,14 @@ def run_steps(session: Session, stop_at: int | None = None) -> LoopResult:
         from tqdm import tqdm
 
         progress = tqdm(total=tc.steps, initial=step, desc="pretrain", dynamic_ncols=True, mininterval=1.0)
+    autocast_dtype = torch.bfloat16 if tc.dtype == "bf16" else None
     signals = StopSignals().install()  # Ctrl-C / SIGTERM: checkpoint at the next step boundary (pretrain/interrupt.py)
     try:
         while step < tc.steps:
             t0 = time.perf_counter()
             batches = [sampler.next_batch(micro) for _ in range(tc.grad_accum)]
-            last = train_step(engine, batches, dist.device, tc.input_noise, tc.self_feed, tc.horizon_loss_weight)
+            last = train_step(engine, batches, dist.device, tc.input_noise, tc.self_feed, tc.horizon_loss_weight,
+                              autocast_dtype)
             dt = time.perf_counter() - t0
             step += 1
             if not np.isfinite(last.loss):
