@@ -31,7 +31,13 @@ class GroupedExperts(nn.Module):
 
     def gmm(self, x_pi: Tensor, w_eio: Tensor, offsets_e1: Tensor) -> Tensor:
         """Rows offsets[e]:offsets[e+1] times w[e] → [P, O]: `torch._grouped_mm` (no host sync) where it
-        runs, else a per-expert loop over the weights unbound once (see `kernels.grouped.swiglu_loop`)."""
+        runs, else a per-expert loop over the weights unbound once (see `kernels.grouped.swiglu_loop`).
+        Under autocast both operands take autocast's dtype first, as a matmul's would: `torch._grouped_mm` is on
+        none of autocast's op lists, and mixed operands fell back to the per-expert loop (bf16 training step
+        0.64 s -> see BENCHMARKS.md "bf16 autocast")."""
+        if torch.is_autocast_enabled(x_pi.device.type):
+            dtype = torch.get_autocast_dtype(x_pi.device.type)
+            x_pi, w_eio = x_pi.to(dtype), w_eio.to(dtype)
         if grouped_mm_path(x_pi, w_eio) == GROUPED_MM:
             return grouped_mm(x_pi, w_eio, offsets_e1[1:].to(torch.int32).contiguous())
         w_e = w_eio.unbind(0)  # one view per expert: indexing w[e] in the loop zero-fills [E, I, O] per expert
