@@ -82,7 +82,7 @@ def test_deepspeed_config_is_generated_from_train_config():
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2 == 24
     assert ds["train_micro_batch_size_per_gpu"] == 4
     opt = ds["optimizer"]
-    assert opt["type"] == "AdamW" and opt["params"]["torch_adam"] is True
+    assert opt["type"] == "AdamW" and opt["params"]["torch_adam"] is True and opt["params"]["fused"] is True
     assert opt["params"]["lr"] == 3e-4 and opt["params"]["betas"] == [0.9, 0.95]
     assert opt["params"]["weight_decay"] == 0.05
     assert ds["gradient_clipping"] == 0.5 and ds["zero_optimization"]["stage"] == 2
