@@ -55,6 +55,7 @@ KEPT_ON_INTERRUPT = {
     "convert": _UNTOUCHED, "data": "finished downloads kept; a partial one resumes on the next `moe-ts data download`",
 }
 INTERRUPTED_EXIT = 128 + signal.SIGINT
+TRAINING_COMMANDS = ("pretrain", "finetune", "distill")
 
 
 def interrupted_line(command: str, err: KeyboardInterrupt) -> str:
@@ -110,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"moe-ts: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    tune_cpu_allocator()  # freed tensors stay in the heap: no page faults per step (moe_ts/cpu_allocator.py)
     try:
+        if name in TRAINING_COMMANDS:  # freed tensors stay in the heap: no page faults per step (moe_ts/cpu_allocator.py)
+            tune_cpu_allocator()
         module = importlib.import_module(COMMANDS[name][0])
         with one_line_usage_errors(name):
             result = module.main(rest)

@@ -8,15 +8,18 @@ keeps those blocks in the heap for reuse: the same effect as the jemalloc / tcma
 performance guide preloads, without a preload. The price: the process does not give back up to
 `TRIM_THRESHOLD_BYTES` of freed memory until it exits.
 
-`moe-ts` calls `tune_cpu_allocator()` once at start (every command); Python API users may call it themselves.
-`MOE_TS_CPU_ALLOCATOR=default` leaves malloc untouched, as do the user's own `MALLOC_*` settings or a preloaded
-allocator.
+The training commands (`moe-ts pretrain`, `finetune`, `distill`, and `pretrain.train` under torchrun) call
+`tune_cpu_allocator()` once at start and print what it did in their set-up line (`state()`); evaluation and
+forecasting gain little (their blocks are small) and keep glibc's defaults. Python API users may call it
+themselves. `MOE_TS_CPU_ALLOCATOR=default` leaves malloc untouched, as do the user's own `MALLOC_*` settings, glibc
+malloc tunables or a preloaded allocator.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+
+from moe_ts.typed_config import ConfigError
 
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -27,29 +30,45 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # Freed memory at the heap top is kept up to this size; 64 MiB still trimmed between steps (no gain).
 TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
-OPT_OUT = "MOE_TS_CPU_ALLOCATOR"
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+OPT_OUT = "MOE_TS_CPU_ALLOCATOR"  # "tuned" (or unset): tune; "default": leave glibc's defaults
+_STATE = "left as is (tune_cpu_allocator() not called)"
 
 
-def tune_cpu_allocator() -> str:
-    """Raise glibc's mmap and trim thresholds once for this process; returns what was done, in a few words
-    ("tuned", or why not: opted out, the user's own settings, a preloaded allocator, not glibc)."""
-    if os.environ.get(OPT_OUT, "").lower() == "default":
+def _decide() -> str:
+    choice = os.environ.get(OPT_OUT, "tuned").strip().lower()
+    if choice not in ("tuned", "default"):
+        raise ConfigError(f"{OPT_OUT}={os.environ[OPT_OUT]!r}: expected 'tuned' or 'default'")
+    if choice == "default":
         return f"left as is ({OPT_OUT}=default)"
     own = [name for name in USER_SETTINGS if name in os.environ]
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        own.append("GLIBC_TUNABLES glibc.malloc.*")
     if own:
         return f"left as is (the user's {', '.join(own)})"
     if any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")):
         return "left as is (an allocator is preloaded)"
-    libc_path = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(libc_path) if libc_path else None
-        mallopt = getattr(libc, "mallopt", None)
-        gnu_get_libc_version = getattr(libc, "gnu_get_libc_version", None)
+        libc = ctypes.CDLL(None)  # the C library this process already runs on (no ldconfig lookup)
     except OSError:
-        mallopt = gnu_get_libc_version = None
-    if mallopt is None or gnu_get_libc_version is None:  # musl, macOS, Windows: nothing to tune this way
+        return "left as is (no C library found)"
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or getattr(libc, "gnu_get_libc_version", None) is None:  # musl, macOS, Windows
         return "left as is (not glibc)"
     if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)):
         return "left as is (mallopt refused the thresholds)"
     return "tuned"
+
+
+def tune_cpu_allocator() -> str:
+    """Raise glibc's mmap and trim thresholds once for this process; returns what was done, in a few words
+    ("tuned", or why not: opted out, the user's own settings, a preloaded allocator, not glibc). An
+    unrecognised MOE_TS_CPU_ALLOCATOR value is a ConfigError naming it."""
+    global _STATE
+    _STATE = _decide()
+    return _STATE
+
+
+def state() -> str:
+    """What the last `tune_cpu_allocator()` did in this process, for a run's set-up line."""
+    return _STATE

@@ -35,7 +35,7 @@ class GroupedExperts(nn.Module):
         Under autocast both operands take autocast's dtype first, as a matmul's would: `torch._grouped_mm` is on
         none of autocast's op lists, and mixed operands fell back to the per-expert loop (bf16 training step
         0.64 s -> see BENCHMARKS.md "bf16 autocast")."""
-        if torch.is_autocast_enabled(x_pi.device.type):
+        if torch.is_autocast_enabled(x_pi.device.type) and x_pi.dtype != torch.float64:  # autocast leaves fp64
             dtype = torch.get_autocast_dtype(x_pi.device.type)
             x_pi, w_eio = x_pi.to(dtype), w_eio.to(dtype)
         if grouped_mm_path(x_pi, w_eio) == GROUPED_MM:

@@ -80,15 +80,17 @@ def pretrain_loss(model: MoiraiMoENetwork, target: Tensor, sample_id: Tensor,
     # Position j predicts patches j+1..j+K (K = predict_patches) of the same sample, except those that
     # gave the statistics. Samples whose statistics are degenerate (constant or < 2 values) would score
     # targets normalised by the scale floor (|z| in the thousands) and swamp the loss: they get none.
+    # normed's dtype, not hidden's: under bf16 autocast the residual stream is bf16, and bf16 targets and weights
+    # would round the scored values and the NLL's denominator (2412 -> 2416 weights in one measured batch).
     target_bnq, weight_bnq = shifted_targets(normed, observed, layout.sample_id, stats_bn, informative,
-                                             cfg.predict_patches, hidden.dtype)  # [B, N-1, K·P]
+                                             cfg.predict_patches, normed.dtype)  # [B, N-1, K·P]
     distr = model.head.distribution(hidden[:, :-1])
     log_prob = distr.log_prob(target_bnq)
     nll = masked_nll(log_prob, weight_bnq)
     horizon_nll = None  # the long-horizon head's (horizon_patches > 0): the same rules over patches j+1..j+K
     if getattr(model, "horizon_head", None) is not None:
         h_target_bnq, h_weight_bnq = shifted_targets(normed, observed, layout.sample_id, stats_bn, informative,
-                                                     cfg.horizon_patches, hidden.dtype)
+                                                     cfg.horizon_patches, normed.dtype)
         h_log_prob = model.horizon_head.distribution(hidden[:, :-1]).log_prob(h_target_bnq)
         horizon_nll = masked_nll(h_log_prob, h_weight_bnq)
 

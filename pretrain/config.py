@@ -270,7 +270,11 @@ def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,  # progress is ours (tqdm + metrics.jsonl)
         "wall_clock_breakdown": False,
     }
-    # train.dtype bf16 is torch.autocast around the whole loss (pretrain/engine.py train_step), not DeepSpeed's
-    # `torch_autocast`: that one wraps only engine.forward and casts only nn.Linear, so the mixture head (called
-    # by the loss outside the engine) met bf16 hidden states with fp32 weights and every bf16 run failed.
+    # train.dtype bf16 is torch.autocast around the whole loss (pretrain/engine.py train_step): DeepSpeed's own
+    # `torch_autocast` wraps only engine.forward, so the mixture head (called by the loss outside the engine) met
+    # bf16 hidden states with fp32 weights and every bf16 run failed. DeepSpeed must still be told: on CUDA it sees
+    # the outer autocast and, without this entry, switches it OFF inside the engine's forward. With it, the engine
+    # re-enters the same autocast; no module's parameters are cast for communication (gradients reduce in fp32).
+    if train.dtype == "bf16":
+        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     return cfg

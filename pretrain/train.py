@@ -98,9 +98,9 @@ def train(run: PretrainConfig, corpus: Corpus, out: Path, *, resume: bool = Fals
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; configuration and corpus problems exit with a one-line error."""
     t_start = time.time()
-    tune_cpu_allocator()  # also when launched by torchrun / deepspeed without the `moe-ts` command
     args = parse_args(argv)
     try:
+        tune_cpu_allocator()  # also when launched by torchrun / deepspeed without the `moe-ts` command
         run = apply_overrides(load_pretrain_config(args.config), args)
         init_model = None
         if args.init is not None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from data_prep.corpus import Corpus, corpus_fingerprint, manifest_field, manifest_weights
+from moe_ts import cpu_allocator
 from moe_ts.io.output_dir import check_output_dir, mark
 from moe_ts.io.provenance import read_conversion
 from moe_ts.typed_config import save_file, to_dict
@@ -163,10 +164,23 @@ def _restore(session: Session, resume: bool) -> int:
         session.sampler.load_state_dict(state["sampler"])
         step = int(state["step"])
         session.say(f"resumed from {ckpt} at step {step}")
+        restored = _adamw_implementation(session.engine)
+        if restored is not None and restored != session.run.train.fused_adamw:
+            # The optimizer's param groups come back from the checkpoint, `fused` flag included; switching a
+            # restored state to the other kernel is not done (CUDA's fused kernel wants its step counts on the GPU).
+            session.say(f"the resumed AdamW keeps the checkpoint's {'fused' if restored else 'for-loop'} "
+                        f"implementation (train.fused_adamw={session.run.train.fused_adamw} applies to new runs)")
         return step
     if resume:
         session.say(f"no checkpoint in {session.out / 'checkpoints'}; starting at step 0")
     return 0
+
+
+def _adamw_implementation(engine: Any) -> bool | None:
+    """True / False: the engine's torch AdamW runs the fused kernel or not; None: no such optimizer."""
+    opt = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps torch's optimizer
+    groups = getattr(opt, "param_groups", None)
+    return bool(groups[0].get("fused")) if groups else None
 
 
 def _say_model(session: Session, total_params: int) -> None:
@@ -174,7 +188,7 @@ def _say_model(session: Session, total_params: int) -> None:
     ep = f", experts sharded over {run.parallel.ep_size} ranks" if run.parallel.ep_size > 1 else ""
     session.say(f"model: {total_params:,} parameters ({active:,} active); world size {session.dist.world_size}{ep}, "
                 f"ZeRO-{tc.zero_stage}, {tc.dtype}; {tc.steps} steps of {tc.batch_size} x {run.model.max_seq_len} "
-                f"patches")
+                f"patches; CPU malloc {cpu_allocator.state()}")
 
 
 def parameter_counts(run: PretrainConfig) -> tuple[int, int]:

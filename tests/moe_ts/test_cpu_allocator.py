@@ -39,7 +39,8 @@ print(json.dumps({"said": said, "faults_per_step": (resource.getrusage(resource.
 
 
 def _probe(mode: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in cpu_allocator.USER_SETTINGS + (cpu_allocator.OPT_OUT,)}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in cpu_allocator.USER_SETTINGS + (cpu_allocator.OPT_OUT, "LD_PRELOAD", "GLIBC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=ROOT, env=clean | env, capture_output=True,
                          text=True, check=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -60,11 +61,13 @@ def test_tuned_allocator_keeps_a_training_steps_memory_instead_of_faulting_it_in
 
 
 @pytest.mark.parametrize("env, why", [({"MALLOC_TRIM_THRESHOLD_": "0"}, "the user's MALLOC_TRIM_THRESHOLD_"),
+                                      ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"},
+                                       "the user's GLIBC_TUNABLES glibc.malloc.*"),
                                       ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "an allocator is preloaded")])
 def test_users_own_allocator_settings_are_left_alone(monkeypatch, env, why):
     called = []
     monkeypatch.setattr(cpu_allocator.ctypes, "CDLL", lambda *a: called.append(a))
-    for name in cpu_allocator.USER_SETTINGS + (cpu_allocator.OPT_OUT, "LD_PRELOAD"):
+    for name in cpu_allocator.USER_SETTINGS + (cpu_allocator.OPT_OUT, "LD_PRELOAD", "GLIBC_TUNABLES"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -72,10 +75,27 @@ def test_users_own_allocator_settings_are_left_alone(monkeypatch, env, why):
     assert not called
 
 
-def test_every_moe_ts_command_tunes_the_allocator_first(monkeypatch):
+def test_a_glibc_tunable_of_another_subsystem_does_not_opt_out(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+    monkeypatch.setattr(cpu_allocator.ctypes, "CDLL", lambda *a: (_ for _ in ()).throw(OSError("no libc here")))
+    assert cpu_allocator.tune_cpu_allocator() == "left as is (no C library found)"
+
+
+def test_the_training_commands_tune_the_allocator_and_the_others_do_not(monkeypatch):
     from cli import main as cli_main
 
     calls = []
     monkeypatch.setattr(cli_main, "tune_cpu_allocator", lambda: calls.append(1) or "tuned")
-    assert cli_main.main(["check", "--help"]) == 0
-    assert calls == [1]
+    for command in ("pretrain", "finetune", "distill", "eval", "forecast", "prepare"):
+        calls.clear()
+        assert cli_main.main([command, "--help"]) == 0
+        assert calls == ([1] if command in ("pretrain", "finetune", "distill") else []), command
+
+
+def test_an_unknown_opt_out_value_is_one_line(monkeypatch, capsys):
+    from cli import main as cli_main
+
+    monkeypatch.setenv("MOE_TS_CPU_ALLOCATOR", "off")
+    assert cli_main.main(["pretrain", "--help"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "moe-ts pretrain: error: MOE_TS_CPU_ALLOCATOR='off': expected 'tuned' or 'default'"

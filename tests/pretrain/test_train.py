@@ -288,3 +288,18 @@ def test_bf16_run_trains_under_autocast_on_the_cpu(workdir, full_run, tmp_path):
     assert [r["step"] for r in bf16] == [1, 2, 3]
     for a, b in zip(bf16, fp32):  # the same batches: close, but not the fp32 numbers (autocast is on)
         assert a["nll"] != b["nll"] and a["nll"] == pytest.approx(b["nll"], rel=5e-2), (a["step"], a["nll"], b["nll"])
+
+
+def test_resuming_a_run_saved_before_fused_adamw_says_it_keeps_the_for_loop_optimizer(workdir, tmp_path, capsys):
+    out = tmp_path / "old"
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"model": MODEL, "train": {**TRAIN, "fused_adamw": False}}))
+    assert main(["--config", str(old), "--data", str(workdir / "corpus"), "--out", str(out), "--stop-at", "3"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["train"]["fused_adamw"]  # as a run written before the key existed
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert run_main(workdir, out, "--resume") == 0  # the default: fused_adamw true
+    said = capsys.readouterr().out
+    assert ("the resumed AdamW keeps the checkpoint's for-loop implementation (train.fused_adamw=True applies to "
+            "new runs)") in said
