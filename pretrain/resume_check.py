@@ -16,6 +16,8 @@ from pretrain.errors import CheckpointError
 MAY_DIFFER = frozenset({
     "train.time_budget_s", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.num_threads", "train.peak_tflops", "train.wandb_project", "train.wandb_mode", "parallel.timeout_s",
+    # A resumed optimizer keeps the checkpoint's AdamW implementation whatever this says (and the trainer says so).
+    "train.fused_adamw",
 })
 
 
