@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_tiny_yaml_loads_both_sections():
     run = load_pretrain_config(REPO / "configs" / "tiny.yaml")
     assert isinstance(run, PretrainConfig)
-    assert run.model.max_seq_len == 64 and run.model.moe.num_experts == 8
+    assert run.model.max_seq_len == 128 and run.model.moe.num_experts == 8
     assert run.train.time_budget_s is not None and run.train.time_budget_s <= 600
     assert run.train.micro_batch_size(1) * run.train.grad_accum == run.train.batch_size
 
