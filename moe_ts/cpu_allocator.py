@@ -3,7 +3,8 @@
 A training step of the small config allocates and frees tensors of 1-32 MB many times (the experts' stacked
 weight gradients are 32 x 384 x 512 floats = 25 MB per projection and layer). glibc serves such sizes with
 `mmap` or trims them off the heap top once freed, so every step touches fresh pages: a page fault per 4 kB, about
-14% of a forward + backward on the 2-core CPU (BENCHMARKS.md, "The CPU allocator"). Raising the two thresholds
+14% of a forward + backward on the 2-core CPU (BENCHMARKS.md, "The CPU allocator, bf16 autocast and fused
+AdamW"). Raising the two thresholds
 keeps those blocks in the heap for reuse: the same effect as the jemalloc / tcmalloc that PyTorch's CPU
 performance guide preloads, without a preload. The price: the process does not give back up to
 `TRIM_THRESHOLD_BYTES` of freed memory until it exits.
@@ -25,8 +26,7 @@ from moe_ts.typed_config import ConfigError
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 # glibc refuses an mmap threshold above HEAP_MAX_SIZE / 2 = 32 MiB on 64-bit systems: blocks up to that size come
-# from the heap. 16 MiB left the small config's 25 MB gradients on mmap (no gain: EXPERIMENTS-style A/B in
-# BENCHMARKS.md).
+# from the heap. 16 MiB left the small config's 25 MB gradients on mmap (no gain in the A/B of BENCHMARKS.md).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # Freed memory at the heap top is kept up to this size; 64 MiB still trimmed between steps (no gain).
 TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024

@@ -33,8 +33,8 @@ class GroupedExperts(nn.Module):
         """Rows offsets[e]:offsets[e+1] times w[e] → [P, O]: `torch._grouped_mm` (no host sync) where it
         runs, else a per-expert loop over the weights unbound once (see `kernels.grouped.swiglu_loop`).
         Under autocast both operands take autocast's dtype first, as a matmul's would: `torch._grouped_mm` is on
-        none of autocast's op lists, and mixed operands fell back to the per-expert loop (bf16 training step
-        0.64 s -> see BENCHMARKS.md "bf16 autocast")."""
+        none of autocast's op lists, and mixed operands fell back to the per-expert loop and its per-expert casts
+        (BENCHMARKS.md, "The CPU allocator, bf16 autocast and fused AdamW")."""
         if torch.is_autocast_enabled(x_pi.device.type) and x_pi.dtype != torch.float64:  # autocast leaves fp64
             dtype = torch.get_autocast_dtype(x_pi.device.type)
             x_pi, w_eio = x_pi.to(dtype), w_eio.to(dtype)

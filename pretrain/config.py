@@ -41,7 +41,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-8
     # torch's fused AdamW kernel (CPU and CUDA): one pass over each parameter instead of a dozen elementwise ops;
-    # the small config's optimizer step 0.21 -> 0.06 s on the CPU (BENCHMARKS.md, "The optimizer step"). False:
+    # the small config's optimizer step 0.21 -> 0.06 s on the CPU (BENCHMARKS.md, "The CPU allocator, bf16 autocast and fused AdamW"). False:
     # the for-loop implementation (the same update, rounded differently).
     fused_adamw: bool = True
     grad_clip: float = 1.0  # global-norm clipping; 0 disables
