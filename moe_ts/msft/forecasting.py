@@ -99,7 +99,7 @@ def _decode(net: "MSFTNetwork", streams: list[Tensor], reals: list[Tensor], hori
 
 
 def _forecast_batch(net: "MSFTNetwork", arrays: list[np.ndarray], context_length: int, horizon: int,
-                    num_samples: int, use_kv_cache: bool = True) -> Tensor:
+                    num_samples: int, use_kv_cache: bool) -> Tensor:
     """[B, S, H] combined sample paths on the original scale."""
     cfg = net.config
     param = next(net.parameters())
