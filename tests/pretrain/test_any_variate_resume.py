@@ -4,12 +4,7 @@ sequential sampler, and the vectorised one with loader workers)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,11 +14,10 @@ from pretrain.checkpoint import DS_TAG
 from pretrain.metrics import read_metrics
 from pretrain.train import main
 from tests.pretrain.grouped_corpus import write_grouped_corpus
+from tests.pretrain.sigkill import kill_when_flagged
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]  # per sampler a run, a run killed mid-way and its resume: ~15 s
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 MODEL = {"patch_size": 4, "max_seq_len": 16, "d_model": 32, "num_layers": 1, "num_heads": 2, "variate_bias": True,
          "moe": {"num_experts": 4, "top_k": 2, "d_ff": 32}}
 TRAIN = {"steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1, "checkpoint_every": 2,
@@ -73,20 +67,7 @@ def test_a_multivariate_run_killed_between_checkpoints_resumes_exactly(workdir, 
     assert state["group_windows"] > 0 and state["fingerprint"]["multivariate_share"] == 0.5  # groups were trained on
 
     out, flag = tmp_path / "killed", tmp_path / "flag"
-    proc = subprocess.Popen([sys.executable, "-c", BOOT, str(flag), *args(workdir, out)], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None and not flag.exists():
-            time.sleep(0.01)
-        assert proc.poll() is None and flag.exists(), proc.communicate()[1][-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_flagged([sys.executable, "-c", BOOT, str(flag), *args(workdir, out)], flag)
     assert (out / "checkpoints" / "latest").read_text() == "step-4"
 
     capsys.readouterr()

@@ -9,12 +9,8 @@ and once a model's new `model.safetensors` is written but not yet its checksum. 
 cannot be aimed at: safetensors writes the file in one call.)"""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +19,8 @@ import yaml
 
 from pretrain.metrics import read_metrics
 from pretrain.train import main
+from tests.pretrain.sigkill import kill_when_flagged
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 MODEL = {"patch_size": 4, "max_seq_len": 8, "d_model": 32, "num_layers": 1, "num_heads": 2,
          "moe": {"num_experts": 4, "top_k": 2, "d_ff": 32}}
 TRAIN = {"steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1, "checkpoint_every": 2,
@@ -63,6 +58,7 @@ else:
         return handle
     builtins.open = io.open = opener  # pathlib opens through io.open
 from pretrain.train import main
+from tests.pretrain.sigkill import kill_when_flagged
 sys.exit(main(argv))
 """
 
@@ -80,22 +76,6 @@ def uninterrupted(workdir) -> list[dict]:
     out = workdir / "fresh"
     assert main(["--config", str(workdir / "run.yaml"), "--data", str(workdir / "corpus"), "--out", str(out)]) == 0
     return [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
-
-
-def kill_when_flagged(cmd: list[str], flag: Path, timeout: float = 240) -> None:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + timeout
-        while time.time() < deadline and proc.poll() is None and not flag.exists():
-            time.sleep(0.01)
-        assert proc.poll() is None and flag.exists(), proc.communicate()[1]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("hook", ["shard", "latest"])
